@@ -1,0 +1,1 @@
+"""natstream: streaming request-response over NATS."""
