@@ -1,1 +1,66 @@
-"""natstream: streaming request-response over NATS."""
+"""natstream: streaming request-response over NATS.
+
+A requester sends one request and receives a stream of replies until an end marker
+(or an error marker); responders turn one request into many replies; a recorder
+writes subscribed subjects into hour-split files. See README.md and docs/.
+"""
+
+from ._config import Config, StreamOptions
+from ._errors import (
+    ConfigError,
+    ConnectionLostError,
+    InvalidSubjectError,
+    NatstreamError,
+    NoRespondersError,
+    NoServersError,
+    PayloadTooLargeError,
+    PoolClosedError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    StalledError,
+    StreamError,
+    StreamFailure,
+    StreamTimeoutBase,
+    StreamTimeoutError,
+    SubscriberClosedError,
+    WriterError,
+)
+from ._pool import Pool, PoolStats, ServerStats
+from ._protocol import STREAM_END, STREAM_ERROR_PREFIX, Resume
+from ._requester import Stream
+from ._subscriber import StreamRequest, StreamSubscription, Subscriber, SubscriptionStats
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "STREAM_END",
+    "STREAM_ERROR_PREFIX",
+    "Config",
+    "ConfigError",
+    "ConnectionLostError",
+    "InvalidSubjectError",
+    "NatstreamError",
+    "NoRespondersError",
+    "NoServersError",
+    "PayloadTooLargeError",
+    "Pool",
+    "PoolClosedError",
+    "PoolStats",
+    "ProtocolViolationError",
+    "RequestTimeoutError",
+    "Resume",
+    "ServerStats",
+    "StalledError",
+    "Stream",
+    "StreamError",
+    "StreamFailure",
+    "StreamOptions",
+    "StreamRequest",
+    "StreamSubscription",
+    "StreamTimeoutBase",
+    "StreamTimeoutError",
+    "Subscriber",
+    "SubscriberClosedError",
+    "SubscriptionStats",
+    "WriterError",
+]

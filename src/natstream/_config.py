@@ -1,0 +1,140 @@
+"""Configuration of pools and subscribers (plain data, no I/O)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ._errors import ConfigError
+
+__all__ = ["Config", "StreamOptions"]
+
+_SECRET_FIELDS = frozenset({"password", "token", "nkeys_seed"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """Flow control and liveness of streams (requester side; sent to the responder).
+
+    Attributes:
+        window_messages: data messages the responder may have in flight unacknowledged.
+        window_bytes: payload bytes the responder may have in flight (a single message
+            larger than this still moves, alone). Memory held for one stream on the
+            requester is bounded by the window.
+        heartbeat: seconds between heartbeats in both directions while a stream is
+            quiet; 0 turns heartbeats and stall detection off.
+        stall_factor: heartbeat intervals without any message before the responder is
+            declared stalled (:class:`StalledError`, retryable).
+        resume: on retry, continue after the last message the handler accepted (no
+            duplicates, no gap); False restarts from the beginning (the seed's behaviour).
+    """
+
+    window_messages: int = 256
+    window_bytes: int = 8 << 20
+    heartbeat: float = 1.0
+    stall_factor: float = 3.0
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window_messages < 1:
+            raise ConfigError(f"window_messages must be >= 1, got {self.window_messages}")
+        if self.window_bytes < 1:
+            raise ConfigError(f"window_bytes must be >= 1, got {self.window_bytes}")
+        if self.heartbeat < 0 or (0 < self.heartbeat < 0.01):
+            raise ConfigError(f"heartbeat must be 0 (off) or >= 0.01 s, got {self.heartbeat}")
+        if self.stall_factor < 1:
+            raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
+
+
+@dataclass(slots=True)
+class Config:
+    """Where and how a :class:`Pool` connects.
+
+    Connection options are passed through to nats-py. Secrets (``password``,
+    ``token``, ``nkeys_seed``) never appear in ``repr()`` or in natstream's logs and
+    errors.
+
+    Attributes:
+        servers: server URLs, e.g. ``["nats://127.0.0.1:4222"]``.
+        idle_per_server: connections kept open to each server; each is pinned to it.
+        connect_timeout: seconds allowed for one connection attempt.
+        close_grace: seconds :meth:`Pool.close` lets in-flight streams finish.
+        health_check_interval: seconds between ping checks of each connection.
+        reconnect_backoff: first delay in seconds before reconnecting a broken
+            connection; doubles up to ``reconnect_backoff_max``, with jitter.
+        max_lifetime: seconds after which a connection is retired gracefully
+            (with +-10 % jitter); None keeps connections forever.
+        max_idle: seconds a connection with no stream in flight may live before being
+            replaced; None disables it.
+        stream: flow control and liveness defaults for streams.
+        inbox_prefix: prefix of reply subjects (for accounts that lock down ``_INBOX``).
+    """
+
+    servers: list[str]
+    idle_per_server: int = 8
+    name: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    user_credentials: str | None = None
+    nkeys_seed: str | None = field(default=None, repr=False)
+    tls: ssl.SSLContext | None = None
+    tls_hostname: str | None = None
+    connect_timeout: float = 2.0
+    close_grace: float = 5.0
+    health_check_interval: float = 5.0
+    health_check_timeout: float = 2.0
+    reconnect_backoff: float = 0.1
+    reconnect_backoff_max: float = 5.0
+    max_lifetime: float | None = None
+    max_idle: float | None = None
+    stream: StreamOptions = field(default_factory=StreamOptions)
+    inbox_prefix: str = "_INBOX"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.servers, str):
+            self.servers = [s.strip() for s in self.servers.split(",") if s.strip()]
+        if not self.servers:
+            raise ConfigError("servers must list at least one server URL")
+        if self.idle_per_server < 1:
+            raise ConfigError(f"idle_per_server must be >= 1, got {self.idle_per_server}")
+        for name in ("connect_timeout", "health_check_interval", "health_check_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.close_grace < 0:
+            raise ConfigError(f"close_grace must be >= 0 seconds, got {self.close_grace}")
+        if not 0 < self.reconnect_backoff <= self.reconnect_backoff_max:
+            raise ConfigError("need 0 < reconnect_backoff <= reconnect_backoff_max")
+
+    def nats_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (secrets included: never log this)."""
+        opts: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "inbox_prefix": self.inbox_prefix,
+        }
+        if self.name:
+            opts["name"] = self.name
+        if self.user is not None:
+            opts["user"] = self.user
+        if self.password is not None:
+            opts["password"] = self.password
+        if self.token is not None:
+            opts["token"] = self.token
+        if self.user_credentials is not None:
+            opts["user_credentials"] = self.user_credentials
+        if self.nkeys_seed is not None:
+            opts["nkeys_seed_str"] = self.nkeys_seed
+        if self.tls is not None:
+            opts["tls"] = self.tls
+        if self.tls_hostname is not None:
+            opts["tls_hostname"] = self.tls_hostname
+        return opts
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a dict with secrets replaced by ``"***"`` (for logs)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in _SECRET_FIELDS and value is not None else value
+        return out

@@ -1,0 +1,36 @@
+"""natstream's stream protocol, sans-IO: no asyncio, no nats imports, only state.
+
+The requester and responder machines take events (a reply arrived, a control
+message arrived, the consumer took a message, a timer fired) with the current time
+and answer what to do. ``natstream._requester`` and ``natstream._subscriber`` drive
+them over nats-py. The wire format is described in ``docs/protocol.md``.
+"""
+
+from ._requester import Reply, RequesterMachine, RequesterState, TimerAction, cancel_headers
+from ._responder import Control, ResponderMachine, ResponderState, ResponderTimer
+from ._wire import (
+    STREAM_END,
+    STREAM_ERROR_PREFIX,
+    HeaderError,
+    RequestOptions,
+    Resume,
+    parse_request_headers,
+)
+
+__all__ = [
+    "STREAM_END",
+    "STREAM_ERROR_PREFIX",
+    "Control",
+    "HeaderError",
+    "Reply",
+    "RequestOptions",
+    "RequesterMachine",
+    "RequesterState",
+    "ResponderMachine",
+    "ResponderState",
+    "ResponderTimer",
+    "Resume",
+    "TimerAction",
+    "cancel_headers",
+    "parse_request_headers",
+]

@@ -1,0 +1,416 @@
+"""The requester's side of one stream attempt, as a state machine with no I/O.
+
+The driver feeds it what happens (a reply arrived, the consumer took a message,
+a timer fired, the caller cancelled) with the current time, and does what it
+answers (deliver, ignore, send a control message, fail). One machine serves one
+attempt; a retry builds a new machine from the previous one's :meth:`resume_point`.
+
+Invariants (checked by the property tests):
+
+* messages are delivered in sequence order, each at most once;
+* the responder is never allowed more than the window in flight: an ack is only
+  sent for messages the consumer has taken;
+* a machine reaches exactly one terminal state (ENDED, FAILED or CANCELLED) and
+  accepts nothing after it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .._errors import (
+    NoRespondersError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    StalledError,
+    StreamError,
+    StreamFailure,
+    StreamTimeoutError,
+)
+from ._wire import (
+    CTL_ACK,
+    CTL_CANCEL,
+    CTL_HEARTBEAT,
+    HDR_ACK,
+    HDR_CONTROL,
+    HDR_DEADLINE,
+    HDR_END,
+    HDR_HEARTBEAT,
+    HDR_POS,
+    HDR_RESUME,
+    HDR_RETRYABLE,
+    HDR_SEQ,
+    HDR_SERVICE_ERROR_CODE,
+    HDR_STATUS,
+    HDR_VERSION,
+    HDR_WINDOW,
+    PROTOCOL_VERSION,
+    STREAM_END,
+    STREAM_ERROR_PREFIX,
+    Resume,
+    format_ack,
+    format_window,
+    parse_int,
+)
+
+__all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction"]
+
+_MAX_FOREIGN = 16  # foreign responders we remember (and cancel) per stream
+
+
+class RequesterState(enum.Enum):
+    WAITING = "waiting"  # request sent, nothing received yet
+    STREAMING = "streaming"  # replies arriving
+    ENDED = "ended"  # end marker received and every message before it
+    FAILED = "failed"  # error marker, timeout, stall, gap, no responders
+    CANCELLED = "cancelled"  # the caller stopped the stream
+
+
+class Reply(enum.IntEnum):
+    """How the driver must treat one received message."""
+
+    DELIVER = 0  # data: queue it for the consumer
+    DROP = 1  # heartbeat, duplicate, or noise: nothing to do
+    END = 2  # end marker: deliver it to a handler that sees markers, then finish
+    ERROR = 3  # error marker: deliver it to such a handler, then raise ``machine.error``
+    FAIL = 4  # failure with no marker to show: raise ``machine.error``
+    CANCEL_FOREIGN = 5  # a second responder answered: send it a cancel, ignore the message
+
+
+@dataclass(frozen=True, slots=True)
+class TimerAction:
+    """What a timer tick asks for: a control message to send, and/or a failure.
+
+    ``control`` holds the headers of a heartbeat (with the current ack) to publish to
+    ``machine.control_subject``; ``fail`` is true when ``machine.error`` is now set.
+    """
+
+    control: dict[str, str] | None
+    fail: bool
+
+
+_TERMINAL = frozenset({RequesterState.ENDED, RequesterState.FAILED, RequesterState.CANCELLED})
+
+
+class RequesterMachine:
+    """State of one stream attempt on the requester side.
+
+    Args:
+        now: current time in seconds (any monotonic clock; the same one throughout).
+        subject: the request subject (for error messages).
+        window_messages, window_bytes: credit granted to the responder.
+        heartbeat: interval in seconds both peers use; 0 disables heartbeats.
+        stall_factor: missed heartbeat intervals before the stream is declared stalled.
+        request_timeout: longest silence allowed while the consumer waits (None: no limit).
+        deadline: absolute time the whole stream must end by (None: no limit).
+        resume: continue after this message (a retry); None starts from the beginning.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        subject: str = "",
+        window_messages: int = 256,
+        window_bytes: int = 8 << 20,
+        heartbeat: float = 1.0,
+        stall_factor: float = 3.0,
+        request_timeout: float | None = None,
+        deadline: float | None = None,
+        resume: Resume | None = None,
+    ) -> None:
+        if window_messages < 1 or window_bytes < 1:
+            raise ValueError("window_messages and window_bytes must be at least 1")
+        self.subject = subject
+        self.window_messages = window_messages
+        self.window_bytes = window_bytes
+        self.heartbeat = heartbeat
+        self.stall_factor = stall_factor
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        self.resume = resume
+        self.state = RequesterState.WAITING
+        self.error: StreamFailure | None = None
+        self.control_subject: str | None = None  # the bound responder's, once known
+        self.v1: bool | None = None  # None until the first reply tells
+        base = resume.seq if resume else 0
+        self._skip_legacy = base  # a plain responder restarts from 0: skip what we have
+        self._legacy_count = 0
+        self.received_seq = base  # last data message accepted into the consumer's queue
+        self.delivered_seq = base  # last data message the consumer took
+        self._delivered_pos: str | None = resume.pos if resume else None
+        self._received_bytes = 0
+        self.delivered_bytes = 0
+        self._acked_seq = base
+        self._acked_bytes = 0
+        self._ack_every_msgs = max(1, window_messages // 2)
+        self._ack_every_bytes = max(1, window_bytes // 2)
+        self._last_rx = now
+        self._last_tx = now
+        self._waiting_since: float | None = now  # the caller awaits the first reply
+        self._foreign: set[str] = set()
+        self.duplicates = 0
+
+    # ------------------------------------------------------------------ request
+
+    def request_headers(self, now: float) -> dict[str, str]:
+        """Headers for the request message (v1: version, window, heartbeat, deadline, resume)."""
+        headers = {
+            HDR_VERSION: PROTOCOL_VERSION,
+            HDR_WINDOW: format_window(self.window_messages, self.window_bytes),
+            HDR_HEARTBEAT: str(round(self.heartbeat * 1000)),
+        }
+        if self.deadline is not None:
+            headers[HDR_DEADLINE] = str(max(0, round((self.deadline - now) * 1000)))
+        if self.resume is not None:
+            headers[HDR_RESUME] = f"{self.resume.seq} {self.resume.pos}"
+        return headers
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in _TERMINAL
+
+    # ------------------------------------------------------------------ replies
+
+    def on_reply(
+        self, now: float, headers: dict[str, str] | None, payload: bytes, reply_subject: str
+    ) -> Reply:
+        """Classify one message received on the stream's inbox.
+
+        ``reply_subject`` is the message's reply field: v1 responders put their
+        control subject there, which identifies them.
+        """
+        if self.state in _TERMINAL:
+            return Reply.DROP
+        if headers is None:
+            return self._on_plain(now, payload)
+        status = headers.get(HDR_STATUS)
+        if status is not None:
+            if status == "503" and self.state is RequesterState.WAITING:
+                return self._fail(NoRespondersError(self.subject))
+            return Reply.DROP
+        seq_s = headers.get(HDR_SEQ)
+        if seq_s is None:
+            # Headers, but none of ours: a plain peer whose publisher adds headers.
+            return self._on_plain(now, payload)
+        if self.v1 is None:
+            self.v1 = True
+            self.control_subject = reply_subject or None
+        elif not self.v1 or reply_subject != self.control_subject:
+            return self._foreign_reply(reply_subject)
+        self.state = RequesterState.STREAMING
+        self._last_rx = now
+        seq = parse_int(seq_s)
+        if seq is None:
+            return self._fail(ProtocolViolationError(f"malformed {HDR_SEQ} {seq_s[:40]!r}"))
+        ctl = headers.get(HDR_CONTROL)
+        if ctl is not None:
+            if ctl == CTL_HEARTBEAT:
+                if seq > self.received_seq:
+                    return self._gap(seq)
+                return Reply.DROP
+            if ctl == CTL_CANCEL:
+                return Reply.DROP
+            return Reply.DROP
+        if payload == STREAM_END and headers.get(HDR_END) is not None:
+            if seq != self.received_seq:
+                return self._gap(seq)
+            self.state = RequesterState.ENDED
+            return Reply.END
+        if payload.startswith(STREAM_ERROR_PREFIX) and HDR_SERVICE_ERROR_CODE in headers:
+            code = parse_int(headers.get(HDR_SERVICE_ERROR_CODE), 0, 999) or 500
+            retryable = headers.get(HDR_RETRYABLE) == "1"
+            return self._error_marker(payload, code, retryable)
+        # Data.
+        if seq != self.received_seq + 1:
+            if seq <= self.received_seq:
+                self.duplicates += 1
+                return Reply.DROP
+            return self._gap(seq)
+        self.received_seq = seq
+        self._received_bytes += len(payload)
+        in_flight = seq - self._acked_seq
+        if in_flight > self.window_messages or (
+            in_flight > 1 and self._received_bytes - self._acked_bytes > self.window_bytes
+        ):
+            return self._fail(
+                ProtocolViolationError(
+                    f"responder exceeded the flow-control window ({in_flight} messages, "
+                    f"{self._received_bytes - self._acked_bytes} bytes in flight)",
+                    retryable=False,
+                )
+            )
+        return Reply.DELIVER
+
+    def _on_plain(self, now: float, payload: bytes) -> Reply:
+        """A message without natstream headers: the seed's in-band protocol."""
+        if self.v1 is None:
+            self.v1 = False
+        elif self.v1:
+            return Reply.DROP  # a plain responder talking over our bound v1 responder
+        self.state = RequesterState.STREAMING
+        self._last_rx = now
+        if payload == STREAM_END:
+            self.state = RequesterState.ENDED
+            return Reply.END
+        if payload.startswith(STREAM_ERROR_PREFIX):
+            return self._error_marker(payload, 500, True)
+        self._legacy_count += 1
+        if self._legacy_count <= self._skip_legacy:
+            self.duplicates += 1
+            return Reply.DROP
+        self.received_seq += 1
+        self._received_bytes += len(payload)
+        return Reply.DELIVER
+
+    def _error_marker(self, payload: bytes, code: int, retryable: bool) -> Reply:
+        text = payload[len(STREAM_ERROR_PREFIX) :].decode("utf-8", "replace")
+        self.error = StreamError(text, code=code, retryable=retryable)
+        self.state = RequesterState.FAILED
+        return Reply.ERROR
+
+    def _foreign_reply(self, reply_subject: str) -> Reply:
+        if (
+            not reply_subject
+            or reply_subject in self._foreign
+            or len(self._foreign) >= _MAX_FOREIGN
+        ):
+            return Reply.DROP
+        self._foreign.add(reply_subject)
+        return Reply.CANCEL_FOREIGN
+
+    def _gap(self, seq: int) -> Reply:
+        return self._fail(
+            ProtocolViolationError(
+                f"sequence gap on {self.subject!r}: expected {self.received_seq + 1}, got {seq}"
+            )
+        )
+
+    def _fail(self, error: StreamFailure) -> Reply:
+        self.error = error
+        self.state = RequesterState.FAILED
+        return Reply.FAIL
+
+    # ------------------------------------------------------------------ consumer
+
+    def on_delivered(self, headers: dict[str, str] | None, size: int) -> dict[str, str] | None:
+        """The consumer took the next data message (``size`` payload bytes).
+
+        Returns the headers of an ack to publish to ``control_subject`` when enough
+        credit has been used up (half the window), else None.
+        """
+        seq = self.delivered_seq + 1
+        self.delivered_seq = seq
+        self.delivered_bytes += size
+        self._delivered_pos = headers.get(HDR_POS) if headers else None
+        if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
+            return None
+        if (
+            seq - self._acked_seq >= self._ack_every_msgs
+            or self.delivered_bytes - self._acked_bytes >= self._ack_every_bytes
+        ):
+            return self._ack_headers(CTL_ACK)
+        return None
+
+    def _ack_headers(self, kind: str) -> dict[str, str]:
+        self._acked_seq = self.delivered_seq
+        self._acked_bytes = self.delivered_bytes
+        return {HDR_CONTROL: kind, HDR_ACK: format_ack(self.delivered_seq, self.delivered_bytes)}
+
+    def mark_sent(self, now: float) -> None:
+        """The driver published a control message (ack or heartbeat) at ``now``."""
+        self._last_tx = now
+
+    def consumer_waiting(self, now: float) -> None:
+        """The consumer is blocked on an empty queue from ``now`` on."""
+        if self._waiting_since is None:
+            self._waiting_since = now
+
+    def consumer_busy(self) -> None:
+        """The consumer took a message and is no longer waiting."""
+        self._waiting_since = None
+
+    def resume_point(self) -> Resume | None:
+        """Where a retry continues: after the last message the consumer took."""
+        if self.delivered_seq == 0:
+            return None
+        pos = self._delivered_pos
+        if pos is None:
+            if self.resume is not None and self.delivered_seq == self.resume.seq:
+                pos = self.resume.pos
+            else:
+                pos = str(self.delivered_seq - 1)
+        return Resume(self.delivered_seq, pos)
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`on_timer` has something to do; None for never."""
+        if self.state in _TERMINAL:
+            return None
+        times: list[float] = []
+        if self.deadline is not None:
+            times.append(self.deadline)
+        if self._waiting_since is not None and self.request_timeout is not None:
+            times.append(max(self._last_rx, self._waiting_since) + self.request_timeout)
+        if self.v1 and self.heartbeat > 0:
+            times.append(self._last_rx + self.heartbeat * self.stall_factor)
+            if self.control_subject is not None:
+                times.append(self._last_tx + self.heartbeat)
+        return min(times) if times else None
+
+    def on_timer(self, now: float) -> TimerAction:
+        """Check the clocks at ``now``: deadline, silence, stall, heartbeat due."""
+        if self.state in _TERMINAL:
+            return TimerAction(None, False)
+        if self.deadline is not None and now >= self.deadline:
+            self._fail(StreamTimeoutError(f"stream on {self.subject!r} passed its deadline"))
+            return TimerAction(None, True)
+        if (
+            self._waiting_since is not None
+            and self.request_timeout is not None
+            and now >= max(self._last_rx, self._waiting_since) + self.request_timeout
+        ):
+            what = "first reply" if self.state is RequesterState.WAITING else "next reply"
+            self._fail(
+                RequestTimeoutError(
+                    f"no {what} on {self.subject!r} within {self.request_timeout:g} s"
+                )
+            )
+            return TimerAction(None, True)
+        if self.v1 and self.heartbeat > 0:
+            if now >= self._last_rx + self.heartbeat * self.stall_factor:
+                self._fail(
+                    StalledError(
+                        f"responder on {self.subject!r} sent nothing for "
+                        f"{now - self._last_rx:.3g} s (heartbeat {self.heartbeat:g} s)"
+                    )
+                )
+                return TimerAction(None, True)
+            if self.control_subject is not None and now >= self._last_tx + self.heartbeat:
+                self._last_tx = now
+                return TimerAction(self._ack_headers(CTL_HEARTBEAT), False)
+        return TimerAction(None, False)
+
+    def on_connection_lost(self, error: StreamFailure) -> None:
+        """The connection broke: the stream fails with ``error`` (retryable)."""
+        if self.state not in _TERMINAL:
+            self._fail(error)
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self) -> dict[str, str] | None:
+        """The caller stops the stream. Returns the headers of a cancel message to
+        publish to ``control_subject`` when the responder can be told, else None."""
+        if self.state in _TERMINAL:
+            return None
+        self.state = RequesterState.CANCELLED
+        if self.v1 and self.control_subject is not None:
+            return {HDR_CONTROL: CTL_CANCEL}
+        return None
+
+
+def cancel_headers() -> dict[str, str]:
+    """Headers of a cancel sent to a responder we did not pick (a second responder)."""
+    return {HDR_CONTROL: CTL_CANCEL}

@@ -1,0 +1,247 @@
+"""The responder's side of one stream, as a state machine with no I/O.
+
+The driver asks it for the headers of every message it sends (so sequence numbers
+and credit are counted in one place), feeds it the requester's control messages
+and timer ticks, and obeys what it answers.
+
+Invariants (checked by the property tests):
+
+* the responder never has more than the granted window unacknowledged: at most
+  ``window_messages`` messages, and at most ``window_bytes`` bytes unless a single
+  message is alone in flight (so a message larger than the window still moves);
+* acks are accepted only when they are plausible (monotonic, never beyond what was
+  sent); anything else is ignored, so a forged or garbled control message cannot
+  extend the window;
+* a requester that speaks only the plain protocol gets no headers and no heartbeats.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ._wire import (
+    CTL_ACK,
+    CTL_CANCEL,
+    CTL_HEARTBEAT,
+    HDR_ACK,
+    HDR_CONTROL,
+    HDR_END,
+    HDR_POS,
+    HDR_RETRYABLE,
+    HDR_SEQ,
+    HDR_SERVICE_ERROR,
+    HDR_SERVICE_ERROR_CODE,
+    RequestOptions,
+    parse_ack,
+)
+
+__all__ = ["Control", "ResponderMachine", "ResponderState", "ResponderTimer"]
+
+
+class ResponderState(enum.Enum):
+    OPEN = "open"
+    ENDED = "ended"  # end marker sent
+    FAILED = "failed"  # error marker sent
+    CANCELLED = "cancelled"  # requester cancelled, vanished, or its deadline passed
+
+
+class Control(enum.IntEnum):
+    """What a control message from the requester did."""
+
+    IGNORED = 0  # malformed, implausible, or after the end
+    LIVENESS = 1  # a heartbeat or ack: the requester is alive (credit may have grown)
+    CANCEL = 2  # the requester stopped the stream
+
+
+class ResponderTimer(enum.IntEnum):
+    NOTHING = 0
+    HEARTBEAT = 1  # publish ``heartbeat_headers()``
+    REQUESTER_GONE = 2  # no control message for too long: stop, send nothing more
+    DEADLINE = 3  # the stream's deadline passed: send a 504 error and stop
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    window_messages: int
+    window_bytes: int
+    heartbeat: float  # seconds; 0 when the requester is plain
+    stall_factor: float
+
+
+_TERMINAL = frozenset({ResponderState.ENDED, ResponderState.FAILED, ResponderState.CANCELLED})
+
+
+class ResponderMachine:
+    """State of one stream on the responder side.
+
+    Args:
+        options: the request's parsed headers (see ``parse_request_headers``).
+        now: current time in seconds (monotonic).
+        stall_factor: missed requester heartbeat intervals before it is presumed gone.
+        max_duration: the responder's own limit on a stream's length in seconds.
+    """
+
+    def __init__(
+        self,
+        options: RequestOptions,
+        now: float,
+        *,
+        stall_factor: float = 3.0,
+        max_duration: float | None = None,
+    ) -> None:
+        self.v1 = options.version is not None
+        self.limits = _Limits(
+            options.window_messages,
+            options.window_bytes,
+            options.heartbeat_ms / 1000 if self.v1 else 0.0,
+            stall_factor,
+        )
+        self.state = ResponderState.OPEN
+        base = options.resume.seq if options.resume else 0
+        self.resume = options.resume
+        self.sent_seq = base
+        self.acked_seq = base
+        self.sent_bytes = 0
+        self.acked_bytes = 0
+        self._last_tx = now
+        self._last_rx = now
+        deadline: float | None = None
+        if options.deadline_ms is not None:
+            deadline = now + options.deadline_ms / 1000
+        if max_duration is not None:
+            limit = now + max_duration
+            deadline = limit if deadline is None else min(deadline, limit)
+        self.deadline = deadline
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in _TERMINAL
+
+    # ------------------------------------------------------------------ credit
+
+    def has_credit(self, size: int) -> bool:
+        """Whether a data message of ``size`` bytes may be sent now."""
+        if not self.v1:
+            return True
+        in_flight = self.sent_seq - self.acked_seq
+        if in_flight >= self.limits.window_messages:
+            return False
+        return (
+            in_flight == 0 or self.sent_bytes - self.acked_bytes + size <= self.limits.window_bytes
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    def data_headers(self, size: int, pos: str | None, now: float) -> dict[str, str] | None:
+        """Count a data message of ``size`` bytes about to be sent; return its headers.
+
+        ``pos`` is the resume position when it is not ``seq - 1``. Call only when
+        :meth:`has_credit` is true. None for a plain requester.
+        """
+        self.sent_seq += 1
+        self.sent_bytes += size
+        self._last_tx = now
+        if not self.v1:
+            return None
+        if pos is None:
+            return {HDR_SEQ: str(self.sent_seq)}
+        return {HDR_SEQ: str(self.sent_seq), HDR_POS: pos}
+
+    def heartbeat_headers(self, now: float) -> dict[str, str]:
+        """Headers of a heartbeat (also sent once as the accept when the stream opens)."""
+        self._last_tx = now
+        return {HDR_CONTROL: CTL_HEARTBEAT, HDR_SEQ: str(self.sent_seq)}
+
+    def end_headers(self, now: float) -> dict[str, str] | None:
+        """Finish the stream normally; headers of the end marker (None: plain requester)."""
+        self.state = ResponderState.ENDED
+        self._last_tx = now
+        if not self.v1:
+            return None
+        return {HDR_END: "1", HDR_SEQ: str(self.sent_seq)}
+
+    def error_headers(
+        self, message: str, code: int, retryable: bool, now: float
+    ) -> dict[str, str] | None:
+        """Finish the stream with an error; headers of the error marker.
+
+        The NATS services headers carry the same text and code, so standard NATS
+        tooling can read them. None for a plain requester.
+        """
+        self.state = ResponderState.FAILED
+        self._last_tx = now
+        if not self.v1:
+            return None
+        return {
+            HDR_SEQ: str(self.sent_seq),
+            HDR_SERVICE_ERROR: message[:1024],
+            HDR_SERVICE_ERROR_CODE: str(code),
+            HDR_RETRYABLE: "1" if retryable else "0",
+        }
+
+    # ------------------------------------------------------------------ control
+
+    def on_control(self, headers: dict[str, str] | None, now: float) -> Control:
+        """A message arrived on this stream's control subject."""
+        if self.state in _TERMINAL or not self.v1 or not headers:
+            return Control.IGNORED
+        kind = headers.get(HDR_CONTROL)
+        if kind == CTL_CANCEL:
+            self.state = ResponderState.CANCELLED
+            return Control.CANCEL
+        if kind not in (CTL_HEARTBEAT, CTL_ACK):
+            return Control.IGNORED
+        raw = headers.get(HDR_ACK)
+        if raw is not None:
+            ack = parse_ack(raw)
+            if ack is None:
+                return Control.IGNORED
+            seq, nbytes = ack
+            if not (self.acked_seq <= seq <= self.sent_seq) or not (
+                self.acked_bytes <= nbytes <= self.sent_bytes
+            ):
+                return Control.IGNORED
+            self.acked_seq = seq
+            self.acked_bytes = nbytes
+        self._last_rx = now
+        return Control.LIVENESS
+
+    def cancel(self) -> None:
+        """Stop the stream locally (the subscriber is closing, or the handler was cancelled)."""
+        if self.state not in _TERMINAL:
+            self.state = ResponderState.CANCELLED
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        if self.state in _TERMINAL:
+            return None
+        times: list[float] = []
+        if self.deadline is not None:
+            times.append(self.deadline)
+        hb = self.limits.heartbeat
+        if hb > 0:
+            times.append(self._last_tx + hb)
+            times.append(self._last_rx + hb * self.limits.stall_factor)
+        return min(times) if times else None
+
+    def on_timer(self, now: float) -> ResponderTimer:
+        if self.state in _TERMINAL:
+            return ResponderTimer.NOTHING
+        if self.deadline is not None and now >= self.deadline:
+            return ResponderTimer.DEADLINE
+        hb = self.limits.heartbeat
+        if hb > 0:
+            if now >= self._last_rx + hb * self.limits.stall_factor:
+                self.state = ResponderState.CANCELLED
+                return ResponderTimer.REQUESTER_GONE
+            if now >= self._last_tx + hb:
+                return ResponderTimer.HEARTBEAT
+        return ResponderTimer.NOTHING
+
+    def time_remaining(self, now: float) -> float | None:
+        """Seconds until the stream's deadline (None: no deadline); never negative."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - now)

@@ -1,0 +1,203 @@
+"""Wire constants and the codec for natstream's control headers (pure, no I/O).
+
+See ``docs/protocol.md`` for the protocol these names make up. Header values are
+short ASCII strings; every parser here returns ``None`` (or raises
+:class:`HeaderError`) on malformed input and never anything else, so hostile
+traffic cannot crash a peer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "CTL_ACK",
+    "CTL_CANCEL",
+    "CTL_HEARTBEAT",
+    "HDR_ACK",
+    "HDR_CONTROL",
+    "HDR_DEADLINE",
+    "HDR_END",
+    "HDR_HEARTBEAT",
+    "HDR_POS",
+    "HDR_RESUME",
+    "HDR_RETRYABLE",
+    "HDR_SEQ",
+    "HDR_SERVICE_ERROR",
+    "HDR_SERVICE_ERROR_CODE",
+    "HDR_STATUS",
+    "HDR_VERSION",
+    "HDR_WINDOW",
+    "MAX_SEQ",
+    "PROTOCOL_VERSION",
+    "STREAM_END",
+    "STREAM_ERROR_PREFIX",
+    "HeaderError",
+    "RequestOptions",
+    "Resume",
+    "format_ack",
+    "format_window",
+    "parse_ack",
+    "parse_int",
+    "parse_request_headers",
+    "parse_resume",
+    "parse_window",
+]
+
+STREAM_END = b"__STREAM_END__"
+"""Payload of the end marker (the seed's in-band protocol)."""
+
+STREAM_ERROR_PREFIX = b"__STREAM_ERROR__:"
+"""Prefix of the error marker's payload; the error text follows it."""
+
+PROTOCOL_VERSION = "1"
+
+# Request (requester -> responder).
+HDR_VERSION = "Ns-V"  # protocol version the requester speaks
+HDR_WINDOW = "Ns-Win"  # "<messages> <bytes>": initial credit
+HDR_HEARTBEAT = "Ns-Hb"  # heartbeat interval in milliseconds, both directions
+HDR_DEADLINE = "Ns-Dl"  # milliseconds left until the requester gives up on the stream
+HDR_RESUME = "Ns-Resume"  # "<seq> <pos>": continue after this delivered message
+
+# Replies (responder -> requester) and control (requester -> responder).
+HDR_SEQ = "Ns-Seq"  # data: sequence number (from 1); end/error/heartbeat: data messages sent
+HDR_POS = "Ns-Pos"  # data: resume position when it is not "seq - 1"
+HDR_END = "Ns-End"  # end marker from a v1 responder (value: "1")
+HDR_CONTROL = "Ns-Ctl"  # kind of control message, see CTL_*
+HDR_ACK = "Ns-Ack"  # "<seq> <bytes>": delivered through seq, bytes delivered in total
+HDR_RETRYABLE = "Ns-Retry"  # error marker: "1" retryable, "0" not
+HDR_SERVICE_ERROR = "Nats-Service-Error"  # NATS services (ADR-32) error text
+HDR_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+HDR_STATUS = "Status"  # set by nats-py for server status messages (503 no responders)
+
+CTL_HEARTBEAT = "hb"
+CTL_ACK = "ack"
+CTL_CANCEL = "cancel"
+
+MAX_SEQ = 2**53  # a sequence or byte count above this is hostile, not real
+
+# Bounds a requester may ask for; values outside are clamped by the responder.
+MAX_WINDOW_MESSAGES = 65_536
+MAX_WINDOW_BYTES = 1 << 30
+MIN_HEARTBEAT_MS = 10
+MAX_HEARTBEAT_MS = 3_600_000
+MAX_DEADLINE_MS = 30 * 24 * 3_600_000
+
+_POS_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")
+
+
+class HeaderError(ValueError):
+    """A control header is malformed; the message names the header and the value."""
+
+
+def parse_int(value: str | None, lo: int = 0, hi: int = MAX_SEQ) -> int | None:
+    """Parse a decimal integer in ``[lo, hi]``; None when absent or malformed."""
+    if value is None or not (0 < len(value) <= 20) or not value.isdigit() or not value.isascii():
+        return None
+    n = int(value)
+    return n if lo <= n <= hi else None
+
+
+def _parse_pair(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.split(" ")
+    if len(parts) != 2:
+        return None
+    a, b = parse_int(parts[0]), parse_int(parts[1])
+    if a is None or b is None:
+        return None
+    return a, b
+
+
+def parse_window(value: str | None) -> tuple[int, int] | None:
+    """Parse ``"<messages> <bytes>"``; both at least 1. Values above the maxima are clamped."""
+    pair = _parse_pair(value)
+    if pair is None or pair[0] < 1 or pair[1] < 1:
+        return None
+    return min(pair[0], MAX_WINDOW_MESSAGES), min(pair[1], MAX_WINDOW_BYTES)
+
+
+def format_window(messages: int, nbytes: int) -> str:
+    return f"{messages} {nbytes}"
+
+
+def parse_ack(value: str | None) -> tuple[int, int] | None:
+    """Parse ``"<seq> <bytes>"`` of an ack."""
+    return _parse_pair(value)
+
+
+def format_ack(seq: int, nbytes: int) -> str:
+    return f"{seq} {nbytes}"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a retried stream continues: after data message ``seq`` at position ``pos``.
+
+    ``pos`` is the responder's own position token for that message: the handler index
+    (``"7"``) or ``"<batch>.<item>"`` for batch handlers.
+    """
+
+    seq: int
+    pos: str
+
+
+def parse_resume(value: str | None) -> Resume | None:
+    if value is None:
+        return None
+    seq_s, sep, pos = value.partition(" ")
+    seq = parse_int(seq_s)
+    if not sep or seq is None or not _POS_RE.fullmatch(pos):
+        return None
+    return Resume(seq, pos)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """What a v1 requester asked for, as parsed and clamped by the responder.
+
+    ``version`` is None for a peer that speaks only the plain in-band protocol: such a
+    peer gets no headers, heartbeats or flow control.
+    """
+
+    version: str | None = None
+    window_messages: int = 0
+    window_bytes: int = 0
+    heartbeat_ms: int = 0
+    deadline_ms: int | None = None
+    resume: Resume | None = None
+
+
+def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
+    """Read a request's natstream headers.
+
+    Raises:
+        HeaderError: a v1 request whose control headers are missing or malformed.
+            Requests without ``Ns-V`` are plain (legacy) and never raise.
+    """
+    if not headers or HDR_VERSION not in headers:
+        return RequestOptions()
+    version = headers[HDR_VERSION]
+    if version != PROTOCOL_VERSION:
+        raise HeaderError(f"unsupported protocol version {version[:16]!r}")
+    window = parse_window(headers.get(HDR_WINDOW))
+    if window is None:
+        raise HeaderError(f"malformed {HDR_WINDOW} header {headers.get(HDR_WINDOW, '')[:40]!r}")
+    hb_raw = headers.get(HDR_HEARTBEAT)
+    hb = parse_int(hb_raw, 0, MAX_HEARTBEAT_MS)
+    if hb is None:
+        raise HeaderError(f"malformed {HDR_HEARTBEAT} header {(hb_raw or '')[:40]!r}")
+    hb = max(hb, MIN_HEARTBEAT_MS)
+    deadline: int | None = None
+    if HDR_DEADLINE in headers:
+        deadline = parse_int(headers[HDR_DEADLINE], 0, MAX_DEADLINE_MS)
+        if deadline is None:
+            raise HeaderError(f"malformed {HDR_DEADLINE} header {headers[HDR_DEADLINE][:40]!r}")
+    resume: Resume | None = None
+    if HDR_RESUME in headers:
+        resume = parse_resume(headers[HDR_RESUME])
+        if resume is None:
+            raise HeaderError(f"malformed {HDR_RESUME} header {headers[HDR_RESUME][:40]!r}")
+    return RequestOptions(version, window[0], window[1], hb, deadline, resume)

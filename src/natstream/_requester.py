@@ -1,0 +1,451 @@
+"""Drives :class:`RequesterMachine` over nats-py: one stream, with retries.
+
+A stream attempt owns a private inbox subscription. Its callback only classifies
+each reply (through the machine) and queues data; the caller's task takes data from
+the queue and runs the handler. So heartbeats and control traffic are handled even
+while a handler is slow, and memory stays bounded by the flow-control window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ._config import StreamOptions
+from ._connection import check_payload, log, publish
+from ._errors import (
+    ConnectionLostError,
+    ProtocolViolationError,
+    StreamFailure,
+    StreamTimeoutError,
+)
+from ._protocol import Reply, RequesterMachine, RequesterState, Resume, cancel_headers
+from ._subjects import validate_publish_subject
+
+if TYPE_CHECKING:
+    from ._pool import Pool, _Conn
+
+__all__ = ["Handler", "Stream"]
+
+Handler = Callable[[Msg], "bool | Awaitable[bool | None] | None"]
+
+# A peer without flow control can outrun us: past these we fail loudly instead of
+# growing without bound (nats-py's own per-subscription defaults).
+_PLAIN_MAX_BUFFERED = 512 * 1024
+
+
+class _Attempt:
+    """One request sent and the replies it draws, until a terminal state."""
+
+    def __init__(
+        self,
+        conn: _Conn,
+        subject: str,
+        machine: RequesterMachine,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.conn = conn
+        self.nc = conn.nc
+        self.subject = subject
+        self.machine = machine
+        self.loop = loop
+        self.buffer: deque[Msg] = deque()
+        self.marker: Msg | None = None
+        self.sub: Subscription | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.replies = 0
+        self.bytes = 0
+
+    async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
+        """Subscribe to a fresh inbox and send the request."""
+        nc = self.nc
+        check_payload(nc, data)
+        inbox = f"{self.conn.inbox_prefix}.{secrets.token_hex(12)}"
+        self.conn.add(self)
+        self.sub = await nc.subscribe(
+            inbox,
+            cb=self._on_msg,
+            pending_msgs_limit=_PLAIN_MAX_BUFFERED,
+            pending_bytes_limit=0,
+        )
+        headers = dict(user_headers) if user_headers else {}
+        headers.update(self.machine.request_headers(self.loop.time()))
+        await publish(nc, self.subject, data, reply=inbox, headers=headers)
+        self._arm()
+
+    # ------------------------------------------------------------ nats callback
+
+    async def _on_msg(self, msg: Msg) -> None:
+        m = self.machine
+        verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
+        if verdict is Reply.DELIVER:
+            self.buffer.append(msg)
+            self.replies += 1
+            self.bytes += len(msg.data)
+            if len(self.buffer) > _PLAIN_MAX_BUFFERED:
+                m.on_connection_lost(
+                    ProtocolViolationError(
+                        f"more than {_PLAIN_MAX_BUFFERED} replies buffered from a responder "
+                        "without flow control; the consumer is too slow",
+                        retryable=False,
+                    )
+                )
+        elif verdict is Reply.DROP:
+            if self._timer is None:
+                self._arm()
+            return
+        elif verdict is Reply.CANCEL_FOREIGN:
+            self._spawn(self._send(msg.reply, cancel_headers()))
+            return
+        elif verdict is Reply.END or verdict is Reply.ERROR:
+            self.marker = msg
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+        if self._timer is None or verdict is not Reply.DELIVER:
+            self._arm()
+
+    # ------------------------------------------------------------ consumer
+
+    async def next_data(self) -> Msg | None:
+        """The next data reply; None once the attempt is over and its data consumed.
+
+        Cancellation: the waiting is abandoned; the attempt stays usable.
+        """
+        buf = self.buffer
+        m = self.machine
+        while not buf:
+            if m.terminal:
+                return None
+            w = self._waiter = self.loop.create_future()
+            m.consumer_waiting(self.loop.time())
+            self._arm()
+            await w
+        m.consumer_busy()
+        return buf.popleft()
+
+    async def delivered(self, msg: Msg) -> None:
+        """The consumer accepted ``msg``: count it and ack when credit runs low."""
+        m = self.machine
+        ack = m.on_delivered(msg.headers, len(msg.data))
+        if ack is not None and m.control_subject is not None:
+            m.mark_sent(self.loop.time())
+            await self._send(m.control_subject, ack)
+
+    @property
+    def failed_at_once(self) -> bool:
+        """The attempt failed with no marker and before any data (e.g. stall, gap)."""
+        return self.machine.state is RequesterState.FAILED and self.marker is None
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self) -> None:
+        when = self.machine.next_deadline()
+        if when is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_at = math.inf
+            return
+        if self._timer is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        m = self.machine
+        action = m.on_timer(self.loop.time())
+        if action.control is not None and m.control_subject is not None:
+            self._spawn(self._send(m.control_subject, action.control))
+        if action.fail:
+            self._wake()
+        self._arm()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def connection_lost(self) -> None:
+        """Called by the pool when this attempt's connection broke."""
+        self.machine.on_connection_lost(
+            ConnectionLostError(f"connection to {self.conn.safe_url} lost mid-stream")
+        )
+        self._wake()
+
+    # ------------------------------------------------------------ sending
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, subject: str, headers: dict[str, str]) -> None:
+        try:
+            await publish(self.nc, subject, b"", headers=headers)
+        except ConnectionLostError:
+            log.debug("control message to %s not sent: connection lost", subject)
+
+    async def close(self) -> None:
+        """End the attempt: tell the responder when it is not finished, unsubscribe.
+
+        Safe to call more than once and during cancellation.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        cancel = self.machine.cancel()
+        self.conn.discard(self)
+        if cancel is not None and self.machine.control_subject is not None:
+            await self._send(self.machine.control_subject, cancel)
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                log.debug("unsubscribe of a stream inbox failed", exc_info=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class Stream:
+    """One streamed request, with retries; created by :meth:`Pool.stream`.
+
+    Use ``async with pool.stream(...) as s: async for msg in s: ...``. Iteration
+    yields data replies only and ends at the end marker; an error marker raises
+    :class:`StreamError`, timeouts raise :class:`RequestTimeoutError` /
+    :class:`StreamTimeoutError`. Leaving the block early (``break``, an exception, or
+    cancellation) ends the stream and tells the responder to stop.
+
+    Retryable failures are retried up to ``max_retries`` times, ``retry_delay``
+    seconds apart; with resume on (the default) a retry continues after the last
+    message delivered, so iteration never sees a duplicate or a gap.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        subject: str,
+        data: bytes,
+        *,
+        request_timeout: float | None = None,
+        stream_timeout: float | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 0.5,
+        headers: dict[str, str] | None = None,
+        options: StreamOptions | None = None,
+    ) -> None:
+        validate_publish_subject(subject)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if retry_delay < 0:
+            raise ValueError(f"retry_delay must be >= 0 seconds, got {retry_delay}")
+        for name, value in (
+            ("request_timeout", request_timeout),
+            ("stream_timeout", stream_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds or None, got {value}")
+        self._pool = pool
+        self.subject = subject
+        self._data = bytes(data)
+        self._request_timeout = request_timeout
+        self._stream_timeout = stream_timeout
+        self._max_retries = max_retries
+        self._retry_delay = retry_delay
+        self._headers = headers
+        self._options = options or pool.config.stream
+        self._loop = asyncio.get_running_loop()
+        self._deadline: float | None = None
+        self._attempt: _Attempt | None = None
+        self._resume: Resume | None = None
+        self._to_ack: Msg | None = None
+        self.attempts = 0
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _open(self) -> _Attempt:
+        if self._deadline is None and self._stream_timeout is not None:
+            self._deadline = self._loop.time() + self._stream_timeout
+        opts = self._options
+        conn = self._pool._acquire()
+        machine = RequesterMachine(
+            self._loop.time(),
+            subject=self.subject,
+            window_messages=opts.window_messages,
+            window_bytes=opts.window_bytes,
+            heartbeat=opts.heartbeat,
+            stall_factor=opts.stall_factor,
+            request_timeout=self._request_timeout,
+            deadline=self._deadline,
+            resume=self._resume if opts.resume else None,
+        )
+        attempt = _Attempt(conn, self.subject, machine, self._loop)
+        self._attempt = attempt
+        self.attempts += 1
+        self._pool._stream_started(self.attempts > 1)
+        try:
+            await attempt.start(self._data, self._headers)
+        except BaseException:
+            await attempt.close()
+            raise
+        return attempt
+
+    async def __aenter__(self) -> Stream:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the stream; the responder is told to stop if it has not finished."""
+        if self._closed:
+            return
+        self._closed = True
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            self._pool._stream_finished(attempt, attempt.machine.state is RequesterState.ENDED)
+            await attempt.close()
+
+    # ------------------------------------------------------------ iteration
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Msg:
+        if self._to_ack is not None:
+            msg, self._to_ack = self._to_ack, None
+            assert self._attempt is not None
+            await self._attempt.delivered(msg)
+        kind, msg = await self._next()
+        if kind is Reply.DELIVER:
+            self._to_ack = msg
+            return msg
+        if kind is Reply.ERROR:
+            await self._retry_or_raise()
+            return await self.__anext__()
+        raise StopAsyncIteration
+
+    async def _next(self) -> tuple[Reply, Msg]:
+        """The next reply: (DELIVER, data), (END, marker) or (ERROR, marker).
+
+        Failures without a marker are retried here or raised.
+        """
+        while True:
+            attempt = self._attempt
+            if attempt is None:
+                if self._closed:
+                    raise StopAsyncIteration
+                attempt = await self._open()
+            msg = await attempt.next_data()
+            if msg is not None:
+                return Reply.DELIVER, msg
+            m = attempt.machine
+            if m.state is RequesterState.ENDED:
+                assert attempt.marker is not None
+                return Reply.END, attempt.marker
+            if m.state is RequesterState.CANCELLED:
+                raise StopAsyncIteration
+            if attempt.marker is not None:
+                return Reply.ERROR, attempt.marker
+            await self._retry_or_raise()
+
+    async def _retry_or_raise(self) -> None:
+        """Retry after a failure when allowed; otherwise raise it."""
+        attempt = self._attempt
+        assert attempt is not None
+        error = attempt.machine.error
+        assert error is not None
+        self._resume = attempt.machine.resume_point() or self._resume
+        self._attempt = None
+        self._pool._stream_finished(attempt, ok=False)
+        await attempt.close()
+        if not error.retryable or self.attempts > self._max_retries:
+            self._closed = True
+            raise error
+        delay = self._retry_delay
+        if self._deadline is not None and self._loop.time() + delay >= self._deadline:
+            self._closed = True
+            raise error
+        log.debug("retrying stream on %r after %s", self.subject, type(error).__name__)
+        await asyncio.sleep(delay)
+
+    async def run_handler(self, handler: Handler) -> None:
+        """Feed every reply (end and error markers included) to ``handler``.
+
+        Returns at the end marker or when the handler returns False; raises the
+        stream's error otherwise. The whole run, handler calls included, is bounded
+        by ``stream_timeout``: past it the handler is cancelled and
+        :class:`StreamTimeoutError` is raised.
+        """
+        is_coro = inspect.iscoroutinefunction(handler)
+        try:
+            async with asyncio.timeout_at(self._deadline_for_handler()) as cm:
+                await self._feed(handler, is_coro)
+        except TimeoutError as exc:
+            if isinstance(exc, StreamFailure) or not cm.expired():
+                raise
+            raise StreamTimeoutError(
+                f"stream on {self.subject!r} passed its deadline ({self._stream_timeout:g} s)"
+            ) from None
+        finally:
+            await self.aclose()
+
+    def _deadline_for_handler(self) -> float | None:
+        if self._stream_timeout is None:
+            return None
+        if self._deadline is None:
+            self._deadline = self._loop.time() + self._stream_timeout
+        return self._deadline
+
+    async def _feed(self, handler: Handler, is_coro: bool) -> None:
+        while True:
+            try:
+                kind, msg = await self._next()
+            except StopAsyncIteration:
+                return
+            if is_coro:
+                result: Any = await handler(msg)  # type: ignore[misc]
+            else:
+                result = handler(msg)
+                if inspect.isawaitable(result):
+                    result = await result
+            if kind is Reply.DELIVER:
+                if result is False:
+                    return
+                attempt = self._attempt
+                assert attempt is not None
+                await attempt.delivered(msg)
+            elif kind is Reply.END:
+                return
+            else:
+                await self._retry_or_raise()

@@ -1,0 +1,787 @@
+"""Subscriber: turns one request into many replies, driving :class:`ResponderMachine`.
+
+Every request is served in its own task. A stream's control traffic (acks,
+heartbeats, cancel) arrives on one wildcard subscription per connection, under an
+unguessable per-stream token, and is dispatched to the stream it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ._config import Config
+from ._connection import HEADER_ALLOWANCE, connect, log, publish, subscribe_live
+from ._errors import (
+    ConfigError,
+    ConnectionLostError,
+    NoServersError,
+    PayloadTooLargeError,
+    StreamError,
+    SubscriberClosedError,
+)
+from ._protocol import (
+    STREAM_END,
+    STREAM_ERROR_PREFIX,
+    Control,
+    HeaderError,
+    ResponderMachine,
+    ResponderTimer,
+    Resume,
+    parse_request_headers,
+)
+from ._subjects import validate_queue, validate_subscribe_subject
+
+__all__ = [
+    "BatchHandler",
+    "GeneratorHandler",
+    "IndexHandler",
+    "StreamRequest",
+    "StreamSubscription",
+    "Subscriber",
+]
+
+ErrorValue = str | BaseException | None
+IndexResult = tuple[bytes | None, bool, ErrorValue]
+BatchResult = tuple[list[bytes], bool, ErrorValue]
+IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
+BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
+GeneratorHandler = Callable[["StreamRequest"], AsyncIterator[bytes]]
+
+_YIELD_EVERY = 32  # replies sent between explicit yields, so concurrent streams interleave
+_BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class StreamRequest:
+    """The request a responder handler serves.
+
+    Attributes:
+        msg: the raw nats-py message.
+        data, subject, headers: of the request.
+    """
+
+    __slots__ = ("_machine", "_resume_read", "msg")
+
+    def __init__(self, msg: Msg, machine: ResponderMachine) -> None:
+        self.msg = msg
+        self._machine = machine
+        self._resume_read = False
+
+    @property
+    def data(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self.msg.headers
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the stream's deadline (the requester's ``stream_timeout``
+        or the subscriber's ``max_stream_duration``); None when there is none. When it
+        reaches 0 the stream is ended with a 504 error and the handler is cancelled."""
+        return self._machine.time_remaining(time.monotonic())
+
+    @property
+    def resume(self) -> Resume | None:
+        """Where a retried stream continues (None for a fresh one).
+
+        A generator handler that reads this is trusted to start after
+        ``resume.seq`` items itself; otherwise natstream skips that many items.
+        """
+        self._resume_read = True
+        return self._machine.resume
+
+    @property
+    def is_v1(self) -> bool:
+        """Whether the requester speaks natstream's protocol (else the plain markers)."""
+        return self._machine.v1
+
+    def __repr__(self) -> str:
+        return f"<StreamRequest subject={self.subject!r} {len(self.data)} bytes>"
+
+
+class _HandlerError(Exception):
+    """A handler returned an error: end the stream with this error marker."""
+
+    def __init__(self, message: str, code: int, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
+def _error_from_value(err: str | BaseException) -> _HandlerError:
+    if isinstance(err, StreamError):
+        return _HandlerError(err.message, err.code, err.retryable)
+    return _HandlerError(str(err) or type(err).__name__, _INTERNAL, True)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    """Counters of one stream subscription."""
+
+    subject: str
+    queue: str
+    streams_active: int
+    streams_started: int
+    streams_completed: int
+    streams_failed: int
+    streams_cancelled: int
+    streams_rejected_busy: int
+    replies_sent: int
+
+
+class StreamSubscription:
+    """Handle of one stream subscription; :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        subject: str,
+        queue: str,
+        make_items: Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]],
+        max_concurrent_streams: int,
+    ) -> None:
+        self.subscriber = subscriber
+        self.subject = subject
+        self.queue = queue
+        self._make_items = make_items
+        self.max_concurrent_streams = max_concurrent_streams
+        self._sub: Subscription | None = None
+        self._streams: set[_ResponderStream] = set()
+        self._started = self._completed = self._failed = self._cancelled = self._busy = 0
+        self._sent = 0
+
+    @property
+    def active(self) -> int:
+        """Streams being served now."""
+        return len(self._streams)
+
+    def stats(self) -> SubscriptionStats:
+        return SubscriptionStats(
+            self.subject,
+            self.queue,
+            len(self._streams),
+            self._started,
+            self._completed,
+            self._failed,
+            self._cancelled,
+            self._busy,
+            self._sent,
+        )
+
+    async def _on_request(self, msg: Msg) -> None:
+        self.subscriber._serve(self, msg)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking requests; in-flight streams get ``grace`` seconds (the
+        subscriber's ``close_grace`` when None) to finish, then are cancelled."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                log.debug("unsubscribe of %r failed", self.subject, exc_info=True)
+        self.subscriber._subscriptions.discard(self)
+        grace = self.subscriber.close_grace if grace is None else grace
+        await _finish_streams(list(self._streams), grace)
+
+
+async def _finish_streams(streams: list[_ResponderStream], grace: float) -> None:
+    tasks = [s.task for s in streams if s.task is not None]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)
+
+
+class _ResponderStream:
+    """One stream being served: the task that runs the handler and sends replies."""
+
+    def __init__(
+        self,
+        owner: StreamSubscription,
+        nc: Client,
+        msg: Msg,
+        machine: ResponderMachine,
+        control_subject: str | None,
+        token: str,
+    ) -> None:
+        self.owner = owner
+        self.nc = nc
+        self.reply = msg.reply
+        self.machine = machine
+        self.control_subject = control_subject
+        self.token = token
+        self.request = StreamRequest(msg, machine)
+        self.task: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self._credit: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._need_credit = 0
+        self._cancel_reason: str | None = None
+
+    # ------------------------------------------------------------ sending
+
+    async def _send(self, payload: bytes, headers: dict[str, str] | None) -> None:
+        await publish(
+            self.nc, self.reply, payload, reply=self.control_subject or "", headers=headers
+        )
+
+    async def _send_error(self, message: str, code: int, retryable: bool) -> None:
+        m = self.machine
+        headers = m.error_headers(message, code, retryable, self.loop.time())
+        await self._send(STREAM_ERROR_PREFIX + message.encode("utf-8", "replace"), headers)
+
+    async def run(self) -> None:
+        m = self.machine
+        owner = self.owner
+        limit = self.nc.max_payload - HEADER_ALLOWANCE
+        items: AsyncIterator[tuple[bytes, int | str | None]] | None = None
+        outcome = "failed"
+        try:
+            if m.v1:
+                await self._send(b"", m.heartbeat_headers(self.loop.time()))
+            self._arm()
+            items = owner._make_items(self.request)
+            sent = 0
+            async for data, pos in items:
+                if m.terminal:
+                    break
+                if not isinstance(data, bytes):
+                    raise TypeError(f"a handler produced {type(data).__name__}, not bytes")
+                size = len(data)
+                if size > limit:
+                    log.error(
+                        "stream on %r: a reply of %d bytes exceeds max_payload (%d)",
+                        owner.subject,
+                        size,
+                        limit,
+                    )
+                    await self._send_error(
+                        str(PayloadTooLargeError(size, limit)), _TOO_LARGE, False
+                    )
+                    return
+                if not m.has_credit(size):
+                    await self._wait_credit(size)
+                    if m.terminal:
+                        break
+                if type(pos) is int:
+                    pos = None if pos == m.sent_seq else str(pos)
+                await self._send(data, m.data_headers(size, pos, self.loop.time()))  # type: ignore[arg-type]
+                sent += 1
+                if sent % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            else:
+                if not m.terminal:
+                    await self._send(STREAM_END, m.end_headers(self.loop.time()))
+                    outcome = "completed"
+                    return
+            outcome = "cancelled"
+        except _HandlerError as e:
+            if not m.terminal:
+                await self._send_error(e.message, e.code, e.retryable)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            if self._cancel_reason == "deadline" and not m.terminal:
+                await self._send_error("stream deadline exceeded", _DEADLINE, False)
+            raise
+        except ConnectionLostError:
+            log.debug("stream on %r: connection lost", owner.subject)
+        except Exception as exc:
+            await self._internal_error(exc)
+        finally:
+            owner._sent += m.sent_seq - (m.resume.seq if m.resume else 0)
+            self._finish(outcome)
+            if items is not None and hasattr(items, "aclose"):
+                try:
+                    await items.aclose()
+                except Exception:
+                    log.debug("closing a stream handler failed", exc_info=True)
+
+    async def _internal_error(self, exc: Exception) -> None:
+        owner = self.owner
+        error_id = secrets.token_hex(6)
+        log.error(
+            "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
+        )
+        if owner.subscriber.send_exception_text:
+            message = f"{type(exc).__name__}: {exc} (error id {error_id})"
+        else:
+            message = f"internal error (error id {error_id})"
+        if not self.machine.terminal:
+            try:
+                await self._send_error(message, _INTERNAL, False)
+            except ConnectionLostError:
+                pass
+
+    def _finish(self, outcome: str) -> None:
+        owner = self.owner
+        owner._streams.discard(self)
+        self.owner.subscriber._controls.pop(self.token, None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if outcome == "completed":
+            owner._completed += 1
+        elif outcome == "cancelled":
+            owner._cancelled += 1
+        else:
+            owner._failed += 1
+
+    # ------------------------------------------------------------ credit
+
+    async def _wait_credit(self, size: int) -> None:
+        m = self.machine
+        while not m.terminal and not m.has_credit(size):
+            fut = self._credit = self.loop.create_future()
+            await fut
+
+    def on_control(self, msg: Msg) -> None:
+        verdict = self.machine.on_control(msg.headers, self.loop.time())
+        if verdict is Control.CANCEL:
+            self._stop("cancelled by the requester")
+        elif verdict is Control.LIVENESS:
+            fut = self._credit
+            if fut is not None and not fut.done():
+                self._credit = None
+                fut.set_result(None)
+
+    def _stop(self, reason: str) -> None:
+        self._cancel_reason = reason
+        self.machine.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self) -> None:
+        when = self.machine.next_deadline()
+        if when is None or (self._timer is not None and self._timer_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        m = self.machine
+        action = m.on_timer(self.loop.time())
+        if action is ResponderTimer.HEARTBEAT:
+            headers = m.heartbeat_headers(self.loop.time())
+            self.owner.subscriber._spawn(self._quiet_send(b"", headers))
+        elif action is ResponderTimer.REQUESTER_GONE:
+            log.debug("stream on %r: requester gone, stopping", self.owner.subject)
+            self._stop("requester gone")
+            return
+        elif action is ResponderTimer.DEADLINE:
+            self._cancel_reason = "deadline"
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+            return
+        self._arm()
+
+    async def _quiet_send(self, payload: bytes, headers: dict[str, str]) -> None:
+        try:
+            await self._send(payload, headers)
+        except Exception:
+            log.debug("heartbeat not sent", exc_info=True)
+
+
+def _as_error(err: ErrorValue) -> _HandlerError | None:
+    if err is None:
+        return None
+    return _error_from_value(err)
+
+
+async def _call(fn: Callable[..., Any], is_coro: bool, *args: Any) -> Any:
+    result = fn(*args)
+    if is_coro or inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _index_items(
+    handler: IndexHandler,
+) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
+    is_coro = inspect.iscoroutinefunction(handler)
+
+    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+        resume = request._machine.resume
+        index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
+        while True:
+            data, more, err = await _call(handler, is_coro, request, index)
+            e = _as_error(err)
+            if e is not None:
+                raise e
+            if data is not None:
+                yield data, index
+            if not more:
+                return
+            index += 1
+
+    return items
+
+
+def _batch_items(
+    handler: BatchHandler,
+) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
+    is_coro = inspect.iscoroutinefunction(handler)
+
+    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+        resume = request._machine.resume
+        batch, skip = 0, 0
+        if resume is not None:
+            b, _, o = resume.pos.partition(".")
+            batch, skip = int(b), (int(o) + 1 if o else 0)
+            if not o:  # position from an index handler: continue after that batch
+                batch, skip = batch + 1, 0
+        while True:
+            data, more, err = await _call(handler, is_coro, request, batch)
+            e = _as_error(err)
+            if e is not None:
+                raise e
+            for j in range(skip, len(data)):
+                yield data[j], f"{batch}.{j}"
+            skip = 0
+            if not more:
+                return
+            batch += 1
+
+    return items
+
+
+def _generator_items(
+    fn: GeneratorHandler,
+) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
+    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+        gen = fn(request)
+        if not hasattr(gen, "__anext__"):
+            raise TypeError("stream_handler needs an async generator function")
+        resume = request._machine.resume
+        skip = resume.seq if resume is not None else 0
+        try:
+            async for item in gen:
+                if skip and not request._resume_read:
+                    skip -= 1
+                    continue
+                yield item, None
+        finally:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return items
+
+
+class Subscriber:
+    """Responds to streamed requests; also records subjects into writers.
+
+    ``sub = await Subscriber.connect(servers)``; ``await sub.close()``.
+
+    Args:
+        close_grace: seconds :meth:`close` lets in-flight streams finish (max 5 by
+            default), after which they are cancelled.
+        max_concurrent_streams: default per-subscription limit; requests beyond it
+            get an immediate retryable 503 "busy" error.
+        max_request_size: larger requests get a 413 error reply (None: only the
+            server's max_payload limits them).
+        max_stream_duration: seconds any one stream may last (None: no limit).
+        send_exception_text: when a handler raises, send the exception's text to the
+            requester (off by default: a generic message with an error id is sent and
+            the traceback is logged locally with that id).
+        stall_factor: missed requester heartbeats before its stream is stopped.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        close_grace: float = 5.0,
+        max_concurrent_streams: int = 1000,
+        max_request_size: int | None = None,
+        max_stream_duration: float | None = None,
+        send_exception_text: bool = False,
+        stall_factor: float = 3.0,
+    ) -> None:
+        if max_concurrent_streams < 1:
+            raise ConfigError(f"max_concurrent_streams must be >= 1, got {max_concurrent_streams}")
+        if close_grace < 0:
+            raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
+        self.config = config
+        self.close_grace = close_grace
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_request_size = max_request_size
+        self.max_stream_duration = max_stream_duration
+        self.send_exception_text = send_exception_text
+        self.stall_factor = stall_factor
+        self._state = _State.CLOSED
+        self._nc: Client | None = None
+        self._control_sub: Subscription | None = None
+        self._control_prefix = ""
+        self._controls: dict[str, _ResponderStream] = {}
+        self._subscriptions: set[StreamSubscription] = set()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run a small fire-and-forget send; a reference is kept until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @classmethod
+    async def connect(cls, servers: list[str] | str | Config, **options: Any) -> Subscriber:
+        """Connect to ``servers`` (a list of URLs, or a :class:`Config` for auth/TLS).
+
+        Keyword options are those of :class:`Subscriber`.
+
+        Raises:
+            NoServersError: no server could be reached.
+        """
+        if isinstance(servers, Config):
+            config = servers
+        else:
+            config = Config(servers=[servers] if isinstance(servers, str) else list(servers))
+        sub = cls(config, **options)
+        await sub._open()
+        return sub
+
+    @property
+    def nc(self) -> Client:
+        """The underlying nats-py connection."""
+        if self._nc is None:
+            raise SubscriberClosedError("this subscriber is closed")
+        return self._nc
+
+    async def _open(self) -> None:
+        cfg = self.config
+        try:
+            self._nc = await connect(list(cfg.servers), cfg.nats_options(), allow_reconnect=True)
+        except Exception as exc:
+            from ._connection import safe_server, translate_connect_error
+
+            servers = [safe_server(s) for s in cfg.servers]
+            reason = translate_connect_error(exc)
+            raise NoServersError(servers, [reason] * len(servers)) from None
+        self._state = _State.OPEN
+        self._control_prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
+        self._control_sub = await subscribe_live(
+            self._nc, f"{self._control_prefix}.*", self._on_control, pending_bytes_limit=0
+        )
+
+    async def _on_control(self, msg: Msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        stream = self._controls.get(token)
+        if stream is not None:
+            stream.on_control(msg)
+
+    def _check_open(self) -> Client:
+        if self._state is not _State.OPEN or self._nc is None:
+            raise SubscriberClosedError("this subscriber is closed; create a new one")
+        return self._nc
+
+    # ------------------------------------------------------------ responders
+
+    async def _subscribe(
+        self,
+        subject: str,
+        make_items: Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]],
+        queue: str | None,
+        max_concurrent_streams: int | None,
+    ) -> StreamSubscription:
+        nc = self._check_open()
+        validate_subscribe_subject(subject)
+        q = validate_queue(queue)
+        handle = StreamSubscription(
+            self, subject, q, make_items, max_concurrent_streams or self.max_concurrent_streams
+        )
+        handle._sub = await subscribe_live(nc, subject, handle._on_request, queue=q)
+        self._subscriptions.add(handle)
+        return handle
+
+    async def stream_subscribe_handler(
+        self,
+        subject: str,
+        handler: IndexHandler,
+        *,
+        queue: str | None = None,
+        max_concurrent_streams: int | None = None,
+    ) -> StreamSubscription:
+        """Serve ``subject`` with an index handler (sync or async).
+
+        ``handler(request, index) -> (data | None, more, err)``, ``index`` counting
+        calls from 0. If ``err`` is set, the error marker is sent and the stream ends;
+        else ``data`` (when not None) is sent; when ``more`` is False the end marker
+        follows. Returns once the subscription is live on the server.
+
+        Cancellation: when the requester cancels or vanishes, or the deadline passes,
+        the handler's task is cancelled (``CancelledError`` inside an async handler).
+        """
+        return await self._subscribe(subject, _index_items(handler), queue, max_concurrent_streams)
+
+    async def batch_stream_subscribe_handler(
+        self,
+        subject: str,
+        batch_handler: BatchHandler,
+        *,
+        queue: str | None = None,
+        max_concurrent_streams: int | None = None,
+    ) -> StreamSubscription:
+        """Serve ``subject`` with a batch handler: ``(request, batch_index) ->
+        (items, more, err)``; items go out in order, one reply each."""
+        return await self._subscribe(
+            subject, _batch_items(batch_handler), queue, max_concurrent_streams
+        )
+
+    async def stream_handler(
+        self,
+        subject: str,
+        fn: GeneratorHandler,
+        *,
+        queue: str | None = None,
+        max_concurrent_streams: int | None = None,
+    ) -> StreamSubscription:
+        """Serve ``subject`` with an async generator: ``async def fn(request): yield b"..."``.
+
+        Each yielded bytes is one reply; returning ends the stream; an exception
+        ends it with an error marker (raise :class:`StreamError` to choose the
+        message, code and retryability sent).
+        """
+        return await self._subscribe(subject, _generator_items(fn), queue, max_concurrent_streams)
+
+    def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
+        """A request arrived (in nats-py's callback task: do no I/O here but spawn)."""
+        nc = self._nc
+        if not msg.reply or nc is None or self._state is not _State.OPEN:
+            return
+        now = time.monotonic()
+        try:
+            options = parse_request_headers(msg.headers)
+        except HeaderError as exc:
+            self._spawn(self._reject(nc, msg, None, str(exc), _BAD_REQUEST, False))
+            return
+        machine = ResponderMachine(
+            options, now, stall_factor=self.stall_factor, max_duration=self.max_stream_duration
+        )
+        if len(handle._streams) >= handle.max_concurrent_streams:
+            handle._busy += 1
+            self._spawn(self._reject(nc, msg, machine, "busy: too many streams", _BUSY_CODE, True))
+            return
+        if self.max_request_size is not None and len(msg.data) > self.max_request_size:
+            self._spawn(
+                self._reject(
+                    nc,
+                    msg,
+                    machine,
+                    f"request of {len(msg.data)} bytes exceeds the limit of "
+                    f"{self.max_request_size}",
+                    _TOO_LARGE,
+                    False,
+                )
+            )
+            return
+        token = secrets.token_hex(12)
+        control = f"{self._control_prefix}.{token}" if machine.v1 else None
+        stream = _ResponderStream(handle, nc, msg, machine, control, token)
+        if control is not None:
+            self._controls[token] = stream
+        handle._streams.add(stream)
+        handle._started += 1
+        stream.task = asyncio.create_task(
+            stream.run(), name=f"natstream-stream-{handle.subject}-{handle._started}"
+        )
+
+    async def _reject(
+        self,
+        nc: Client,
+        msg: Msg,
+        machine: ResponderMachine | None,
+        message: str,
+        code: int,
+        retryable: bool,
+    ) -> None:
+        headers = machine.error_headers(message, code, retryable, 0.0) if machine else None
+        if machine is None and msg.headers and "Ns-V" in msg.headers:
+            headers = {
+                "Nats-Service-Error": message,
+                "Nats-Service-Error-Code": str(code),
+                "Ns-Seq": "0",
+                "Ns-Retry": "1" if retryable else "0",
+            }
+        try:
+            await publish(nc, msg.reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
+        except Exception:
+            log.debug("could not send a %d reply", code, exc_info=True)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self._closers.append(closer)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop taking requests; let in-flight streams finish within ``grace`` seconds
+        (``close_grace`` when None), cancel the rest, flush recorders, disconnect.
+
+        Idempotent.
+        """
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.CLOSING
+        grace = self.close_grace if grace is None else grace
+        try:
+            subs = list(self._subscriptions)
+            await asyncio.gather(*(s.stop(grace) for s in subs))
+            for closer in self._closers:
+                await closer()
+        finally:
+            nc, self._nc = self._nc, None
+            if nc is not None:
+                try:
+                    await nc.close()
+                except Exception:
+                    log.debug("closing the subscriber's connection failed", exc_info=True)
+            self._state = _State.CLOSED
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+logging.getLogger("natstream").addHandler(logging.NullHandler())
