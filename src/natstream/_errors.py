@@ -131,7 +131,9 @@ class PayloadTooLargeError(StreamFailure, ConfigError):
     """A payload is larger than the server accepts (its ``max_payload``)."""
 
     def __init__(self, size: int, max_payload: int) -> None:
-        super().__init__(f"payload of {size} bytes exceeds the server's max_payload of {max_payload}")
+        super().__init__(
+            f"payload of {size} bytes exceeds the server's max_payload of {max_payload}"
+        )
         self.size = size
         self.max_payload = max_payload
 

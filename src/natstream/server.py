@@ -203,9 +203,10 @@ class NatsServer:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 return False
-            with contextlib.suppress(OSError), socket.create_connection(
-                (_HOST, self.port), timeout=0.5
-            ) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((_HOST, self.port), timeout=0.5) as s,
+            ):
                 if s.recv(5) == b"INFO ":
                     return True
             time.sleep(_POLL_INTERVAL)
@@ -279,9 +280,7 @@ class NatsCluster:
     on one node is visible from the others as soon as interest propagates.
     """
 
-    def __init__(
-        self, size: int = 3, *, config: str = "", start_timeout: float = 15.0
-    ) -> None:
+    def __init__(self, size: int = 3, *, config: str = "", start_timeout: float = 15.0) -> None:
         if size < 2:
             raise ValueError("a cluster needs at least 2 nodes")
         self.start_timeout = start_timeout
@@ -356,9 +355,7 @@ class NatsCluster:
 def _route_count(node: NatsServer) -> int:
     """Number of distinct servers ``node`` has routes to (-1 when unreachable)."""
     try:
-        with urllib.request.urlopen(
-            f"http://{_HOST}:{node.http_port}/routez", timeout=1.0
-        ) as resp:
+        with urllib.request.urlopen(f"http://{_HOST}:{node.http_port}/routez", timeout=1.0) as resp:
             data = json.load(resp)
     except OSError:
         return -1
