@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -64,7 +64,9 @@ async def connect(
         servers=servers,
         allow_reconnect=allow_reconnect,
         error_cb=error_cb,
-        max_reconnect_attempts=-1 if allow_reconnect else 0,
+        # nats-py counts attempts per server and treats 0 as "forever" on the first
+        # connect; 1 means: try each server twice, then raise NoServersError.
+        max_reconnect_attempts=-1 if allow_reconnect else 1,
         reconnect_time_wait=0.2,
     )
     if disconnected_cb is not None:
@@ -77,7 +79,17 @@ async def connect(
         kwargs["lame_duck_mode_cb"] = lame_duck_cb
     if not allow_reconnect:
         kwargs["dont_randomize"] = True
-    return await nats.connect(**kwargs)
+    nc = Client()
+    # With reconnect on, nats-py retries the first connect forever: bound it here.
+    first_connect = float(options.get("connect_timeout", 2.0)) * 2 * len(servers) + 1.0
+    try:
+        async with asyncio.timeout(first_connect):
+            await nc.connect(**kwargs)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return nc
 
 
 async def subscribe_live(

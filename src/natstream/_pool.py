@@ -174,13 +174,16 @@ class Pool:
             servers = [safe_server(u) for u in cfg.servers]
             raise NoServersError(servers, [reasons.get(s, "unknown") for s in servers])
         self._state = PoolState.OPEN
+        warned: set[str] = set()
         for c, r in zip(self._conns, results, strict=True):
             if isinstance(r, BaseException):
-                log.warning(
-                    "server %s unreachable (%s); retrying in the background",
-                    c.safe_url,
-                    translate_connect_error(r),
-                )
+                if c.url not in warned:
+                    warned.add(c.url)
+                    log.warning(
+                        "server %s unreachable (%s); retrying in the background",
+                        c.safe_url,
+                        translate_connect_error(r),
+                    )
                 self._schedule_reconnect(c)
         self._health_task = asyncio.create_task(self._health_loop(), name="natstream-pool-health")
 

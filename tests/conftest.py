@@ -1,0 +1,62 @@
+"""Shared fixtures: real nats-server processes on loopback, started and stopped here."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from natstream import Config, Pool, StreamOptions, Subscriber
+from natstream.server import NatsServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[NatsServer]:
+    """One nats-server for the whole session; tests use distinct subjects."""
+    with NatsServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[NatsServer]:
+    """A nats-server of this test's own, for tests that stop or kill it."""
+    with NatsServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def subject() -> str:
+    """A subject no other test uses."""
+    return f"t.{next(_counter)}.svc"
+
+
+# Short heartbeats so liveness tests finish quickly; still far above scheduling noise.
+FAST = StreamOptions(heartbeat=0.2)
+
+
+@pytest.fixture
+async def subscriber(server: NatsServer) -> AsyncIterator[Subscriber]:
+    sub = await Subscriber.connect([server.url], close_grace=1.0)
+    yield sub
+    await sub.close()
+
+
+@pytest.fixture
+async def pool(server: NatsServer) -> AsyncIterator[Pool]:
+    async with Pool(Config([server.url], idle_per_server=2, stream=FAST)) as p:
+        yield p
+    assert_no_natstream_tasks()
+
+
+def assert_no_natstream_tasks() -> None:
+    """No background task of ours outlives the object that started it."""
+    left = [
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith("natstream-") and not t.done()
+    ]
+    assert not left, f"tasks left running: {left}"

@@ -1,0 +1,405 @@
+"""The seed's API end to end against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+import natstream
+from natstream import (
+    STREAM_END,
+    STREAM_ERROR_PREFIX,
+    Config,
+    NoRespondersError,
+    Pool,
+    RequestTimeoutError,
+    StreamError,
+    StreamTimeoutError,
+    Subscriber,
+)
+from natstream._connection import subscribe_live
+from natstream.server import NatsServer
+
+
+def seed_handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+    if index >= 10:
+        return None, False, None
+    return f"响应_{index}".encode(), True, None
+
+
+class Collect:
+    """A requester handler that records what it sees."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def __call__(self, msg: Msg) -> bool:
+        self.data.append(msg.data)
+        return True
+
+
+async def test_seed_basic_stream(subscriber: Subscriber, pool: Pool, subject: str) -> None:
+    await subscriber.stream_subscribe_handler(subject, seed_handler)
+    seen = Collect()
+    await pool.stream_request(subject, "请求数据".encode(), seen)
+    assert seen.data == [f"响应_{i}".encode() for i in range(10)] + [STREAM_END]
+
+
+async def test_async_handlers_on_both_sides(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    async def responder(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        if index == 3:
+            return None, False, None
+        return request.data + str(index).encode(), True, None
+
+    await subscriber.stream_subscribe_handler(subject, responder)
+    seen: list[bytes] = []
+
+    async def handler(msg: Msg) -> bool:
+        await asyncio.sleep(0)
+        seen.append(msg.data)
+        return True
+
+    await pool.stream_request(subject, b"q", handler)
+    assert seen == [b"q0", b"q1", b"q2", STREAM_END]
+
+
+async def test_error_marker_raises_after_handler_saw_it(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    def responder(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index == 3:
+            return None, False, "database unavailable"
+        return b"row", True, None
+
+    await subscriber.stream_subscribe_handler(subject, responder)
+    seen = Collect()
+    with pytest.raises(StreamError) as info:
+        await pool.stream_request(subject, b"", seen)
+    assert "database unavailable" in str(info.value)
+    assert info.value.message == "database unavailable"
+    assert seen.data == [b"row"] * 3 + [STREAM_ERROR_PREFIX + b"database unavailable"]
+
+
+async def test_handler_false_stops_early_and_responder_stops(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    calls = 0
+
+    async def endless(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls = index + 1
+        await asyncio.sleep(0.001)
+        return b"tick", True, None
+
+    handle = await subscriber.stream_subscribe_handler(subject, endless)
+    seen = Collect()
+
+    def stop_after_five(msg: Msg) -> bool:
+        seen(msg)
+        return len(seen.data) < 5
+
+    await pool.stream_request(subject, b"", stop_after_five)
+    assert seen.data == [b"tick"] * 5
+    async with asyncio.timeout(2):
+        while handle.active:
+            await asyncio.sleep(0.01)
+    stopped_at = calls
+    await asyncio.sleep(0.1)
+    assert calls == stopped_at
+    assert handle.stats().streams_cancelled == 1
+
+
+async def test_batch_handler(subscriber: Subscriber, pool: Pool, subject: str) -> None:
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [f"{b}-{j}".encode() for j in range(3)], b < 2, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    seen = Collect()
+    await pool.stream_request(subject, b"", seen)
+    assert seen.data == [f"{b}-{j}".encode() for b in range(3) for j in range(3)] + [STREAM_END]
+
+
+async def test_generator_handler_and_exception(
+    subscriber: Subscriber, pool: Pool, subject: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def gen(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        yield b"a"
+        yield b"b"
+        if request.data == b"boom":
+            raise RuntimeError("secret internal detail")
+
+    await subscriber.stream_handler(subject, gen)
+    async with pool.stream(subject, b"ok") as s:
+        assert [m.data async for m in s] == [b"a", b"b"]
+    caplog.set_level(logging.ERROR, logger="natstream")
+    with pytest.raises(StreamError) as info:
+        async with pool.stream(subject, b"boom") as s:
+            async for _ in s:
+                pass
+    text = str(info.value)
+    assert "secret internal detail" not in text
+    assert "error id" in text
+    error_id = text.rsplit("error id ", 1)[1].rstrip(")")
+    assert any(error_id in r.getMessage() and r.exc_info for r in caplog.records)
+    assert info.value.retryable is False
+    # The responder still serves.
+    async with pool.stream(subject, b"again") as s:
+        assert [m.data async for m in s] == [b"a", b"b"]
+
+
+async def test_silent_responder_request_timeout(server: NatsServer, pool: Pool, subject: str) -> None:
+    nc = await nats.connect(server.url)
+    try:
+        await subscribe_live(nc, subject, _ignore)  # takes the request, never answers
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError) as info:
+            await pool.stream_request_with_timeout(subject, b"", 0.3, None, Collect())
+        assert isinstance(info.value, TimeoutError)
+        assert 0.25 < time.monotonic() - started < 3
+    finally:
+        await nc.close()
+
+
+async def _ignore(msg: Msg) -> None:
+    return None
+
+
+async def test_endless_stream_stream_timeout(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    async def endless(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.005)
+        return b"x", True, None
+
+    await subscriber.stream_subscribe_handler(subject, endless)
+    seen = Collect()
+    started = time.monotonic()
+    with pytest.raises(StreamTimeoutError) as info:
+        await pool.stream_request_with_timeout(subject, b"", 1.0, 0.5, seen)
+    assert isinstance(info.value, TimeoutError)
+    assert not isinstance(info.value, RequestTimeoutError)
+    assert 0.45 < time.monotonic() - started < 3
+    assert len(seen.data) > 5
+
+
+async def test_request_timeout_excludes_handler_time(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    await subscriber.stream_subscribe_handler(subject, seed_handler)
+
+    async def slow(msg: Msg) -> bool:
+        await asyncio.sleep(0.1)  # the handler's own work: 1 s in total
+        return True
+
+    await pool.stream_request_with_timeout(subject, b"", 0.3, None, slow)
+
+
+async def test_no_responders_is_immediate(pool: Pool, subject: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(NoRespondersError):
+        await pool.stream_request(subject, b"", Collect())
+    assert time.monotonic() - started < 1.0
+
+
+async def test_retry_recovers_without_duplicates(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    requests = 0
+
+    def flaky(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        nonlocal requests
+        if index == 0 or (request.resume is not None and index == int(request.resume.pos) + 1):
+            requests += 1
+        if index >= 10:
+            return None, False, None
+        if requests <= 2 and index in (3, 6):
+            return None, False, "temporarily unavailable"
+        return f"item-{index}".encode(), True, None
+
+    await subscriber.stream_subscribe_handler(subject, flaky)
+    seen: list[bytes] = []
+
+    def handler(msg: Msg) -> bool:
+        if not msg.data.startswith(STREAM_ERROR_PREFIX):
+            seen.append(msg.data)
+        return True
+
+    await pool.stream_request_with_retry(subject, b"", 3, 0.05, handler)
+    assert seen == [f"item-{i}".encode() for i in range(10)] + [STREAM_END]
+    assert requests == 3
+
+
+async def test_retry_exhausted_raises_last_error(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    attempts = 0
+
+    def broken(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        nonlocal attempts
+        attempts += 1
+        return None, False, f"down #{attempts}"
+
+    await subscriber.stream_subscribe_handler(subject, broken)
+    with pytest.raises(StreamError) as info:
+        await pool.stream_request_with_retry(subject, b"", 2, 0.01, Collect())
+    assert attempts == 3
+    assert "down #3" in str(info.value)
+
+
+async def test_our_pool_with_a_plain_responder(
+    server: NatsServer, pool: Pool, subject: str
+) -> None:
+    nc = await nats.connect(server.url)
+
+    async def plain(msg: Msg) -> None:
+        for i in range(5):
+            await nc.publish(msg.reply, f"p{i}".encode())
+        if msg.data == b"fail":
+            await nc.publish(msg.reply, b"__STREAM_ERROR__:plain failure")
+        else:
+            await nc.publish(msg.reply, b"__STREAM_END__")
+
+    try:
+        await subscribe_live(nc, subject, plain)
+        seen = Collect()
+        await pool.stream_request(subject, b"", seen)
+        assert seen.data == [f"p{i}".encode() for i in range(5)] + [STREAM_END]
+        with pytest.raises(StreamError) as info:
+            await pool.stream_request(subject, b"fail", Collect())
+        assert info.value.message == "plain failure"
+        assert info.value.retryable
+    finally:
+        await nc.close()
+
+
+async def test_plain_requester_with_our_subscriber(
+    server: NatsServer, subscriber: Subscriber, subject: str
+) -> None:
+    await subscriber.stream_subscribe_handler(subject, seed_handler)
+    nc = await nats.connect(server.url)
+    try:
+        inbox = nc.new_inbox()
+        got: list[Msg] = []
+        done = asyncio.Event()
+
+        async def on_reply(msg: Msg) -> None:
+            got.append(msg)
+            if msg.data == b"__STREAM_END__" or msg.data.startswith(b"__STREAM_ERROR__"):
+                done.set()
+
+        await nc.subscribe(inbox, cb=on_reply)
+        await nc.publish(subject, b"plain request", reply=inbox)
+        async with asyncio.timeout(5):
+            await done.wait()
+        assert [m.data for m in got] == [f"响应_{i}".encode() for i in range(10)] + [STREAM_END]
+        assert all(not m.headers for m in got)
+    finally:
+        await nc.close()
+
+
+async def test_200_concurrent_streams_of_100(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    def hundred(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index >= 100:
+            return None, False, None
+        return request.data + b":" + str(index).encode(), True, None
+
+    await subscriber.stream_subscribe_handler(subject, hundred)
+
+    async def one(n: int) -> list[bytes]:
+        async with pool.stream(subject, str(n).encode()) as s:
+            return [m.data async for m in s]
+
+    results = await asyncio.gather(*(one(n) for n in range(200)))
+    for n, data in enumerate(results):
+        assert data == [f"{n}:{i}".encode() for i in range(100)]
+    stats = pool.stats()
+    assert stats.streams_completed >= 200
+    assert stats.streams_in_flight == 0
+
+
+async def test_pool_with_a_dead_server_listed(server: NatsServer, subscriber: Subscriber, subject: str) -> None:
+    from natstream.server import free_port
+
+    dead = f"nats://127.0.0.1:{free_port()}"
+    await subscriber.stream_subscribe_handler(subject, seed_handler)
+    config = Config([dead, server.url], idle_per_server=2, connect_timeout=0.5)
+    async with Pool(config) as pool:
+        for _ in range(10):
+            seen = Collect()
+            await pool.stream_request(subject, b"", seen)
+            assert len(seen.data) == 11
+        stats = pool.stats()
+        assert [s.healthy for s in stats.servers] == [0, 2]
+
+
+async def test_pool_connect_fails_fast_naming_servers() -> None:
+    from natstream.server import free_port
+
+    urls = [f"nats://127.0.0.1:{free_port()}" for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(natstream.NoServersError) as info:
+        await Pool.connect(Config(urls, idle_per_server=1, connect_timeout=0.5))
+    assert time.monotonic() - started < 5
+    for url in urls:
+        assert url in str(info.value)
+
+
+async def test_iterator_left_early_stops_responder(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    async def endless(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        i = 0
+        while True:
+            yield str(i).encode()
+            i += 1
+            await asyncio.sleep(0.001)
+
+    handle = await subscriber.stream_handler(subject, endless)
+    async with pool.stream(subject) as s:
+        got = []
+        async for msg in s:
+            got.append(msg.data)
+            if len(got) == 20:
+                break
+    assert got == [str(i).encode() for i in range(20)]
+    async with asyncio.timeout(2):
+        while handle.active:
+            await asyncio.sleep(0.01)
+    assert handle.stats().streams_cancelled == 1
+
+
+async def test_subscription_is_live_when_subscribe_returns(server: NatsServer, pool: Pool) -> None:
+    sub = await Subscriber.connect([server.url])
+    try:
+        for i in range(300):
+            handle = await sub.stream_subscribe_handler(f"live.{i}", seed_handler)
+            seen = Collect()
+            await pool.stream_request(f"live.{i}", b"", seen)
+            assert len(seen.data) == 11
+            await handle.stop()
+    finally:
+        await sub.close()
+
+
+async def test_closed_pool_refuses(server: NatsServer) -> None:
+    pool = await Pool.connect(Config([server.url], idle_per_server=1))
+    await pool.close()
+    with pytest.raises(natstream.PoolClosedError):
+        await pool.stream_request("a.b", b"", Collect())
+    await pool.close()  # idempotent
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "a.*", "a.>", "a..b", ".a"])
+async def test_bad_request_subjects(pool: Pool, bad: str) -> None:
+    with pytest.raises(natstream.InvalidSubjectError):
+        await pool.stream_request(bad, b"", Collect())
