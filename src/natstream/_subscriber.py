@@ -174,6 +174,22 @@ class StreamSubscription:
         self._streams: set[_ResponderStream] = set()
         self._started = self._completed = self._failed = self._cancelled = self._busy = 0
         self._sent = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream of this subscription is being served."""
+        await self._idle.wait()
+
+    def _add(self, stream: _ResponderStream) -> None:
+        self._streams.add(stream)
+        self._started += 1
+        self._idle.clear()
+
+    def _discard(self, stream: _ResponderStream) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._idle.set()
 
     @property
     def active(self) -> int:
@@ -344,7 +360,7 @@ class _ResponderStream:
 
     def _finish(self, outcome: str) -> None:
         owner = self.owner
-        owner._streams.discard(self)
+        owner._discard(self)
         self.owner.subscriber._controls.pop(self.token, None)
         if self._timer is not None:
             self._timer.cancel()
@@ -715,8 +731,7 @@ class Subscriber:
         stream = _ResponderStream(handle, nc, msg, machine, control, token)
         if control is not None:
             self._controls[token] = stream
-        handle._streams.add(stream)
-        handle._started += 1
+        handle._add(stream)
         stream.task = asyncio.create_task(
             stream.run(), name=f"natstream-stream-{handle.subject}-{handle._started}"
         )
