@@ -32,9 +32,7 @@ from ._subscriber import StreamRequest, StreamSubscription, Subscriber, Subscrip
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
-    "STREAM_END",
-    "STREAM_ERROR_PREFIX",
+__all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "Config",
     "ConfigError",
     "ConnectionLostError",
@@ -49,6 +47,8 @@ __all__ = [
     "ProtocolViolationError",
     "RequestTimeoutError",
     "Resume",
+    "STREAM_END",
+    "STREAM_ERROR_PREFIX",
     "ServerStats",
     "StalledError",
     "Stream",

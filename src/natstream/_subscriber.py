@@ -17,8 +17,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -43,6 +44,7 @@ from ._protocol import (
     Resume,
     parse_request_headers,
 )
+from ._recorder import Recording, default_formatter
 from ._subjects import validate_queue, validate_subscribe_subject
 
 __all__ = [
@@ -60,6 +62,11 @@ BatchResult = tuple[list[bytes], bool, ErrorValue]
 IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
 BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
 GeneratorHandler = Callable[["StreamRequest"], AsyncIterator[bytes]]
+
+
+class StreamWriterLike(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
 
 _YIELD_EVERY = 32  # replies sent between explicit yields, so concurrent streams interleave
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
@@ -568,6 +575,7 @@ class Subscriber:
         self._subscriptions: set[StreamSubscription] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Future[None]] = set()
+        self._recordings: dict[int, Recording] = {}
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run a small fire-and-forget send; a reference is kept until it is done."""
@@ -602,7 +610,12 @@ class Subscriber:
     async def _open(self) -> None:
         cfg = self.config
         try:
-            self._nc = await connect(list(cfg.servers), cfg.nats_options(), allow_reconnect=True)
+            self._nc = await connect(
+                list(cfg.servers),
+                cfg.nats_options(),
+                allow_reconnect=True,
+                error_counter=self._on_nats_error,
+            )
         except Exception as exc:
             from ._connection import safe_server, translate_connect_error
 
@@ -614,6 +627,12 @@ class Subscriber:
         self._control_sub = await subscribe_live(
             self._nc, f"{self._control_prefix}.*", self._on_control, pending_bytes_limit=0
         )
+
+    def _on_nats_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            recording = self._recordings.get(id(exc.sub))
+            if recording is not None:
+                recording._slow_consumer()
 
     async def _on_control(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]
@@ -694,6 +713,41 @@ class Subscriber:
         message, code and retryability sent).
         """
         return await self._subscribe(subject, _generator_items(fn), queue, max_concurrent_streams)
+
+    async def stream_subscribe_with_writer(
+        self,
+        subject: str,
+        writer: StreamWriterLike,
+        formatter: Callable[[Msg], bytes] = default_formatter,
+        *,
+        queue: str | None = None,
+    ) -> Recording:
+        """Write every message on ``subject`` (wildcards allowed) to ``writer``.
+
+        Each message goes through ``formatter(msg) -> bytes`` (default: the seed's
+        ``[time] subject: data`` line) and one ``writer.write`` call, in arrival order.
+        Returns once the subscription is live. :meth:`Recording.stop`, or closing this
+        subscriber, drains what was received and flushes the writer (it does not close
+        it: the writer is yours). Messages nats-py dropped because the recorder fell
+        behind are counted in ``stats().dropped`` and logged.
+        """
+        nc = self._check_open()
+        validate_subscribe_subject(subject)
+        q = validate_queue(queue)
+        recording = Recording(subject, writer, formatter)
+        sub = await subscribe_live(nc, subject, recording._on_msg, queue=q)
+        recording._sub = sub
+        self._recordings[id(sub)] = recording
+
+        async def closer() -> None:
+            self._recordings.pop(id(sub), None)
+            try:
+                await recording.stop()
+            except Exception:
+                log.exception("recording of %r: flushing the writer failed", subject)
+
+        self._add_closer(closer)
+        return recording
 
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
         """A request arrived (in nats-py's callback task: do no I/O here but spawn)."""

@@ -1,0 +1,111 @@
+"""The public surface: names, the error tree, configuration checks."""
+
+from __future__ import annotations
+
+import pytest
+
+import natstream
+from natstream import Config, StreamOptions
+
+
+def test_all_is_sorted_and_importable() -> None:
+    assert natstream.__all__ == sorted(natstream.__all__)
+    for name in natstream.__all__:
+        assert hasattr(natstream, name), name
+
+
+def test_markers() -> None:
+    assert natstream.STREAM_END == b"__STREAM_END__"
+    assert natstream.STREAM_ERROR_PREFIX == b"__STREAM_ERROR__:"
+
+
+def test_every_error_derives_from_the_root() -> None:
+    errors = [
+        getattr(natstream, n)
+        for n in natstream.__all__
+        if isinstance(getattr(natstream, n), type) and issubclass(getattr(natstream, n), Exception)
+    ]
+    assert len(errors) >= 15
+    for cls in errors:
+        assert issubclass(cls, natstream.NatstreamError), cls
+
+
+def test_timeouts_are_builtin_timeouts_and_distinct() -> None:
+    timeouts = (natstream.RequestTimeoutError, natstream.StreamTimeoutError, natstream.StalledError)
+    for cls in timeouts:
+        assert issubclass(cls, TimeoutError)
+    assert not issubclass(natstream.RequestTimeoutError, natstream.StreamTimeoutError)
+    assert natstream.RequestTimeoutError("x").retryable
+    assert not natstream.StreamTimeoutError("x").retryable
+
+
+def test_stream_error_carries_code_and_retryable() -> None:
+    err = natstream.StreamError("busy", code=503, retryable=True)
+    assert "busy" in str(err)
+    assert (err.message, err.code, err.retryable) == ("busy", 503, True)
+
+
+def test_config_repr_hides_secrets() -> None:
+    cfg = Config(["nats://127.0.0.1:4222"], user="u", password="hunter2", token="tok-123")
+    assert "hunter2" not in repr(cfg)
+    assert "tok-123" not in repr(cfg)
+    assert cfg.redacted()["password"] == "***"
+    assert cfg.nats_options()["password"] == "hunter2"
+
+
+def test_config_accepts_comma_separated_servers() -> None:
+    cfg = Config("nats://a:4222, nats://b:4222")  # type: ignore[arg-type]
+    assert cfg.servers == ["nats://a:4222", "nats://b:4222"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"servers": []},
+        {"servers": ["nats://x"], "idle_per_server": 0},
+        {"servers": ["nats://x"], "connect_timeout": 0},
+        {"servers": ["nats://x"], "close_grace": -1},
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(natstream.ConfigError):
+        Config(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"window_messages": 0}, {"window_bytes": 0}, {"heartbeat": -1}, {"stall_factor": 0.5}],
+)
+def test_stream_options_reject_bad_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(natstream.ConfigError):
+        StreamOptions(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subject", ["", " ", "a b", "a.*", "a.>", "a..b", "a.", "x\ty"])
+def test_request_subject_validation(subject: str) -> None:
+    from natstream._subjects import validate_publish_subject
+
+    with pytest.raises(natstream.InvalidSubjectError):
+        validate_publish_subject(subject)
+
+
+@pytest.mark.parametrize("subject", ["a.*", "a.>", "*.b", ">"])
+def test_subscribe_subjects_allow_wildcards(subject: str) -> None:
+    from natstream._subjects import validate_subscribe_subject
+
+    assert validate_subscribe_subject(subject) == subject
+
+
+@pytest.mark.parametrize("subject", ["a.>.b", "a.b*", "a..b"])
+def test_subscribe_subject_validation(subject: str) -> None:
+    from natstream._subjects import validate_subscribe_subject
+
+    with pytest.raises(natstream.InvalidSubjectError):
+        validate_subscribe_subject(subject)
+
+
+def test_safe_server_strips_credentials() -> None:
+    from natstream._connection import safe_server
+
+    assert safe_server("nats://user:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert safe_server("127.0.0.1:4222") == "127.0.0.1:4222"
