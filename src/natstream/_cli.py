@@ -1,0 +1,141 @@
+"""The ``natstream`` command.
+
+Each subcommand parses its options and hands over to a module it imports lazily,
+so one command's dependencies never load for another. Adding a command is a
+function under the group; ``opts.run`` runs a coroutine on a fresh event loop
+(uvloop's with ``--uvloop``)::
+
+    @main.command()
+    @click.argument("subject")
+    @click.pass_obj
+    def record(opts: Options, subject: str) -> None:
+        \"\"\"Record SUBJECT into hour-split files.\"\"\"
+        from ._recorder import record
+
+        opts.run(record(subject))
+
+Exit status: 0 on success; 2 on a usage error or when no nats-server can be
+started or reached (a one-line message on stderr); 1 for other failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+
+from ._errors import NoServersError
+from .server import NatsCluster, NatsServer, ServerStartError
+
+__all__ = ["Options", "main"]
+
+T = TypeVar("T")
+
+_POLL_INTERVAL = 0.5  # seconds between checks that foreground servers still run
+_LOG_TAIL = 2000  # characters of a dead server's log shown
+
+
+class EnvironmentFailure(click.ClickException):
+    """No nats-server could be started or reached: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """Turns environment failures of any subcommand into a one-line message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ServerStartError, NoServersError) as exc:
+            raise EnvironmentFailure(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Global options, handed to subcommands with ``@click.pass_obj``."""
+
+    uvloop: bool = False
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion on a new event loop, closed afterwards."""
+        if not self.uvloop:
+            return asyncio.run(coro)
+        try:
+            import uvloop
+        except ImportError:
+            coro.close()
+            raise click.UsageError(
+                "--uvloop needs uvloop: pip install 'natstream[uvloop]'"
+            ) from None
+        return uvloop.run(coro)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--uvloop", "use_uvloop", is_flag=True, help="Run on uvloop's event loop.")
+@click.version_option(package_name="natstream")
+@click.pass_context
+def main(ctx: click.Context, use_uvloop: bool) -> None:
+    """Streaming request-response over NATS."""
+    ctx.obj = Options(uvloop=use_uvloop)
+
+
+@main.command()
+@click.pass_obj
+def demo(opts: Options) -> None:
+    """Run the seed's three examples (basic stream, error, retry against an
+    unstable service) on an embedded nats-server and print the replies."""
+    from ._demo import run_demo
+
+    with NatsServer() as srv:
+        ok = opts.run(run_demo(srv.url, click.echo))
+    if not ok:
+        raise click.ClickException("the demo did not behave as it printed; please report this")
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Client port (default: a free one).")
+@click.option(
+    "--cluster", "size", type=click.IntRange(min=2), help="Run a routed cluster of SIZE nodes."
+)
+def server(port: int | None, size: int | None) -> None:
+    """Run an embedded nats-server (or a cluster) on loopback until Ctrl-C.
+
+    Prints each node's client URL on stdout, one a line.
+    """
+    if port is not None and size is not None:
+        raise click.UsageError("--port and --cluster exclude each other: nodes take free ports")
+    with NatsCluster(size) if size else NatsServer(port=port) as srv:
+        nodes = srv.nodes if isinstance(srv, NatsCluster) else [srv]
+        for node in nodes:
+            click.echo(node.url)
+        click.echo(f"{len(nodes)} nats-server node(s) running; Ctrl-C to stop", err=True)
+        _wait_until_interrupted(nodes)
+
+
+def _wait_until_interrupted(nodes: Sequence[NatsServer]) -> None:
+    """Block until Ctrl-C or SIGTERM (a normal stop), or until a node exits by itself
+    (a failure: its log tail is shown)."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        while True:
+            for node in nodes:
+                if not node.running:
+                    raise EnvironmentFailure(
+                        f"nats-server on {node.url} exited:\n{node.log()[-_LOG_TAIL:]}"
+                    )
+            time.sleep(_POLL_INTERVAL)
+    except KeyboardInterrupt:
+        click.echo("stopping", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
