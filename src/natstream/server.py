@@ -120,6 +120,7 @@ class NatsServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="natstream-server-")
         self._log_path = Path(self._dir.name) / "server.log"
+        self._log_offset = 0  # characters of the log written by earlier runs
 
     @property
     def url(self) -> str:
@@ -179,6 +180,7 @@ class NatsServer:
                 self.port = free_port()
             conf = self._write_config()
             log = self._log_path.open("ab")
+            self._log_offset = log.tell()
             try:
                 self._proc = subprocess.Popen(
                     [binary, "-c", str(conf), *self.args],
@@ -198,17 +200,21 @@ class NatsServer:
         raise ServerStartError(f"nats-server did not start on {self.url}:\n{last_error}")
 
     def _wait_ready(self) -> bool:
+        # Ready means: our process logged that it is ready, is still alive, and the port
+        # answers. The log check matters when the port is taken by another server,
+        # which would answer INFO while ours dies on "address already in use".
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 return False
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((_HOST, self.port), timeout=0.5) as s,
-            ):
-                if s.recv(5) == b"INFO ":
-                    return True
+            if "Server is ready" in self.log()[self._log_offset :]:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((_HOST, self.port), timeout=0.5) as s,
+                ):
+                    if s.recv(5) == b"INFO " and self._proc.poll() is None:
+                        return True
             time.sleep(_POLL_INTERVAL)
         return False
 
@@ -261,7 +267,11 @@ class NatsServer:
         self._dir.cleanup()
 
     def __enter__(self) -> NatsServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self,
