@@ -1,0 +1,747 @@
+"""HourlyFileWriter: rotation, DST, restart, errors, background work, concurrency.
+
+No test sleeps to wait: time is a FakeClock, background work is awaited through the
+writer's change notifications (``_wait_for``) or driven directly (``_background_tick``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gzip
+import importlib.util
+import io
+import itertools
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from natstream._errors import ConfigError, NatstreamError, WriterError
+from natstream._rotation import Retention
+from natstream._writers import HourlyFileWriter, StreamWriter, WriterStats, parse_retention
+
+BERLIN = ZoneInfo("Europe/Berlin")
+WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
+
+
+class FakeClock:
+    """A settable clock returning aware datetimes in ``tz`` (thread-safe)."""
+
+    def __init__(self, start: datetime, tz: tzinfo = UTC) -> None:
+        self._now = start.astimezone(UTC)
+        self._tz = tz
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now.astimezone(self._tz)
+
+    def set(self, when: datetime) -> None:
+        with self._lock:
+            self._now = when.astimezone(UTC)
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._now += delta
+
+
+def writer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("natstream-writer")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = writer_threads()  # empty unless an earlier test failed and leaked
+    yield
+    assert sorted(t.name for t in writer_threads() - before) == []
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 26, 21, 15, tzinfo=UTC))
+
+
+def utc_writer(base: Path, clock: FakeClock, **options: object) -> HourlyFileWriter:
+    return HourlyFileWriter(base, "stream_data", utc=True, clock=clock, **options)  # type: ignore[arg-type]
+
+
+def read_dir(base: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(base).as_posix(): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+# -- naming and rotation ---------------------------------------------------------------
+
+
+def test_default_name_contents_and_stats(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock) as writer:
+        assert writer.write(b"one\n") == 4
+        assert writer.write(b"two\n") == 4
+        writer.flush()
+        stats = writer.stats()
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"one\ntwo\n"}
+    assert stats == WriterStats(
+        records=2,
+        bytes_written=8,
+        bytes_buffered=0,
+        bytes_dropped=0,
+        current_path=tmp_path / "stream_data_2026-11-26_21.log",
+        files_opened=1,
+        lines_repaired=0,
+        flushes=1,
+        errors=0,
+        files_compressed=0,
+        files_removed=0,
+    )
+
+
+def test_write_does_no_io_until_a_flush(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock, flush_interval=3600) as writer:
+        writer.write(b"buffered\n")
+        assert list(tmp_path.iterdir()) == []
+        assert writer.stats().bytes_buffered == 9
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"buffered\n"}
+
+
+def test_rotation_at_the_hour_boundary(tmp_path: Path, clock: FakeClock) -> None:
+    clock.set(datetime(2026, 11, 26, 21, 59, 59, 999999, tzinfo=UTC))
+    with utc_writer(tmp_path, clock) as writer:
+        writer.write(b"last of 21\n")
+        clock.advance(timedelta(microseconds=1))
+        writer.write(b"first of 22\n")
+        writer.write(b"second of 22\n")
+        writer.flush()
+        assert writer.stats().current_path == tmp_path / "stream_data_2026-11-26_22.log"
+    assert read_dir(tmp_path) == {
+        "stream_data_2026-11-26_21.log": b"last of 21\n",
+        "stream_data_2026-11-26_22.log": b"first of 22\nsecond of 22\n",
+    }
+
+
+def test_flush_thread_finishes_the_hour_without_new_writes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with utc_writer(tmp_path, clock, flush_interval=3600) as writer:
+        writer.write(b"a\n")
+        clock.advance(timedelta(hours=1))
+        assert writer._background_tick()  # what the flush thread does each interval
+        assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"a\n"}
+        assert writer._fd is None  # the finished hour's file is closed
+        assert writer.stats().current_path.name == "stream_data_2026-11-26_22.log"
+
+
+def test_clock_stepping_back_appends_to_the_earlier_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with utc_writer(tmp_path, clock) as writer:
+        writer.write(b"21 a\n")
+        clock.advance(timedelta(hours=1))
+        writer.write(b"22\n")
+        clock.advance(timedelta(hours=-1))
+        writer.write(b"21 b\n")
+    assert read_dir(tmp_path) == {
+        "stream_data_2026-11-26_21.log": b"21 a\n21 b\n",
+        "stream_data_2026-11-26_22.log": b"22\n",
+    }
+
+
+def test_pattern_with_directories(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock, pattern="rec/%Y/%m/%d/%H.jsonl") as writer:
+        writer.write(b"{}\n")
+    assert read_dir(tmp_path) == {"rec/2026/11/26/21.jsonl": b"{}\n"}
+
+
+def test_aware_clock_zone_names_the_hours(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 11, 26, 21, 15, tzinfo=UTC), tz=BERLIN)
+    with HourlyFileWriter(tmp_path / "local", "s", clock=clock) as local:
+        local.write(b"x\n")
+    with HourlyFileWriter(tmp_path / "utc", "s", clock=clock, utc=True) as utc:
+        utc.write(b"x\n")
+    assert list(read_dir(tmp_path)) == ["local/s_2026-11-26_22.log", "utc/s_2026-11-26_21.log"]
+
+
+def test_default_clock_uses_system_local_time(tmp_path: Path) -> None:
+    before = datetime.now()
+    with HourlyFileWriter(tmp_path, "s") as writer:
+        writer.write(b"x\n")
+    after = datetime.now()
+    names = {before.strftime("s_%Y-%m-%d_%H.log"), after.strftime("s_%Y-%m-%d_%H.log")}
+    assert set(read_dir(tmp_path)) <= names
+
+
+def test_fall_back_night_in_berlin(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 10, 24, 22, 10, tzinfo=UTC), tz=BERLIN)
+    with HourlyFileWriter(tmp_path, "s", clock=clock) as writer:
+        for _ in range(10):  # 00:10 CEST .. 03:40 CET in 30-minute steps
+            writer.write(clock().isoformat().encode() + b"\n")
+            clock.advance(timedelta(minutes=30))
+    assert read_dir(tmp_path) == {
+        "s_2026-10-25_00.log": b"2026-10-25T00:10:00+02:00\n2026-10-25T00:40:00+02:00\n",
+        "s_2026-10-25_01.log": b"2026-10-25T01:10:00+02:00\n2026-10-25T01:40:00+02:00\n",
+        "s_2026-10-25_02+0200.log": b"2026-10-25T02:10:00+02:00\n2026-10-25T02:40:00+02:00\n",
+        "s_2026-10-25_02+0100.log": b"2026-10-25T02:10:00+01:00\n2026-10-25T02:40:00+01:00\n",
+        "s_2026-10-25_03.log": b"2026-10-25T03:10:00+01:00\n2026-10-25T03:40:00+01:00\n",
+    }
+
+
+def test_spring_forward_has_no_file_for_the_skipped_hour(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 3, 29, 0, 30, tzinfo=UTC), tz=BERLIN)
+    with HourlyFileWriter(tmp_path, "s", clock=clock) as writer:
+        for _ in range(3):
+            writer.write(clock().strftime("%H:%M%z\n").encode())
+            clock.advance(timedelta(hours=1))
+    assert read_dir(tmp_path) == {
+        "s_2026-03-29_01.log": b"01:30+0100\n",
+        "s_2026-03-29_03.log": b"03:30+0200\n",
+        "s_2026-03-29_04.log": b"04:30+0200\n",
+    }
+
+
+@pytest.fixture
+def new_york_local() -> Iterator[None]:
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    yield
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york_local")
+def test_fall_back_in_system_local_time_with_naive_clock(tmp_path: Path) -> None:
+    instant = datetime(2026, 11, 1, 4, 10, tzinfo=UTC)  # 00:10 EDT
+
+    def naive_local() -> datetime:  # like datetime.now(): naive, fold set on the repeat
+        return datetime.fromtimestamp(instant.timestamp())
+
+    with HourlyFileWriter(tmp_path, "s", clock=naive_local) as writer:
+        for _ in range(4):
+            writer.write(naive_local().strftime("%H:%M fold=").encode())
+            writer.write(b"%d\n" % naive_local().fold)
+            instant += timedelta(hours=1)
+    assert read_dir(tmp_path) == {
+        "s_2026-11-01_00.log": b"00:10 fold=0\n",
+        "s_2026-11-01_01-0400.log": b"01:10 fold=0\n",
+        "s_2026-11-01_01-0500.log": b"01:10 fold=1\n",
+        "s_2026-11-01_02.log": b"02:10 fold=0\n",
+    }
+
+
+# -- restart and repair ---------------------------------------------------------------
+
+
+def test_restart_appends_to_the_current_hour(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock) as first:
+        first.write(b"before restart\n")
+    with utc_writer(tmp_path, clock) as second:
+        second.write(b"after restart\n")
+        second.flush()
+        assert second.stats().lines_repaired == 0
+    assert read_dir(tmp_path) == {
+        "stream_data_2026-11-26_21.log": b"before restart\nafter restart\n"
+    }
+
+
+def test_partial_last_line_gets_a_newline(tmp_path: Path, clock: FakeClock) -> None:
+    (tmp_path / "stream_data_2026-11-26_21.log").write_bytes(b"whole\ncut off by a cra")
+    with utc_writer(tmp_path, clock) as writer:
+        writer.write(b"next\n")
+        writer.flush()
+        assert writer.stats().lines_repaired == 1
+    assert read_dir(tmp_path) == {
+        "stream_data_2026-11-26_21.log": b"whole\ncut off by a cra\nnext\n"
+    }
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pattern": "/abs/%H.log"},
+        {"pattern": "../%H.log"},
+        {"flush_interval": 0},
+        {"flush_interval": float("inf")},
+        {"buffer_size": 0},
+        {"buffer_size": True},
+        {"compress": "lz4"},
+        {"retention": "forever"},
+        {"retention": 0},
+        {"link_name": "../current"},
+        {"link_name": ""},
+        {"link_name": "stream_data_2026-01-01_00.log"},
+    ],
+)
+def test_bad_arguments_are_config_errors(tmp_path: Path, options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        HourlyFileWriter(tmp_path, "stream_data", **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("filename", ["", "a/b"])
+def test_bad_filename_is_a_config_error(tmp_path: Path, filename: str) -> None:
+    with pytest.raises(ConfigError, match="filename"):
+        HourlyFileWriter(tmp_path, filename)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("zstandard") is not None, reason="zstandard installed")
+def test_zstd_without_the_package_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="zstandard"):
+        HourlyFileWriter(tmp_path, "s", compress="zstd")
+
+
+def test_write_takes_bytes(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock) as writer:
+        with pytest.raises(TypeError, match="str"):
+            writer.write("text\n")  # type: ignore[arg-type]
+        buffer = bytearray(b"copied\n")
+        writer.write(buffer)  # type: ignore[arg-type]
+        buffer[:] = b"changed"
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"copied\n"}
+
+
+def test_closed_writer_refuses_writes_and_close_is_idempotent(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    writer = utc_writer(tmp_path, clock)
+    writer.close()
+    writer.close()
+    with pytest.raises(WriterError, match="closed; create a new HourlyFileWriter"):
+        writer.write(b"late\n")
+    with pytest.raises(WriterError, match="closed"):
+        writer.flush()
+
+
+def dev_full_writer(**options: object) -> HourlyFileWriter:
+    """A writer whose every file is /dev/full: each write fails with ENOSPC."""
+    return HourlyFileWriter("/dev", "full", pattern="full", **options)  # type: ignore[arg-type]
+
+
+needs_dev_full = pytest.mark.skipif(
+    not os.access("/dev/full", os.W_OK), reason="needs a writable /dev/full"
+)
+
+
+@needs_dev_full
+def test_disk_full_is_raised_from_flush_and_data_stays_buffered() -> None:
+    writer = dev_full_writer(flush_interval=3600)
+    writer.write(b"record\n")
+    with pytest.raises(WriterError) as caught:
+        writer.flush()
+    assert caught.value.errno == errno.ENOSPC
+    assert isinstance(caught.value, OSError | NatstreamError)
+    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.filename == "/dev/full"
+    stats = writer.stats()
+    assert (stats.bytes_buffered, stats.bytes_written, stats.errors) == (7, 0, 1)
+    with pytest.raises(WriterError) as at_close:
+        writer.close()
+    assert at_close.value.errno == errno.ENOSPC
+    assert any("7 bytes" in note for note in at_close.value.__notes__)
+    assert writer.stats().bytes_dropped == 7
+
+
+@needs_dev_full
+def test_flush_thread_error_is_raised_once_from_the_next_write() -> None:
+    writer = dev_full_writer(flush_interval=3600)
+    writer.write(b"first\n")
+    assert writer._background_tick()  # the flush thread's round: fails, stores the error
+    with pytest.raises(WriterError) as caught:
+        writer.write(b"refused\n")
+    assert caught.value.errno == errno.ENOSPC
+    assert writer.stats().records == 1  # the refused record was not accepted
+    assert writer.write(b"second\n") == 7  # raised once; the writer goes on
+    with pytest.raises(WriterError):
+        writer.close()
+    assert writer.stats().bytes_dropped == len(b"first\nsecond\n")
+
+
+@needs_dev_full
+def test_full_buffer_on_a_full_disk_raises_instead_of_blocking() -> None:
+    writer = dev_full_writer(flush_interval=3600, buffer_size=10)
+    # Each write waits for the flush thread to take the full buffer; once its failed
+    # write put the records back and stored the error, write() raises it.
+    with pytest.raises(WriterError) as caught:  # noqa: PT012
+        for _ in range(100):
+            writer.write(b"123456789\n")
+    assert caught.value.errno == errno.ENOSPC
+    accepted = writer.stats().records
+    with pytest.raises(WriterError):
+        writer.close()
+    assert writer.stats().bytes_dropped == 10 * accepted
+
+
+def test_failed_fsync_is_raised_and_not_retried(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+
+    def fsync_failing_on_files(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_on_files)
+    with utc_writer(tmp_path, clock, fsync=True, pattern="%H.log") as writer:
+        writer.write(b"handed to the OS\n")
+        with pytest.raises(WriterError) as caught:
+            writer.flush()
+        assert caught.value.errno == errno.EIO
+        assert any("not written again" in note for note in caught.value.__notes__)
+        assert writer.stats().bytes_buffered == 0
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert read_dir(tmp_path) == {"21.log": b"handed to the OS\n"}
+
+
+def test_link_failure_is_raised_from_the_next_call(tmp_path: Path, clock: FakeClock) -> None:
+    (tmp_path / "current").mkdir()
+    (tmp_path / "current" / "keeps it from being replaced").touch()
+    with utc_writer(tmp_path, clock, link_name="current") as writer:
+        writer.write(b"written anyway\n")
+        writer.flush()  # the data goes out; the link error is stored
+        with pytest.raises(WriterError, match="link"):
+            writer.write(b"refused\n")
+    assert (tmp_path / "stream_data_2026-11-26_21.log").read_bytes() == b"written anyway\n"
+
+
+def test_open_failure_keeps_records_for_the_retry(tmp_path: Path, clock: FakeClock) -> None:
+    blocker = tmp_path / "base"
+    blocker.write_bytes(b"a file where the directory should be")
+    with utc_writer(blocker, clock) as writer:
+        writer.write(b"kept\n")
+        with pytest.raises(WriterError):
+            writer.flush()
+        blocker.unlink()
+        writer.flush()
+    assert read_dir(blocker) == {"stream_data_2026-11-26_21.log": b"kept\n"}
+
+
+EFBIG_SCRIPT = textwrap.dedent(
+    """
+    import json, os, resource, signal, sys
+    from datetime import datetime, UTC
+    from natstream._errors import WriterError
+    from natstream._writers import HourlyFileWriter
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so write() fails with EFBIG instead
+    base = sys.argv[1]
+    path = os.path.join(base, "s_2026-11-26_21.log")
+    clock = lambda: datetime(2026, 11, 26, 21, 30, tzinfo=UTC)
+    records = [b"%029d\\n" % i for i in range(50)]  # 30 bytes each
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    writer = HourlyFileWriter(base, "s", utc=True, clock=clock, flush_interval=3600)
+    for record in records:
+        writer.write(record)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # room for 33.3 records
+    result = {}
+    try:
+        writer.flush()
+    except WriterError as exc:
+        result["errno"] = exc.errno
+        result["cause"] = type(exc.__cause__).__name__
+    result["size_after_error"] = os.path.getsize(path)
+    result["buffered_after_error"] = writer.stats().bytes_buffered
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    writer.flush()  # the retry
+    writer.close()
+    with open(path, "rb") as file:
+        result["complete"] = file.read() == b"".join(records)
+    print(json.dumps(result))
+    """
+)
+
+
+def test_file_size_limit_cuts_back_to_whole_records_and_retry_completes(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", EFBIG_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == {
+        "errno": errno.EFBIG,
+        "cause": "OSError",
+        "size_after_error": 990,  # 33 whole records; the 10 bytes of the 34th were cut
+        "buffered_after_error": 510,
+        "complete": True,  # after the retry: every record once, in order
+    }
+
+
+# -- durability -----------------------------------------------------------------------
+
+
+def test_fsync_covers_the_file_and_new_directories(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    with utc_writer(tmp_path, clock, pattern="d/%H.log", fsync=True) as writer:
+        writer.write(b"x\n")
+        writer.flush()
+        assert synced == [str(tmp_path), str(tmp_path / "d"), str(tmp_path / "d/21.log")]
+        synced.clear()
+    assert synced == [str(tmp_path / "d/21.log")]  # at close
+
+
+# -- background work ------------------------------------------------------------------
+
+
+def test_flush_thread_flushes_on_its_interval(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock, flush_interval=0.01) as writer:
+        writer.write(b"by the thread\n")
+        writer._wait_for(lambda s: s.bytes_written == 14, WAIT)
+        assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"by the thread\n"}
+
+
+def test_half_full_buffer_wakes_the_flush_thread(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock, flush_interval=3600, buffer_size=100) as writer:
+        for _ in range(6):
+            writer.write(b"x" * 9 + b"\n")
+        writer._wait_for(lambda s: s.bytes_written >= 50, WAIT)
+
+
+def test_gzip_compresses_finished_hours_only(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock, compress="gzip") as writer:
+        writer.write(b"hour 21\n")
+        clock.advance(timedelta(hours=1))
+        writer.write(b"hour 22\n")
+        writer.flush()
+        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        finished = tmp_path / "stream_data_2026-11-26_21.log.gz"
+        assert gzip.decompress(finished.read_bytes()) == b"hour 21\n"
+        assert sorted(read_dir(tmp_path)) == [
+            "stream_data_2026-11-26_21.log.gz",
+            "stream_data_2026-11-26_22.log",
+        ]
+
+
+def test_leftovers_are_compressed_at_start(tmp_path: Path, clock: FakeClock) -> None:
+    old = tmp_path / "stream_data_2026-11-26_19.log"
+    old.write_bytes(b"from a previous run\n")
+    os.utime(old, (1_700_000_000, 1_700_000_000))
+    (tmp_path / "stream_data_2026-11-26_18.log.gz.tmp").write_bytes(b"interrupted")
+    (tmp_path / "notes.txt").write_bytes(b"not ours")
+    with utc_writer(tmp_path, clock, compress="gzip") as writer:
+        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+    compressed = tmp_path / "stream_data_2026-11-26_19.log.gz"
+    assert gzip.decompress(compressed.read_bytes()) == b"from a previous run\n"
+    assert compressed.stat().st_mtime == 1_700_000_000  # mtime kept, for retention
+    assert sorted(read_dir(tmp_path)) == ["notes.txt", "stream_data_2026-11-26_19.log.gz"]
+
+
+def test_compression_failure_is_raised_and_other_files_go_on(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    for hour in (18, 19):
+        (tmp_path / f"stream_data_2026-11-26_{hour}.log").write_bytes(b"%d\n" % hour)
+    (tmp_path / "stream_data_2026-11-26_18.log.gz").mkdir()  # blocks compressing 18
+    writer = utc_writer(tmp_path, clock, compress="gzip")
+    writer._wait_for(lambda s: s.files_compressed == 1 and s.errors == 1, WAIT)
+    with pytest.raises(WriterError, match="compress") as caught:
+        writer.close()
+    assert caught.value.filename == str(tmp_path / "stream_data_2026-11-26_18.log")
+    assert (tmp_path / "stream_data_2026-11-26_18.log").read_bytes() == b"18\n"
+    assert gzip.decompress((tmp_path / "stream_data_2026-11-26_19.log.gz").read_bytes()) == (
+        b"19\n"
+    )
+
+
+def test_reopened_hour_is_appended_as_another_gzip_member(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with utc_writer(tmp_path, clock, compress="gzip") as writer:
+        writer.write(b"first\n")
+        clock.advance(timedelta(hours=1))
+        writer.flush()
+        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        clock.advance(timedelta(hours=-1))  # the clock steps back into hour 21
+        writer.write(b"late\n")
+        clock.advance(timedelta(hours=1))
+        writer.flush()
+        writer._wait_for(lambda s: s.files_compressed == 2, WAIT)
+    data = (tmp_path / "stream_data_2026-11-26_21.log.gz").read_bytes()
+    assert gzip.decompress(data) == b"first\nlate\n"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("zstandard") is None, reason="needs zstandard")
+def test_zstd_compression(tmp_path: Path, clock: FakeClock) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    with utc_writer(tmp_path, clock, compress="zstd") as writer:
+        writer.write(b"hour 21\n")
+        clock.advance(timedelta(hours=1))
+        writer.flush()
+        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+    data = (tmp_path / "stream_data_2026-11-26_21.log.zst").read_bytes()
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == b"hour 21\n"
+
+
+def make_hour_files(base: Path, now: datetime, ages_in_hours: list[int]) -> list[str]:
+    names = []
+    for age in ages_in_hours:
+        when = now - timedelta(hours=age)
+        name = when.strftime("stream_data_%Y-%m-%d_%H.log")
+        (base / name).write_bytes(b"old\n")
+        os.utime(base / name, (when.timestamp(), when.timestamp()))
+        names.append(name)
+    return names
+
+
+def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
+    now = clock()
+    keep = make_hour_files(tmp_path, now, [1, 47, 7 * 24 - 1])
+    make_hour_files(tmp_path, now, [7 * 24 + 1, 30 * 24])
+    current = tmp_path / "stream_data_2026-11-26_21.log"
+    current.write_bytes(b"current, even if its mtime is old\n")
+    os.utime(current, (0, 0))
+    (tmp_path / "stream_data_backup.log").write_bytes(b"not ours")
+    os.utime(tmp_path / "stream_data_backup.log", (0, 0))
+    with utc_writer(tmp_path, clock, retention="7d") as writer:
+        writer._wait_for(lambda s: s.files_removed == 2, WAIT)
+    assert sorted(read_dir(tmp_path)) == sorted(
+        [*keep, current.name, "stream_data_backup.log"]
+    )
+
+
+def test_retention_by_count_after_compression(tmp_path: Path, clock: FakeClock) -> None:
+    make_hour_files(tmp_path, clock(), [5, 4, 3, 2, 1])
+    with utc_writer(tmp_path, clock, compress="gzip", retention=2) as writer:
+        writer._wait_for(lambda s: s.files_compressed == 5 and s.files_removed == 3, WAIT)
+        writer.write(b"now\n")
+    assert sorted(read_dir(tmp_path)) == [
+        "stream_data_2026-11-26_19.log.gz",
+        "stream_data_2026-11-26_20.log.gz",
+        "stream_data_2026-11-26_21.log",
+    ]
+
+
+def test_retention_prunes_emptied_directories(tmp_path: Path, clock: FakeClock) -> None:
+    old = tmp_path / "2026/10/01/05.log"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old\n")
+    os.utime(old, (0, 0))
+    with utc_writer(tmp_path, clock, pattern="%Y/%m/%d/%H.log", retention="1d") as writer:
+        writer._wait_for(lambda s: s.files_removed == 1, WAIT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_link_follows_the_current_file(tmp_path: Path, clock: FakeClock) -> None:
+    link = tmp_path / "current.log"
+    with utc_writer(tmp_path, clock, link_name="current.log") as writer:
+        writer.write(b"21\n")
+        writer.flush()
+        assert os.readlink(link) == "stream_data_2026-11-26_21.log"
+        clock.advance(timedelta(hours=1))
+        writer.write(b"22\n")
+        writer.flush()
+        assert os.readlink(link) == "stream_data_2026-11-26_22.log"
+        assert link.read_bytes() == b"22\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "current.log",
+        "stream_data_2026-11-26_21.log",
+        "stream_data_2026-11-26_22.log",
+    ]
+
+
+def test_unclosed_writer_warns_and_its_threads_end(tmp_path: Path, clock: FakeClock) -> None:
+    writer = utc_writer(tmp_path, clock, retention=3)
+    threads = writer_threads()
+    assert len(threads) == 2
+    # Collected at the del, or, if a background thread holds it for a moment, when that
+    # thread lets go; either way the threads end only after the warning was issued.
+    with pytest.warns(ResourceWarning, match="was never closed"):  # noqa: PT031
+        del writer
+        for thread in threads:
+            thread.join(WAIT)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+# -- concurrency ----------------------------------------------------------------------
+
+
+async def test_threads_and_tasks_write_at_once_without_loss_or_interleaving(
+    tmp_path: Path,
+) -> None:
+    ticks = itertools.count()
+    start = datetime(2026, 11, 26, 21, 50, tzinfo=UTC)
+
+    def clock() -> datetime:  # half a second per call: several rotations during the run
+        return start + timedelta(seconds=next(ticks) / 2)
+
+    per_thread, per_task = 2000, 100
+    writer = HourlyFileWriter(tmp_path, "s", utc=True, clock=clock, buffer_size=4096)
+    go = threading.Event()
+
+    def thread_body(index: int) -> None:
+        go.wait(WAIT)
+        for seq in range(per_thread):
+            writer.write(b"thread-%02d %06d %s\n" % (index, seq, b"t" * (seq % 50)))
+
+    async def task_body(index: int) -> None:
+        for seq in range(per_task):
+            writer.write(b"task-%03d %06d %s\n" % (index, seq, b"a" * (seq % 30)))
+            await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=thread_body, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    async with asyncio.TaskGroup() as group:
+        for index in range(100):
+            group.create_task(task_body(index))
+    for thread in threads:
+        thread.join(WAIT)
+    writer.close()
+
+    files = read_dir(tmp_path)
+    assert len(files) >= 3  # the run crossed hour boundaries
+    lines = b"".join(files[name] for name in sorted(files)).split(b"\n")
+    assert lines.pop() == b""
+    assert len(lines) == 8 * per_thread + 100 * per_task
+    last_seen: dict[bytes, int] = {}
+    for line in lines:
+        producer, seq, pad = line.split(b" ")
+        fill = b"t" if producer.startswith(b"thread") else b"a"
+        assert pad == fill * (int(seq) % (50 if fill == b"t" else 30)), line
+        assert int(seq) == last_seen.get(producer, -1) + 1, line  # none lost, in order
+        last_seen[producer] = int(seq)
+    assert writer.stats().records == len(lines)
+
+
+# -- protocol ---------------------------------------------------------------------------
+
+
+def test_stream_writer_protocol(tmp_path: Path, clock: FakeClock) -> None:
+    with utc_writer(tmp_path, clock) as writer:
+        assert isinstance(writer, StreamWriter)
+    assert isinstance(io.BytesIO(), StreamWriter)
+    assert not isinstance(object(), StreamWriter)
+
+
+def test_parse_retention_is_reexported() -> None:
+    assert parse_retention("24h") == Retention(max_age=timedelta(hours=24))
