@@ -119,6 +119,56 @@ def server(port: int | None, size: int | None) -> None:
         _wait_until_interrupted(nodes)
 
 
+@main.command()
+@click.argument("subjects", nargs=-1, required=True)
+@click.option("--dir", "directory", required=True, help="Directory of the hour files.")
+@click.option("--name", required=True, help="File name prefix: NAME_YYYY-MM-DD_HH.log.")
+@click.option(
+    "--server",
+    "servers",
+    multiple=True,
+    default=["nats://127.0.0.1:4222"],
+    show_default=True,
+    help="Server URL (repeatable).",
+)
+@click.option("--utc", is_flag=True, help="Name and split files by UTC hours (default: local).")
+@click.option("--compress", type=click.Choice(["gzip", "zstd"]), help="Compress finished hours.")
+@click.option("--retention", help="Keep files this long and/or this many: 7d, 24h, 48, 7d,100.")
+@click.option("--queue", help="Queue group, to share the recording between recorders.")
+@click.pass_obj
+def record(
+    opts: Options,
+    subjects: tuple[str, ...],
+    directory: str,
+    name: str,
+    servers: tuple[str, ...],
+    utc: bool,
+    compress: str | None,
+    retention: str | None,
+    queue: str | None,
+) -> None:
+    """Record SUBJECTS (wildcards allowed) into hour-split files until Ctrl-C/SIGTERM.
+
+    A status line (messages, bytes, rate, current file) goes to stderr when it is a
+    terminal; on stop everything received is flushed to disk.
+    """
+    from ._record import record as run_record
+
+    count = opts.run(
+        run_record(
+            list(subjects),
+            directory=directory,
+            name=name,
+            servers=list(servers),
+            utc=utc,
+            compress=compress,
+            retention=retention,
+            queue=queue,
+        )
+    )
+    click.echo(f"recorded {count:,} messages", err=True)
+
+
 def _wait_until_interrupted(nodes: Sequence[NatsServer]) -> None:
     """Block until Ctrl-C or SIGTERM (a normal stop), or until a node exits by itself
     (a failure: its log tail is shown)."""
