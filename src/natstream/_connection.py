@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._errors import ConnectionLostError, NatstreamError, PayloadTooLargeError
+from ._fastclient import FastClient, publish_seq
 
 __all__ = ["connect", "publish", "safe_server", "subscribe_live"]
 
@@ -79,7 +80,7 @@ async def connect(
         kwargs["lame_duck_mode_cb"] = lame_duck_cb
     if not allow_reconnect:
         kwargs["dont_randomize"] = True
-    nc = Client()
+    nc = FastClient()
     # With reconnect on, nats-py retries the first connect forever: bound it here.
     first_connect = float(options.get("connect_timeout", 2.0)) * 2 * len(servers) + 1.0
     try:
@@ -150,6 +151,24 @@ async def publish(
     """
     try:
         await nc.publish(subject, payload, reply=reply, headers=headers)
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.OutboundBufferLimitError,
+    ) as exc:
+        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
+
+
+async def publish_data(nc: Client, subject: str, reply: str, seq: int, payload: bytes) -> None:
+    """Publish a data message whose only header is ``Ns-Seq`` (the hot path).
+
+    Raises:
+        PayloadTooLargeError, ConnectionLostError: as :func:`publish`.
+    """
+    try:
+        await publish_seq(nc, subject, reply, seq, payload)
     except nats.errors.MaxPayloadError as exc:
         raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
     except (

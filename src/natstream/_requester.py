@@ -140,9 +140,13 @@ class _Attempt:
 
     async def delivered(self, msg: Msg) -> None:
         """The consumer accepted ``msg``: count it and ack when credit runs low."""
+        ack = self.machine.on_delivered(msg.headers, len(msg.data))
+        if ack is not None:
+            await self.send_ack(ack)
+
+    async def send_ack(self, ack: dict[str, str]) -> None:
         m = self.machine
-        ack = m.on_delivered(msg.headers, len(msg.data))
-        if ack is not None and m.control_subject is not None:
+        if m.control_subject is not None:
             m.mark_sent(self.loop.time())
             await self._send(m.control_subject, ack)
 
@@ -429,6 +433,11 @@ class Stream:
 
     async def _feed(self, handler: Handler, is_coro: bool) -> None:
         while True:
+            attempt = self._attempt
+            if attempt is not None and attempt.buffer and not is_coro:
+                if await self._drain_sync(attempt, handler):
+                    return
+                continue
             try:
                 kind, msg = await self._next()
             except StopAsyncIteration:
@@ -449,3 +458,25 @@ class Stream:
                 return
             else:
                 await self._retry_or_raise()
+
+    async def _drain_sync(self, attempt: _Attempt, handler: Handler) -> bool:
+        """Hand every queued data reply to a sync handler; True when it returned False.
+
+        The hot path of a fast stream: no await per message unless an ack is due.
+        """
+        buf = attempt.buffer
+        m = attempt.machine
+        m.consumer_busy()
+        on_delivered = m.on_delivered
+        while buf:
+            msg = buf.popleft()
+            result = handler(msg)
+            if result is not None and result is not True:
+                if inspect.isawaitable(result):
+                    result = await result
+                if result is False:
+                    return True
+            ack = on_delivered(msg.headers, len(msg.data))
+            if ack is not None:
+                await attempt.send_ack(ack)
+        return False

@@ -25,7 +25,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._config import Config
-from ._connection import HEADER_ALLOWANCE, connect, log, publish, subscribe_live
+from ._connection import (
+    HEADER_ALLOWANCE,
+    connect,
+    log,
+    publish,
+    publish_data,
+    subscribe_live,
+)
 from ._errors import (
     ConfigError,
     ConnectionLostError,
@@ -68,7 +75,13 @@ class StreamWriterLike(Protocol):
     def write(self, data: bytes, /) -> int: ...
     def flush(self) -> None: ...
 
-_YIELD_EVERY = 32  # replies sent between explicit yields, so concurrent streams interleave
+
+# A serving loop yields to the event loop after this many replies, or once this many
+# bytes wait in the connection's outgoing buffer, so concurrent streams interleave.
+# Yielding lets nats-py's flusher write: every yield costs a send() system call,
+# which on a busy machine dominates small messages, so not too often either.
+_YIELD_EVERY = 256
+_YIELD_BYTES = 256 * 1024
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
 
 
@@ -286,7 +299,8 @@ class _ResponderStream:
     async def run(self) -> None:
         m = self.machine
         owner = self.owner
-        limit = self.nc.max_payload - HEADER_ALLOWANCE
+        nc, reply, control = self.nc, self.reply, self.control_subject
+        limit = nc.max_payload - HEADER_ALLOWANCE
         items: AsyncIterator[tuple[bytes, int | str | None]] | None = None
         outcome = "failed"
         try:
@@ -318,9 +332,13 @@ class _ResponderStream:
                         break
                 if type(pos) is int:
                     pos = None if pos == m.sent_seq else str(pos)
-                await self._send(data, m.data_headers(size, pos, self.loop.time()))  # type: ignore[arg-type]
+                headers = m.data_headers(size, pos, self.loop.time())  # type: ignore[arg-type]
+                if pos is None and control is not None:
+                    await publish_data(nc, reply, control, m.sent_seq, data)
+                else:
+                    await self._send(data, headers)
                 sent += 1
-                if sent % _YIELD_EVERY == 0:
+                if sent % _YIELD_EVERY == 0 or nc.pending_data_size > _YIELD_BYTES:
                     await asyncio.sleep(0)
             else:
                 if not m.terminal:
