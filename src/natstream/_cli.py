@@ -169,6 +169,19 @@ def record(
     click.echo(f"recorded {count:,} messages", err=True)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Small counts: proves every case runs (CI).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
+def bench(quick: bool, json_path: str | None) -> None:
+    """Measure natstream against raw nats-py (and plain appends) in the same run.
+
+    Starts its own nats-server on loopback; prints rates, latencies and ratios.
+    """
+    from ._bench import main as run_bench
+
+    run_bench(quick, json_path, click.echo)
+
+
 def _wait_until_interrupted(nodes: Sequence[NatsServer]) -> None:
     """Block until Ctrl-C or SIGTERM (a normal stop), or until a node exits by itself
     (a failure: its log tail is shown)."""

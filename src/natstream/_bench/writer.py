@@ -1,0 +1,94 @@
+"""Throughput of HourlyFileWriter against a plain buffered append loop.
+
+Run: ``natstream bench`` or ``python benchmarks/bench_writer.py [lines] [line_size]``.
+Both loops write the same
+``lines`` records of ``line_size`` bytes (newline included) to a fresh file in a
+temporary directory, and the time includes opening and closing (the final flush). The
+figure that matters is ``ratio``: writer lines/s divided by plain lines/s (target: at
+least 0.9). Rounds alternate between the two and the best of each is kept, which cancels
+most of the noise of a shared machine.
+
+What bounds the ratio: ``open(path, "ab").write`` is one C call into a buffer. A
+``HourlyFileWriter.write`` is a Python method that takes a lock (thread safety) and reads
+the clock (the hour is decided per record); each of those costs about as much as the
+whole C call, so the writer's hot path is two to three times the plain loop's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+from natstream._writers import HourlyFileWriter
+
+_ROUNDS = 5
+
+
+def _plain(path: str, lines: int, line: bytes) -> float:
+    start = time.perf_counter()
+    with open(path, "ab") as file:
+        write = file.write
+        for _ in range(lines):
+            write(line)
+    return time.perf_counter() - start
+
+
+def _writer(directory: str, lines: int, line: bytes) -> float:
+    start = time.perf_counter()
+    with HourlyFileWriter(directory, "bench") as writer:
+        write = writer.write
+        for _ in range(lines):
+            write(line)
+    return time.perf_counter() - start
+
+
+def run(lines: int = 1_000_000, line_size: int = 100) -> dict[str, Any]:
+    """Measure both loops (best of five rounds each, interleaved) and return figures.
+
+    Returns:
+        ``lines``, ``line_size``, ``plain_lines_per_s``, ``writer_lines_per_s``,
+        ``plain_ns_per_line``, ``writer_ns_per_line``, ``ratio`` (writer / plain
+        throughput) and ``mb_per_s`` for the writer.
+    """
+    if line_size < 1:
+        raise ValueError(f"line_size must be at least 1 (the newline), got {line_size}")
+    line = b"x" * (line_size - 1) + b"\n"
+    plain_best = writer_best = float("inf")
+    with tempfile.TemporaryDirectory(prefix="natstream-bench-") as tmp:
+        for round_ in range(_ROUNDS):
+            plain_dir = os.path.join(tmp, f"plain-{round_}")
+            writer_dir = os.path.join(tmp, f"writer-{round_}")
+            os.mkdir(plain_dir)
+            os.mkdir(writer_dir)
+            plain_best = min(plain_best, _plain(os.path.join(plain_dir, "plain.log"), lines, line))
+            writer_best = min(writer_best, _writer(writer_dir, lines, line))
+            written = sum(
+                os.path.getsize(os.path.join(writer_dir, name)) for name in os.listdir(writer_dir)
+            )
+            if written != lines * line_size:
+                raise AssertionError(f"writer wrote {written} bytes, expected {lines * line_size}")
+    return {
+        "lines": lines,
+        "line_size": line_size,
+        "plain_lines_per_s": lines / plain_best,
+        "writer_lines_per_s": lines / writer_best,
+        "plain_ns_per_line": plain_best / lines * 1e9,
+        "writer_ns_per_line": writer_best / lines * 1e9,
+        "ratio": plain_best / writer_best,
+        "mb_per_s": lines * line_size / writer_best / 1e6,
+    }
+
+
+def main(argv: list[str]) -> None:
+    arguments = [int(arg) for arg in argv[:2]]
+    figures = run(*arguments)
+    print(
+        f"{figures['lines']:,} lines of {figures['line_size']} bytes: "
+        f"plain {figures['plain_lines_per_s']:,.0f} lines/s "
+        f"({figures['plain_ns_per_line']:.0f} ns/line), "
+        f"HourlyFileWriter {figures['writer_lines_per_s']:,.0f} lines/s "
+        f"({figures['writer_ns_per_line']:.0f} ns/line, {figures['mb_per_s']:.0f} MB/s), "
+        f"ratio {figures['ratio']:.2f}"
+    )
