@@ -11,9 +11,8 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from typing import Any
-
 from importlib.metadata import version
+from typing import Any
 
 __all__ = ["run_all"]
 
