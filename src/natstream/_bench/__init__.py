@@ -62,7 +62,9 @@ def run_all(*, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
         ),
         (
             "concurrent",
-            lambda: stream.run(1, 128, rounds=1, concurrent=(50, 100) if quick else (1_000, 1_000)),
+            lambda: _without_stream(
+                stream.run(1, 128, rounds=1, concurrent=(50, 100) if quick else (1_000, 1_000))
+            ),
         ),
         ("writer", lambda: writer.run(50_000 if quick else 1_000_000, 100)),
         ("record", lambda: record.run(n, 128)),
