@@ -10,18 +10,81 @@ and exercised by every test that streams.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
 
-__all__ = ["FastClient", "hpub_seq", "publish_seq"]
+__all__ = ["DirectHandler", "FastClient", "hpub_seq", "parse_headers", "publish_seq"]
+
+DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
+"""Receives (subject, reply, payload, raw header block) straight from the parser."""
 
 _SEQ_PREFIX = b"NATS/1.0\r\nNs-Seq: "
 _SEQ_AT = len(_SEQ_PREFIX)
 
 
+_HDR_LINE = b"NATS/1.0"
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str] | None:
+    """Parse a raw NATS header block as nats-py does (``Status``/``Description`` from the
+    status line), synchronously, with a short path for a lone ``Ns-Seq`` header."""
+    if not raw:
+        return None
+    if raw.startswith(_SEQ_PREFIX):
+        end = len(raw) - 4
+        if raw.find(b"\r\n", _SEQ_AT) == end:
+            value = raw[_SEQ_AT:end]
+            if value.isdigit():
+                return {"Ns-Seq": value.decode()}
+    if not raw.startswith(_HDR_LINE):
+        return None
+    line_end = raw.find(b"\r\n")
+    if line_end < 0:
+        return None
+    headers: dict[str, str] = {}
+    status = raw[len(_HDR_LINE) : line_end].strip()
+    if status:
+        code, _, description = status.partition(b" ")
+        if code.isdigit():
+            headers["Status"] = code.decode()
+        if description:
+            headers["Description"] = description.decode("utf-8", "replace")
+    headers.update(Client._parse_header_lines(raw[line_end + 2 :]))
+    return headers or None
+
+
 class FastClient(Client):
-    """nats-py's client, parsing a lone ``Ns-Seq`` header without the generic parser."""
+    """nats-py's client, with two additions for natstream's hot paths.
+
+    * a lone ``Ns-Seq`` header is parsed without the generic parser;
+    * a subscription registered with :meth:`set_direct` gets its messages handed to a
+      plain function straight from the protocol parser, in order, without nats-py's
+      per-message ``Msg``, queue and task hop. The function must not block or raise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, DirectHandler] = {}
+
+    def set_direct(self, sid: int, handler: DirectHandler) -> None:
+        self._direct[sid] = handler
+
+    def clear_direct(self, sid: int) -> None:
+        self._direct.pop(sid, None)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = self._direct.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        handler(subject, reply, data, headers)
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         if headers and headers.startswith(_SEQ_PREFIX):

@@ -28,6 +28,7 @@ from ._errors import (
     StreamFailure,
     StreamTimeoutError,
 )
+from ._fastclient import FastClient, parse_headers
 from ._protocol import Reply, RequesterMachine, RequesterState, Resume, cancel_headers
 from ._subjects import validate_publish_subject
 
@@ -74,12 +75,14 @@ class _Attempt:
         check_payload(nc, data)
         inbox = f"{self.conn.inbox_prefix}.{secrets.token_hex(12)}"
         self.conn.add(self)
-        self.sub = await nc.subscribe(
+        self.sub = sub = await nc.subscribe(
             inbox,
             cb=self._on_msg,
             pending_msgs_limit=_PLAIN_MAX_BUFFERED,
             pending_bytes_limit=0,
         )
+        if isinstance(nc, FastClient):
+            nc.set_direct(sub._id, self._on_raw)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(nc, self.subject, data, reply=inbox, headers=headers)
@@ -87,7 +90,24 @@ class _Attempt:
 
     # ------------------------------------------------------------ nats callback
 
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """A reply straight from the parser (FastClient): build the message, handle it."""
+        sub = self.sub
+        self._handle(
+            Msg(
+                _client=self.nc,
+                subject=subject.decode(),
+                reply=reply.decode(),
+                data=data,
+                headers=parse_headers(headers),
+                _sid=sub._id if sub is not None else 0,
+            )
+        )
+
     async def _on_msg(self, msg: Msg) -> None:
+        self._handle(msg)
+
+    def _handle(self, msg: Msg) -> None:
         m = self.machine
         verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
         if verdict is Reply.DELIVER:
@@ -224,6 +244,8 @@ class _Attempt:
             await self._send(self.machine.control_subject, cancel)
         sub, self.sub = self.sub, None
         if sub is not None:
+            if isinstance(self.nc, FastClient):
+                self.nc.clear_direct(sub._id)
             try:
                 await sub.unsubscribe()
             except Exception:
