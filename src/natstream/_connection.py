@@ -117,15 +117,43 @@ async def subscribe_live(
         pending_bytes_limit=pending_bytes_limit,
     )
     try:
-        async with asyncio.timeout(_LIVE_TIMEOUT):
-            # nats-py offers no event for "flusher wrote everything": poll, bounded above.
-            while nc.pending_data_size > 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
-            await nc.flush(timeout=int(_LIVE_TIMEOUT))
+        await flush_ordered(nc)
     except BaseException:
         await _quiet_unsubscribe(sub)
         raise
     return sub
+
+
+async def flush_ordered(nc: Client, timeout: float = _LIVE_TIMEOUT) -> None:
+    """A round trip to the server that proves everything sent before it arrived.
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands
+    still queued for its flusher task, so it can return before earlier publishes or
+    subscriptions reach the server. Waiting for that queue to drain first puts the
+    PING behind them.
+
+    Raises:
+        TimeoutError: no answer within ``timeout`` seconds.
+    """
+    async with asyncio.timeout(timeout):
+        # nats-py offers no event for "flusher wrote everything": poll, bounded above.
+        while nc.pending_data_size > 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        await nc.flush(timeout=max(1, int(timeout)))
+
+
+async def drain_subscription(nc: Client, sub: Subscription) -> None:
+    """Stop a subscription without losing what the server already routed to it.
+
+    ``Subscription.drain()`` has the flush-ordering flaw described in
+    :func:`flush_ordered`: its PING can overtake its UNSUB, so messages the server
+    sends between the PONG and the UNSUB are dropped. Sending the UNSUB ourselves and
+    making an ordered round trip first closes that window; ``drain()`` then waits for
+    the callback to process everything received.
+    """
+    await nc._send_unsubscribe(sub._id)
+    await flush_ordered(nc)
+    await sub.drain()  # type: ignore[no-untyped-call]
 
 
 async def _quiet_unsubscribe(sub: Subscription) -> None:

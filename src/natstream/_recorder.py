@@ -12,7 +12,7 @@ from typing import Protocol
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._connection import log
+from ._connection import drain_subscription, log
 
 __all__ = ["Recording", "RecordingStats", "default_formatter"]
 
@@ -125,7 +125,7 @@ class Recording:
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
-                await sub.drain()  # type: ignore[no-untyped-call]
+                await drain_subscription(sub._conn, sub)
             except Exception:
                 log.debug("draining the recorder's subscription failed", exc_info=True)
         self._done.set()

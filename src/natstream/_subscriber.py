@@ -189,6 +189,7 @@ class StreamSubscription:
         self.subject = subject
         self.queue = queue
         self._make_items = make_items
+        self._sync_index: IndexHandler | None = None  # fast path for a sync index handler
         self.max_concurrent_streams = max_concurrent_streams
         self._sub: Subscription | None = None
         self._streams: set[_ResponderStream] = set()
@@ -281,8 +282,10 @@ class _ResponderStream:
         self._credit: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self._need_credit = 0
         self._cancel_reason: str | None = None
+        self._limit = nc.max_payload - HEADER_ALLOWANCE
+        self._too_large = False
+        self._sent = 0
 
     # ------------------------------------------------------------ sending
 
@@ -299,52 +302,23 @@ class _ResponderStream:
     async def run(self) -> None:
         m = self.machine
         owner = self.owner
-        nc, reply, control = self.nc, self.reply, self.control_subject
-        limit = nc.max_payload - HEADER_ALLOWANCE
         items: AsyncIterator[tuple[bytes, int | str | None]] | None = None
         outcome = "failed"
         try:
             if m.v1:
                 await self._send(b"", m.heartbeat_headers(self.loop.time()))
             self._arm()
-            items = owner._make_items(self.request)
-            sent = 0
-            async for data, pos in items:
-                if m.terminal:
-                    break
-                if not isinstance(data, bytes):
-                    raise TypeError(f"a handler produced {type(data).__name__}, not bytes")
-                size = len(data)
-                if size > limit:
-                    log.error(
-                        "stream on %r: a reply of %d bytes exceeds max_payload (%d)",
-                        owner.subject,
-                        size,
-                        limit,
-                    )
-                    await self._send_error(
-                        str(PayloadTooLargeError(size, limit)), _TOO_LARGE, False
-                    )
-                    return
-                if not m.has_credit(size):
-                    await self._wait_credit(size)
-                    if m.terminal:
-                        break
-                if type(pos) is int:
-                    pos = None if pos == m.sent_seq else str(pos)
-                headers = m.data_headers(size, pos, self.loop.time())  # type: ignore[arg-type]
-                if pos is None and control is not None:
-                    await publish_data(nc, reply, control, m.sent_seq, data)
-                else:
-                    await self._send(data, headers)
-                sent += 1
-                if sent % _YIELD_EVERY == 0 or nc.pending_data_size > _YIELD_BYTES:
-                    await asyncio.sleep(0)
+            if owner._sync_index is not None:
+                ended = await self._pump_index(owner._sync_index)
             else:
-                if not m.terminal:
-                    await self._send(STREAM_END, m.end_headers(self.loop.time()))
-                    outcome = "completed"
-                    return
+                items = owner._make_items(self.request)
+                ended = await self._pump(items)
+            if self._too_large:
+                return
+            if ended and not m.terminal:
+                await self._send(STREAM_END, m.end_headers(self.loop.time()))
+                outcome = "completed"
+                return
             outcome = "cancelled"
         except _HandlerError as e:
             if not m.terminal:
@@ -366,6 +340,70 @@ class _ResponderStream:
                     await items.aclose()
                 except Exception:
                     log.debug("closing a stream handler failed", exc_info=True)
+
+    async def _pump(self, items: AsyncIterator[tuple[bytes, int | str | None]]) -> bool:
+        """Send what ``items`` yields; True when it is exhausted (the stream may end)."""
+        emit = self._emit
+        async for data, pos in items:
+            if not await emit(data, pos):
+                return False
+        return True
+
+    async def _pump_index(self, handler: IndexHandler) -> bool:
+        """:meth:`_pump` for a sync index handler, without an async generator per item."""
+        request = self.request
+        resume = self.machine.resume
+        index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
+        emit = self._emit
+        while True:
+            result: Any = handler(request, index)
+            if type(result) is not tuple:
+                result = await result
+            data, more, err = result
+            if err is not None:
+                raise _error_from_value(err)
+            if data is not None and not await emit(data, index):
+                return False
+            if not more:
+                return True
+            index += 1
+
+    async def _emit(self, data: bytes, pos: int | str | None) -> bool:
+        """Send one data reply once credit allows; False when the stream must stop."""
+        m = self.machine
+        if m.terminal:
+            return False
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a handler produced {type(data).__name__}, not bytes")
+            data = bytes(data)
+        size = len(data)
+        if size > self._limit:
+            log.error(
+                "stream on %r: a reply of %d bytes exceeds max_payload (%d)",
+                self.owner.subject,
+                size,
+                self._limit,
+            )
+            self._too_large = True
+            await self._send_error(str(PayloadTooLargeError(size, self._limit)), _TOO_LARGE, False)
+            return False
+        if not m.has_credit(size):
+            await self._wait_credit(size)
+            if m.terminal:
+                return False
+        if type(pos) is int:
+            pos = None if pos == m.sent_seq else str(pos)
+        headers = m.data_headers(size, pos, self.loop.time())  # type: ignore[arg-type]
+        nc = self.nc
+        if pos is None and self.control_subject is not None:
+            await publish_data(nc, self.reply, self.control_subject, m.sent_seq, data)
+        else:
+            await self._send(data, headers)
+        self._sent += 1
+        if self._sent % _YIELD_EVERY == 0 or nc.pending_data_size > _YIELD_BYTES:
+            await asyncio.sleep(0)
+        return True
 
     async def _internal_error(self, exc: Exception) -> None:
         owner = self.owner
@@ -671,6 +709,8 @@ class Subscriber:
         make_items: Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]],
         queue: str | None,
         max_concurrent_streams: int | None,
+        *,
+        sync_index: IndexHandler | None = None,
     ) -> StreamSubscription:
         nc = self._check_open()
         validate_subscribe_subject(subject)
@@ -678,6 +718,7 @@ class Subscriber:
         handle = StreamSubscription(
             self, subject, q, make_items, max_concurrent_streams or self.max_concurrent_streams
         )
+        handle._sync_index = sync_index
         handle._sub = await subscribe_live(nc, subject, handle._on_request, queue=q)
         self._subscriptions.add(handle)
         return handle
@@ -700,7 +741,10 @@ class Subscriber:
         Cancellation: when the requester cancels or vanishes, or the deadline passes,
         the handler's task is cancelled (``CancelledError`` inside an async handler).
         """
-        return await self._subscribe(subject, _index_items(handler), queue, max_concurrent_streams)
+        sync = None if inspect.iscoroutinefunction(handler) else handler
+        return await self._subscribe(
+            subject, _index_items(handler), queue, max_concurrent_streams, sync_index=sync
+        )
 
     async def batch_stream_subscribe_handler(
         self,

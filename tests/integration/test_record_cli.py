@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 
+from natstream._connection import flush_ordered
 from natstream.server import NatsServer
 
 
@@ -53,7 +54,7 @@ async def test_record_then_sigterm_flushes_everything(server: NatsServer, tmp_pa
         try:
             for i in range(1000):
                 await nc.publish("rec.cli.data", f"line {i}".encode())
-            await nc.flush()
+            await flush_ordered(nc)  # nats-py's flush() can overtake the publishes
         finally:
             await nc.close()
         proc.send_signal(signal.SIGTERM)

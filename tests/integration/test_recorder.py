@@ -10,6 +10,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from natstream import Subscriber
+from natstream._connection import flush_ordered
 from natstream._recorder import default_formatter
 from natstream.server import NatsServer
 
@@ -46,7 +47,7 @@ async def test_records_wildcard_subjects_in_order(
     try:
         for i in range(100):
             await nc.publish(f"{subject}.{'ab'[i % 2]}", str(i).encode())
-        await nc.flush()
+        await flush_ordered(nc)  # nats-py's flush() can overtake the publishes
     finally:
         await nc.close()
     await rec.stop()
@@ -65,7 +66,7 @@ async def test_writer_error_stops_recording_and_is_raised(
     try:
         for i in range(10):
             await nc.publish(subject, str(i).encode())
-        await nc.flush()
+        await flush_ordered(nc)  # nats-py's flush() can overtake the publishes
     finally:
         await nc.close()
     with pytest.raises(OSError, match="No space left"):
@@ -98,7 +99,7 @@ async def test_100k_messages_into_hourly_files(
                 await nc.publish(subject, str(i).encode())
                 if i % 5000 == 0:
                     await nc.flush()  # pace the publisher a little, as real producers do
-            await nc.flush()
+            await flush_ordered(nc)  # nats-py's flush() can overtake the publishes
         finally:
             await nc.close()
     finally:
