@@ -124,7 +124,7 @@ async def subscribe_live(
     return sub
 
 
-async def flush_ordered(nc: Client, timeout: float = _LIVE_TIMEOUT) -> None:
+async def flush_ordered(nc: Client) -> None:
     """A round trip to the server that proves everything sent before it arrived.
 
     nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands
@@ -133,13 +133,13 @@ async def flush_ordered(nc: Client, timeout: float = _LIVE_TIMEOUT) -> None:
     PING behind them.
 
     Raises:
-        TimeoutError: no answer within ``timeout`` seconds.
+        TimeoutError: no answer within 5 seconds.
     """
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(_LIVE_TIMEOUT):
         # nats-py offers no event for "flusher wrote everything": poll, bounded above.
         while nc.pending_data_size > 0:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
-        await nc.flush(timeout=max(1, int(timeout)))
+        await nc.flush(timeout=int(_LIVE_TIMEOUT))
 
 
 async def drain_subscription(nc: Client, sub: Subscription) -> None:
