@@ -10,12 +10,15 @@ and exercised by every test that streams.
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
 
 __all__ = ["DirectHandler", "FastClient", "hpub_seq", "parse_headers", "publish_seq"]
+
 
 DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 """Receives (subject, reply, payload, raw header block) straight from the parser."""
@@ -67,6 +70,33 @@ class FastClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
+        self._mux: dict[bytes, DirectHandler] = {}
+        self._mux_sid = -1
+        self._mux_prefix = b""
+        self._mux_lock = asyncio.Lock()
+
+    async def stream_inbox(self, handler: DirectHandler) -> tuple[str, bytes]:
+        """A fresh reply subject whose messages go to ``handler`` (see :meth:`set_direct`).
+
+        All of them share one wildcard subscription per connection,
+        ``<inbox_prefix>.<random>.*``; each stream's last token is 96 random bits, so
+        nobody can guess another stream's inbox. Returns the subject and its token,
+        for :meth:`drop_inbox`.
+        """
+        if self._mux_sid < 0:
+            async with self._mux_lock:
+                if self._mux_sid < 0:
+                    prefix = bytes(self._inbox_prefix) + b"." + secrets.token_hex(12).encode()
+                    sub = await self.subscribe(prefix.decode() + ".*", cb=_never_called)
+                    self._mux_prefix = prefix + b"."
+                    self._mux_sid = sub._id
+        token = secrets.token_hex(12).encode()
+        self._mux[token] = handler
+        return (self._mux_prefix + token).decode(), token
+
+    def drop_inbox(self, token: bytes) -> None:
+        """Stop delivering to a :meth:`stream_inbox`; later replies to it are dropped."""
+        self._mux.pop(token, None)
 
     def set_direct(self, sid: int, handler: DirectHandler) -> None:
         self._direct[sid] = handler
@@ -77,6 +107,14 @@ class FastClient(Client):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
+        if sid == self._mux_sid:
+            stats = self.stats
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(data)
+            mux_handler = self._mux.get(subject[len(self._mux_prefix) :])
+            if mux_handler is not None:
+                mux_handler(subject, reply, data, headers)
+            return
         handler = self._direct.get(sid)
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
@@ -95,6 +133,10 @@ class FastClient(Client):
                     return {"Ns-Seq": value.decode()}
         result: dict[str, str] | None = await super()._process_headers(headers)
         return result
+
+
+async def _never_called(msg: Any) -> None:
+    """Callback of the shared stream inbox: its messages are dispatched directly."""
 
 
 def hpub_seq(subject: str, reply: str, seq: int, payload: bytes) -> bytes:

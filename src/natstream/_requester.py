@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from ._config import StreamOptions
 from ._connection import check_payload, log, publish
@@ -55,13 +53,16 @@ class _Attempt:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.conn = conn
-        self.nc = conn.nc
+        nc = conn.nc
+        if not isinstance(nc, FastClient):
+            raise TypeError("natstream streams need connections made by natstream (FastClient)")
+        self.nc: FastClient = nc
         self.subject = subject
         self.machine = machine
         self.loop = loop
         self.buffer: deque[Msg] = deque()
         self.marker: Msg | None = None
-        self.sub: Subscription | None = None
+        self._token: bytes | None = None  # of our inbox on the connection's shared subscription
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -73,16 +74,8 @@ class _Attempt:
         """Subscribe to a fresh inbox and send the request."""
         nc = self.nc
         check_payload(nc, data)
-        inbox = f"{self.conn.inbox_prefix}.{secrets.token_hex(12)}"
         self.conn.add(self)
-        self.sub = sub = await nc.subscribe(
-            inbox,
-            cb=self._on_msg,
-            pending_msgs_limit=_PLAIN_MAX_BUFFERED,
-            pending_bytes_limit=0,
-        )
-        if isinstance(nc, FastClient):
-            nc.set_direct(sub._id, self._on_raw)
+        inbox, self._token = await nc.stream_inbox(self._on_raw)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(nc, self.subject, data, reply=inbox, headers=headers)
@@ -92,7 +85,6 @@ class _Attempt:
 
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """A reply straight from the parser (FastClient): build the message, handle it."""
-        sub = self.sub
         self._handle(
             Msg(
                 _client=self.nc,
@@ -100,12 +92,8 @@ class _Attempt:
                 reply=reply.decode(),
                 data=data,
                 headers=parse_headers(headers),
-                _sid=sub._id if sub is not None else 0,
             )
         )
-
-    async def _on_msg(self, msg: Msg) -> None:
-        self._handle(msg)
 
     def _handle(self, msg: Msg) -> None:
         m = self.machine
@@ -242,14 +230,9 @@ class _Attempt:
         self.conn.discard(self)
         if cancel is not None and self.machine.control_subject is not None:
             await self._send(self.machine.control_subject, cancel)
-        sub, self.sub = self.sub, None
-        if sub is not None:
-            if isinstance(self.nc, FastClient):
-                self.nc.clear_direct(sub._id)
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                log.debug("unsubscribe of a stream inbox failed", exc_info=True)
+        token, self._token = self._token, None
+        if token is not None:
+            self.nc.drop_inbox(token)
         for task in list(self._tasks):
             task.cancel()
 

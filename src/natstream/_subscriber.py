@@ -305,8 +305,8 @@ class _ResponderStream:
         items: AsyncIterator[tuple[bytes, int | str | None]] | None = None
         outcome = "failed"
         try:
-            if m.v1:
-                await self._send(b"", m.heartbeat_headers(self.loop.time()))
+            # No separate accept: the first reply (data, end, error, or the first
+            # heartbeat if the handler is slow) tells the requester our control subject.
             self._arm()
             if owner._sync_index is not None:
                 ended = await self._pump_index(owner._sync_index)
