@@ -71,7 +71,7 @@ class _Attempt:
         self.bytes = 0
 
     async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
-        """Subscribe to a fresh inbox and send the request."""
+        """Take a fresh inbox on the connection's shared subscription; send the request."""
         nc = self.nc
         check_payload(nc, data)
         self.conn.add(self)
