@@ -52,8 +52,10 @@ class Config:
     """Where and how a :class:`Pool` connects.
 
     Connection options are passed through to nats-py. Secrets (``password``,
-    ``token``, ``nkeys_seed``) never appear in ``repr()`` or in natstream's logs and
-    errors.
+    ``token``, ``nkeys_seed``, and the ``user:password@`` or ``token@`` part of a
+    server URL) never appear in ``repr()`` or in natstream's logs and errors. The
+    ``user_credentials`` file's path is shown; its contents are read only by nats-py.
+    See docs/security.md.
 
     Attributes:
         servers: server URLs, e.g. ``["nats://127.0.0.1:4222"]``.
@@ -69,6 +71,16 @@ class Config:
             replaced; None disables it.
         stream: flow control and liveness defaults for streams.
         inbox_prefix: prefix of reply subjects (for accounts that lock down ``_INBOX``).
+        user, password: user/password authentication (``password`` needs ``user``).
+        token: token authentication.
+        user_credentials: path of a ``.creds`` file (user JWT and NKey seed, as ``nsc``
+            writes it); needs the ``nkeys`` package.
+        nkeys_seed: an NKey seed (``SU...``) for NKey authentication; needs ``nkeys``.
+        tls: an :class:`ssl.SSLContext` holding the CA to trust and, for mutual TLS,
+            the client certificate. With it (or with a ``tls://`` URL) a server that
+            does not offer TLS is refused: credentials never go out in plaintext.
+        tls_hostname: the name to verify the server's certificate against, when it
+            differs from the URL's host.
     """
 
     servers: list[str]
@@ -106,6 +118,17 @@ class Config:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {self.close_grace}")
         if not 0 < self.reconnect_backoff <= self.reconnect_backoff_max:
             raise ConfigError("need 0 < reconnect_backoff <= reconnect_backoff_max")
+        # nats-py would silently send no password at all: the server's "authorization
+        # violation" would then hide the mistake.
+        if self.password is not None and self.user is None:
+            raise ConfigError("password is set without user: set both, or use token")
+        if self.user_credentials is not None and self.nkeys_seed is not None:
+            raise ConfigError("set one of user_credentials (a .creds file) and nkeys_seed")
+
+    def __repr__(self) -> str:
+        # The generated repr would show the user info of server URLs.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"Config({shown})"
 
     def nats_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (secrets included: never log this)."""
@@ -132,9 +155,21 @@ class Config:
         return opts
 
     def redacted(self) -> dict[str, Any]:
-        """The configuration as a dict with secrets replaced by ``"***"`` (for logs)."""
+        """The configuration as a dict with secrets replaced by ``"***"`` and server
+        URLs without their ``user:password@`` part (for logs)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "servers":
+                value = [_without_userinfo(url) for url in value]
             out[f.name] = "***" if f.name in _SECRET_FIELDS and value is not None else value
         return out
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` or ``token@`` replaced by ``***@``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at else url
