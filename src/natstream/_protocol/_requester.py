@@ -45,6 +45,11 @@ from ._wire import (
     HDR_STATUS,
     HDR_VERSION,
     HDR_WINDOW,
+    MAX_DEADLINE_MS,
+    MAX_HEARTBEAT_MS,
+    MAX_WINDOW_BYTES,
+    MAX_WINDOW_MESSAGES,
+    MIN_HEARTBEAT_MS,
     PROTOCOL_VERSION,
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -52,6 +57,7 @@ from ._wire import (
     format_ack,
     format_window,
     parse_int,
+    parse_pos,
 )
 
 __all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction"]
@@ -122,6 +128,13 @@ class RequesterMachine:
     ) -> None:
         if window_messages < 1 or window_bytes < 1:
             raise ValueError("window_messages and window_bytes must be at least 1")
+        # Use what a responder will use: it clamps the window to its maxima (acking at
+        # half of a larger window would stall it until the next heartbeat) and takes
+        # a heartbeat between its bounds (rejecting a larger one outright).
+        window_messages = min(window_messages, MAX_WINDOW_MESSAGES)
+        window_bytes = min(window_bytes, MAX_WINDOW_BYTES)
+        if heartbeat > 0:
+            heartbeat = min(max(heartbeat, MIN_HEARTBEAT_MS / 1000), MAX_HEARTBEAT_MS / 1000)
         self.subject = subject
         self.window_messages = window_messages
         self.window_bytes = window_bytes
@@ -141,6 +154,7 @@ class RequesterMachine:
         self.delivered_seq = base  # last data message the consumer took
         self._delivered_pos: str | None = resume.pos if resume else None
         self._received_bytes = 0
+        self._largest = 0  # largest data payload so far: what the responder may be holding
         self.delivered_bytes = 0
         self._acked_seq = base
         self._acked_bytes = 0
@@ -150,6 +164,7 @@ class RequesterMachine:
         self._last_tx = now
         self._waiting_since: float | None = now  # the caller awaits the first reply
         self._foreign: set[str] = set()
+        self._responder_done = False  # it sent its end or error marker, or was told to stop
         self.duplicates = 0
 
     # ------------------------------------------------------------------ request
@@ -162,7 +177,8 @@ class RequesterMachine:
             HDR_HEARTBEAT: str(round(self.heartbeat * 1000)),
         }
         if self.deadline is not None:
-            headers[HDR_DEADLINE] = str(max(0, round((self.deadline - now) * 1000)))
+            left = round((self.deadline - now) * 1000)
+            headers[HDR_DEADLINE] = str(min(MAX_DEADLINE_MS, max(0, left)))
         if self.resume is not None:
             headers[HDR_RESUME] = f"{self.resume.seq} {self.resume.pos}"
         return headers
@@ -197,7 +213,7 @@ class RequesterMachine:
         if self.v1 is None:
             self.v1 = True
             self.control_subject = reply_subject or None
-        elif not self.v1 or reply_subject != self.control_subject:
+        elif not self.v1 or (reply_subject or None) != self.control_subject:
             return self._foreign_reply(reply_subject)
         self.state = RequesterState.STREAMING
         self._last_rx = now
@@ -217,6 +233,7 @@ class RequesterMachine:
             if seq != self.received_seq:
                 return self._gap(seq)
             self.state = RequesterState.ENDED
+            self._responder_done = True
             return Reply.END
         if payload.startswith(STREAM_ERROR_PREFIX) and HDR_SERVICE_ERROR_CODE in headers:
             code = parse_int(headers.get(HDR_SERVICE_ERROR_CODE), 0, 999) or 500
@@ -228,8 +245,13 @@ class RequesterMachine:
                 self.duplicates += 1
                 return Reply.DROP
             return self._gap(seq)
+        pos = headers.get(HDR_POS)
+        if pos is not None and parse_pos(pos) is None:
+            # It would come back in the retry's Ns-Resume header: refuse it here.
+            return self._fail(ProtocolViolationError(f"malformed {HDR_POS} {pos[:40]!r}"))
         self.received_seq = seq
         self._received_bytes += len(payload)
+        self._largest = max(self._largest, len(payload))
         in_flight = seq - self._acked_seq
         if in_flight > self.window_messages or (
             in_flight > 1 and self._received_bytes - self._acked_bytes > self.window_bytes
@@ -253,6 +275,7 @@ class RequesterMachine:
         self._last_rx = now
         if payload == STREAM_END:
             self.state = RequesterState.ENDED
+            self._responder_done = True
             return Reply.END
         if payload.startswith(STREAM_ERROR_PREFIX):
             return self._error_marker(payload, 500, True)
@@ -268,6 +291,7 @@ class RequesterMachine:
         text = payload[len(STREAM_ERROR_PREFIX) :].decode("utf-8", "replace")
         self.error = StreamError(text, code=code, retryable=retryable)
         self.state = RequesterState.FAILED
+        self._responder_done = True
         return Reply.ERROR
 
     def _foreign_reply(self, reply_subject: str) -> Reply:
@@ -298,7 +322,8 @@ class RequesterMachine:
         """The consumer took the next data message (``size`` payload bytes).
 
         Returns the headers of an ack to publish to ``control_subject`` when enough
-        credit has been used up (half the window), else None.
+        credit has been used up (half the window), or when the consumer has caught up
+        and the responder may be waiting for credit, else None.
         """
         seq = self.delivered_seq + 1
         self.delivered_seq = seq
@@ -306,9 +331,17 @@ class RequesterMachine:
         self._delivered_pos = headers.get(HDR_POS) if headers else None
         if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
             return None
+        unacked_bytes = self.delivered_bytes - self._acked_bytes
         if (
             seq - self._acked_seq >= self._ack_every_msgs
-            or self.delivered_bytes - self._acked_bytes >= self._ack_every_bytes
+            or unacked_bytes >= self._ack_every_bytes
+            # Caught up, and a message as large as the largest so far would not fit in
+            # what is left of the byte window: the responder may be blocked on credit,
+            # and without this ack only the next heartbeat (none when off) frees it.
+            or (
+                seq == self.received_seq
+                and (self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes)
+            )
         ):
             return self._ack_headers(CTL_ACK)
         return None
@@ -402,10 +435,17 @@ class RequesterMachine:
 
     def cancel(self) -> dict[str, str] | None:
         """The caller stops the stream. Returns the headers of a cancel message to
-        publish to ``control_subject`` when the responder can be told, else None."""
-        if self.state in _TERMINAL:
+        publish to ``control_subject`` when the responder can be told, else None.
+
+        After a failure found on this side (gap, stall, timeout, window violation,
+        connection lost) the responder may still be running: the cancel is returned
+        once, and the state stays FAILED.
+        """
+        if self._responder_done:
             return None
-        self.state = RequesterState.CANCELLED
+        self._responder_done = True
+        if self.state not in _TERMINAL:
+            self.state = RequesterState.CANCELLED
         if self.v1 and self.control_subject is not None:
             return {HDR_CONTROL: CTL_CANCEL}
         return None

@@ -154,8 +154,12 @@ class ResponderMachine:
         return {HDR_CONTROL: CTL_HEARTBEAT, HDR_SEQ: str(self.sent_seq)}
 
     def end_headers(self, now: float) -> dict[str, str] | None:
-        """Finish the stream normally; headers of the end marker (None: plain requester)."""
-        self.state = ResponderState.ENDED
+        """Finish the stream normally; headers of the end marker (None: plain requester).
+
+        The first terminal state sticks: after a cancel the stream stays CANCELLED.
+        """
+        if self.state not in _TERMINAL:
+            self.state = ResponderState.ENDED
         self._last_tx = now
         if not self.v1:
             return None
@@ -167,9 +171,11 @@ class ResponderMachine:
         """Finish the stream with an error; headers of the error marker.
 
         The NATS services headers carry the same text and code, so standard NATS
-        tooling can read them. None for a plain requester.
+        tooling can read them. None for a plain requester. The first terminal state
+        sticks, as in :meth:`end_headers`.
         """
-        self.state = ResponderState.FAILED
+        if self.state not in _TERMINAL:
+            self.state = ResponderState.FAILED
         self._last_tx = now
         if not self.v1:
             return None

@@ -40,6 +40,7 @@ __all__ = [
     "format_window",
     "parse_ack",
     "parse_int",
+    "parse_pos",
     "parse_request_headers",
     "parse_resume",
     "parse_window",
@@ -144,12 +145,19 @@ class Resume:
     pos: str
 
 
+def parse_pos(value: str | None) -> str | None:
+    """Return a resume position (``"7"`` or ``"3.4"``) if well formed, else None."""
+    if value is None or not _POS_RE.fullmatch(value):
+        return None
+    return value
+
+
 def parse_resume(value: str | None) -> Resume | None:
     if value is None:
         return None
     seq_s, sep, pos = value.partition(" ")
     seq = parse_int(seq_s)
-    if not sep or seq is None or not _POS_RE.fullmatch(pos):
+    if not sep or seq is None or parse_pos(pos) is None:
         return None
     return Resume(seq, pos)
 
@@ -189,7 +197,8 @@ def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
     hb = parse_int(hb_raw, 0, MAX_HEARTBEAT_MS)
     if hb is None:
         raise HeaderError(f"malformed {HDR_HEARTBEAT} header {(hb_raw or '')[:40]!r}")
-    hb = max(hb, MIN_HEARTBEAT_MS)
+    if hb:  # 0 is "off": the requester neither sends heartbeats nor expects them
+        hb = max(hb, MIN_HEARTBEAT_MS)
     deadline: int | None = None
     if HDR_DEADLINE in headers:
         deadline = parse_int(headers[HDR_DEADLINE], 0, MAX_DEADLINE_MS)

@@ -1,0 +1,697 @@
+"""RequesterMachine on its own: each event, each timer, and hostile replies."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natstream._errors import (
+    ConnectionLostError,
+    NoRespondersError,
+    ProtocolViolationError,
+    RequestTimeoutError,
+    StalledError,
+    StreamError,
+    StreamFailure,
+    StreamTimeoutError,
+)
+from natstream._protocol import (
+    STREAM_END,
+    STREAM_ERROR_PREFIX,
+    Reply,
+    RequesterMachine,
+    RequesterState,
+    Resume,
+    TimerAction,
+    cancel_headers,
+    parse_request_headers,
+)
+from natstream._protocol._requester import _MAX_FOREIGN
+from natstream._protocol._wire import (
+    CTL_ACK,
+    CTL_CANCEL,
+    CTL_HEARTBEAT,
+    HDR_ACK,
+    HDR_CONTROL,
+    HDR_DEADLINE,
+    HDR_END,
+    HDR_POS,
+    HDR_RESUME,
+    HDR_RETRYABLE,
+    HDR_SEQ,
+    HDR_SERVICE_ERROR,
+    HDR_SERVICE_ERROR_CODE,
+    HDR_STATUS,
+    HDR_VERSION,
+    HDR_WINDOW,
+    MAX_SEQ,
+    parse_ack,
+)
+
+from .conftest import PROFILE
+
+CI = settings.get_profile(PROFILE)
+CTL = "_INBOX.ctl.responder-a"
+OTHER = "_INBOX.ctl.responder-b"
+TERMINAL = {RequesterState.ENDED, RequesterState.FAILED, RequesterState.CANCELLED}
+
+
+def accept(seq: int = 0) -> dict[str, str]:
+    return {HDR_CONTROL: CTL_HEARTBEAT, HDR_SEQ: str(seq)}
+
+
+def data(seq: int, pos: str | None = None) -> dict[str, str]:
+    return {HDR_SEQ: str(seq)} if pos is None else {HDR_SEQ: str(seq), HDR_POS: pos}
+
+
+def end(seq: int) -> dict[str, str]:
+    return {HDR_END: "1", HDR_SEQ: str(seq)}
+
+
+def error(seq: int, code: str = "503", retry: str = "1") -> dict[str, str]:
+    return {
+        HDR_SEQ: str(seq),
+        HDR_SERVICE_ERROR: "busy",
+        HDR_SERVICE_ERROR_CODE: code,
+        HDR_RETRYABLE: retry,
+    }
+
+
+def bound(now: float = 0.0, **kw: Any) -> RequesterMachine:
+    """A machine whose v1 responder has accepted the stream (at ``now``)."""
+    m = RequesterMachine(now, subject="svc", **kw)
+    assert m.on_reply(now, accept(m.received_seq), b"", CTL) is Reply.DROP
+    return m
+
+
+# ---------------------------------------------------------------- request
+
+
+def test_request_headers() -> None:
+    m = RequesterMachine(10.0, window_messages=4, window_bytes=100, heartbeat=0.5, deadline=12.5)
+    h = m.request_headers(11.0)
+    assert h == {HDR_VERSION: "1", HDR_WINDOW: "4 100", "Ns-Hb": "500", HDR_DEADLINE: "1500"}
+    opts = parse_request_headers(h)
+    assert (opts.window_messages, opts.window_bytes, opts.heartbeat_ms) == (4, 100, 500)
+    assert HDR_DEADLINE not in RequesterMachine(0.0).request_headers(0.0)
+    assert RequesterMachine(0.0, deadline=1.0).request_headers(5.0)[HDR_DEADLINE] == "0"
+
+
+def test_request_headers_carry_resume() -> None:
+    m = RequesterMachine(0.0, resume=Resume(7, "2.3"))
+    assert m.request_headers(0.0)[HDR_RESUME] == "7 2.3"
+    assert m.received_seq == m.delivered_seq == 7
+
+
+@pytest.mark.parametrize(("messages", "nbytes"), [(0, 1), (1, 0), (-1, 5)])
+def test_window_must_be_positive(messages: int, nbytes: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        RequesterMachine(0.0, window_messages=messages, window_bytes=nbytes)
+
+
+def test_initial_state() -> None:
+    m = RequesterMachine(0.0)
+    assert m.state is RequesterState.WAITING
+    assert not m.terminal
+    assert m.v1 is None
+    assert m.control_subject is None
+    assert m.error is None
+    assert m.resume_point() is None
+
+
+# ---------------------------------------------------------------- v1 replies
+
+
+def test_accept_binds_the_responder() -> None:
+    m = bound()
+    assert m.v1 is True
+    assert m.control_subject == CTL
+    assert m.state is RequesterState.STREAMING
+
+
+def test_normal_stream() -> None:
+    m = bound()
+    for seq in (1, 2, 3):
+        assert m.on_reply(0.1, data(seq), b"x" * seq, CTL) is Reply.DELIVER
+    assert m.on_reply(0.2, end(3), STREAM_END, CTL) is Reply.END
+    assert m.state is RequesterState.ENDED
+    assert m.terminal
+    assert m.error is None
+    # Data already queued is still taken after the end marker.
+    for _ in range(3):
+        m.on_delivered(None, 1)
+    assert m.delivered_seq == 3
+    assert m.resume_point() == Resume(3, "2")
+
+
+def test_nothing_is_accepted_after_the_end() -> None:
+    m = bound()
+    m.on_reply(0.0, end(0), STREAM_END, CTL)
+    for headers, payload in [(data(1), b"x"), (end(0), STREAM_END), (None, b"x"), ({}, b"")]:
+        assert m.on_reply(0.0, headers, payload, CTL) is Reply.DROP
+    assert m.on_timer(1e9) == TimerAction(None, False)
+    assert m.next_deadline() is None
+    assert m.cancel() is None
+    m.on_connection_lost(ConnectionLostError("x"))
+    assert m.state is RequesterState.ENDED
+    assert m.error is None
+
+
+def test_data_that_looks_like_a_marker_is_data_for_v1() -> None:
+    m = bound()
+    assert m.on_reply(0.0, data(1), STREAM_END, CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(2), STREAM_ERROR_PREFIX + b"no", CTL) is Reply.DELIVER
+    assert m.state is RequesterState.STREAMING
+
+
+def test_duplicate_is_dropped() -> None:
+    m = bound()
+    assert m.on_reply(0.0, data(1), b"a", CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(1), b"a", CTL) is Reply.DROP
+    assert m.on_reply(0.0, data(2), b"b", CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(1), b"a", CTL) is Reply.DROP
+    assert m.duplicates == 2
+    assert m.received_seq == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "payload"),
+    [(data(3), b"x"), (accept(2), b""), (end(2), STREAM_END), (end(0), STREAM_END)],
+)
+def test_gap_fails_retryably(headers: dict[str, str], payload: bytes) -> None:
+    m = bound()
+    m.on_reply(0.0, data(1), b"a", CTL)
+    assert m.on_reply(0.0, headers, payload, CTL) is Reply.FAIL
+    assert m.state is RequesterState.FAILED
+    assert isinstance(m.error, ProtocolViolationError)
+    assert m.error.retryable
+    assert m.received_seq == 1
+
+
+def test_old_heartbeat_is_not_a_gap() -> None:
+    m = bound()
+    m.on_reply(0.0, data(1), b"a", CTL)
+    assert m.on_reply(0.0, accept(0), b"", CTL) is Reply.DROP
+    assert m.on_reply(0.0, accept(1), b"", CTL) is Reply.DROP
+    assert m.on_reply(0.0, {HDR_CONTROL: CTL_CANCEL, HDR_SEQ: "1"}, b"", CTL) is Reply.DROP
+    assert m.on_reply(0.0, {HDR_CONTROL: "bogus", HDR_SEQ: "1"}, b"", CTL) is Reply.DROP
+    assert m.state is RequesterState.STREAMING
+
+
+@pytest.mark.parametrize("seq", ["", "-1", "x", "1.0", str(MAX_SEQ + 1), "\u0663"])
+def test_malformed_sequence_fails(seq: str) -> None:
+    m = bound()
+    assert m.on_reply(0.0, {HDR_SEQ: seq}, b"x", CTL) is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+
+
+def test_error_marker() -> None:
+    m = bound()
+    assert m.on_reply(0.0, error(0), STREAM_ERROR_PREFIX + b"busy", CTL) is Reply.ERROR
+    assert m.state is RequesterState.FAILED
+    assert isinstance(m.error, StreamError)
+    assert (m.error.message, m.error.code, m.error.retryable) == ("busy", 503, True)
+
+
+@pytest.mark.parametrize(
+    ("code", "retry", "expected"),
+    [("400", "0", (400, False)), ("x", "1", (500, True)), ("5000", "", (500, False))],
+)
+def test_error_marker_code_and_retryable(code: str, retry: str, expected: tuple[int, bool]) -> None:
+    m = bound()
+    m.on_reply(0.0, error(0, code, retry), STREAM_ERROR_PREFIX + b"\xff bad utf-8", CTL)
+    assert isinstance(m.error, StreamError)
+    assert (m.error.code, m.error.retryable) == expected
+    assert m.error.message == "\ufffd bad utf-8"
+
+
+def test_error_reply_without_reply_subject_binds_nothing() -> None:
+    """A 503 busy or 400 bad-request rejection carries no control subject."""
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, error(0), STREAM_ERROR_PREFIX + b"busy", "") is Reply.ERROR
+    assert m.control_subject is None
+    assert m.cancel() is None
+
+
+def test_v1_responder_without_control_subject_keeps_its_stream() -> None:
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, accept(), b"", "") is Reply.DROP
+    assert m.on_reply(0.0, data(1), b"a", "") is Reply.DELIVER
+    assert m.on_reply(0.0, end(1), STREAM_END, "") is Reply.END
+    assert m.on_delivered(None, 1) is None  # nowhere to send an ack
+
+
+# ---------------------------------------------------------------- plain peers
+
+
+def test_plain_responder() -> None:
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, None, b"a", "") is Reply.DELIVER
+    assert m.v1 is False
+    assert m.state is RequesterState.STREAMING
+    assert m.on_reply(0.0, {"Trace": "x"}, b"b", "") is Reply.DELIVER  # headers, none ours
+    assert m.on_reply(0.0, None, STREAM_END, "") is Reply.END
+    assert m.terminal
+    assert m.next_deadline() is None
+
+
+def test_plain_error_marker_is_retryable_500() -> None:
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, None, STREAM_ERROR_PREFIX + b"boom", "") is Reply.ERROR
+    assert isinstance(m.error, StreamError)
+    assert (m.error.message, m.error.code, m.error.retryable) == ("boom", 500, True)
+
+
+def test_plain_responder_gets_no_acks_heartbeats_or_cancel() -> None:
+    m = RequesterMachine(0.0, window_messages=1, heartbeat=0.1, stall_factor=2)
+    for _ in range(5):  # no window for a plain peer
+        assert m.on_reply(0.0, None, b"x" * 100, "") is Reply.DELIVER
+        assert m.on_delivered(None, 100) is None
+    assert m.next_deadline() is None  # no stall detection: a plain peer sends no heartbeats
+    assert m.on_timer(100.0) == TimerAction(None, False)
+    assert m.cancel() is None
+    assert m.state is RequesterState.CANCELLED
+
+
+def test_plain_retry_skips_what_was_delivered() -> None:
+    m = RequesterMachine(0.0, resume=Resume(2, "1"))
+    assert m.on_reply(0.0, None, b"a", "") is Reply.DROP
+    assert m.on_reply(0.0, None, b"b", "") is Reply.DROP
+    assert m.on_reply(0.0, None, b"c", "") is Reply.DELIVER
+    assert m.duplicates == 2
+    assert m.received_seq == 3
+    m.on_delivered(None, 1)
+    assert m.resume_point() == Resume(3, "2")
+
+
+# ---------------------------------------------------------------- no responders, others
+
+
+def test_no_responders_status_fails_before_any_reply() -> None:
+    m = RequesterMachine(0.0, subject="svc")
+    assert m.on_reply(0.0, {HDR_STATUS: "503"}, b"", "") is Reply.FAIL
+    assert isinstance(m.error, NoRespondersError)
+    assert m.error.retryable
+
+
+def test_status_messages_are_otherwise_ignored() -> None:
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, {HDR_STATUS: "408"}, b"", "") is Reply.DROP
+    assert m.state is RequesterState.WAITING
+    m = bound()
+    assert m.on_reply(0.0, {HDR_STATUS: "503"}, b"", "") is Reply.DROP
+    assert m.state is RequesterState.STREAMING
+
+
+def test_second_responder_is_cancelled_once_and_ignored() -> None:
+    m = bound()
+    assert m.on_reply(0.0, accept(), b"", OTHER) is Reply.CANCEL_FOREIGN
+    assert m.on_reply(0.0, data(1), b"b", OTHER) is Reply.DROP
+    assert m.on_reply(0.0, data(1), b"a", CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, end(1), STREAM_END, OTHER) is Reply.DROP
+    assert m.on_reply(0.0, data(2), b"x", "") is Reply.DROP  # no reply subject: nothing to cancel
+    assert m.state is RequesterState.STREAMING
+    assert m.received_seq == 1
+    assert cancel_headers() == {HDR_CONTROL: CTL_CANCEL}
+
+
+def test_foreign_responders_remembered_are_bounded() -> None:
+    m = bound()
+    verdicts = [m.on_reply(0.0, accept(), b"", f"x.{i}") for i in range(_MAX_FOREIGN + 5)]
+    assert verdicts.count(Reply.CANCEL_FOREIGN) == _MAX_FOREIGN
+    assert len(m._foreign) == _MAX_FOREIGN
+
+
+def test_plain_and_v1_responders_do_not_mix() -> None:
+    m = bound()
+    assert m.on_reply(0.0, None, b"plain", "") is Reply.DROP
+    assert m.on_reply(0.0, None, STREAM_END, "") is Reply.DROP
+    p = RequesterMachine(0.0)
+    p.on_reply(0.0, None, b"plain", "")
+    assert p.on_reply(0.0, accept(), b"", CTL) is Reply.CANCEL_FOREIGN
+    assert p.on_reply(0.0, data(1), b"x", CTL) is Reply.DROP
+    assert p.received_seq == 1
+
+
+# ---------------------------------------------------------------- flow control
+
+
+def test_responder_beyond_the_message_window_fails_without_retry() -> None:
+    m = bound(window_messages=2)
+    assert m.on_reply(0.0, data(1), b"", CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(2), b"", CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(3), b"", CTL) is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+    assert not m.error.retryable
+
+
+def test_responder_beyond_the_byte_window_fails() -> None:
+    m = bound(window_bytes=10)
+    assert m.on_reply(0.0, data(1), b"x" * 6, CTL) is Reply.DELIVER
+    assert m.on_reply(0.0, data(2), b"x" * 5, CTL) is Reply.FAIL
+    assert "window" in str(m.error)
+
+
+def test_a_message_larger_than_the_window_moves_alone() -> None:
+    m = bound(window_bytes=10)
+    assert m.on_reply(0.0, data(1), b"x" * 1000, CTL) is Reply.DELIVER
+    ack = m.on_delivered(None, 1000)
+    assert ack is not None
+    assert parse_ack(ack[HDR_ACK]) == (1, 1000)
+    assert m.on_reply(0.0, data(2), b"x" * 1000, CTL) is Reply.DELIVER
+
+
+def test_ack_at_half_the_message_window() -> None:
+    m = bound(window_messages=4, window_bytes=1 << 20)
+    for seq in range(1, 5):
+        m.on_reply(0.0, data(seq), b"x", CTL)
+    assert m.on_delivered(None, 1) is None
+    assert m.on_delivered(None, 1) == {HDR_CONTROL: CTL_ACK, HDR_ACK: "2 2"}
+    assert m.on_delivered(None, 1) is None
+    assert m.on_delivered(None, 1) == {HDR_CONTROL: CTL_ACK, HDR_ACK: "4 4"}
+
+
+def test_ack_at_half_the_byte_window() -> None:
+    m = bound(window_messages=100, window_bytes=100)
+    for seq in range(1, 4):
+        m.on_reply(0.0, data(seq), b"x" * 30, CTL)
+    assert m.on_delivered(None, 30) is None
+    assert m.on_delivered(None, 30) == {HDR_CONTROL: CTL_ACK, HDR_ACK: "2 60"}
+
+
+def test_window_is_clamped_to_what_a_responder_grants() -> None:
+    m = RequesterMachine(0.0, window_messages=10**9, window_bytes=10**15)
+    opts = parse_request_headers(m.request_headers(0.0))
+    assert (m.window_messages, m.window_bytes) == (opts.window_messages, opts.window_bytes)
+
+
+def test_ack_counts_from_the_resume_point() -> None:
+    m = bound(window_messages=2, resume=Resume(10, "9"))
+    m.on_reply(0.0, data(11), b"abc", CTL)
+    assert m.on_delivered(data(11), 3) == {HDR_CONTROL: CTL_ACK, HDR_ACK: "11 3"}
+
+
+def test_no_ack_after_the_stream_is_over() -> None:
+    m = bound(window_messages=2)
+    m.on_reply(0.0, data(1), b"a", CTL)
+    m.on_reply(0.0, end(1), STREAM_END, CTL)
+    assert m.on_delivered(None, 1) is None
+
+
+# ---------------------------------------------------------------- timers
+
+
+def test_heartbeat_carries_the_ack_and_is_paced_by_sends() -> None:
+    m = bound(0.0, heartbeat=1.0, stall_factor=3.0)
+    m.on_reply(0.2, data(1), b"abc", CTL)
+    m.on_delivered(None, 3)
+    assert m.next_deadline() == 1.0
+    action = m.on_timer(1.0)
+    assert action == TimerAction({HDR_CONTROL: CTL_HEARTBEAT, HDR_ACK: "1 3"}, False)
+    assert m.next_deadline() == 2.0
+    m.mark_sent(1.5)  # an ack went out: the next heartbeat is a full interval later
+    assert m.on_timer(2.0) == TimerAction(None, False)
+    assert m.next_deadline() == 2.5
+
+
+def test_stall_after_stall_factor_intervals_of_silence() -> None:
+    m = bound(0.0, heartbeat=1.0, stall_factor=3.0)
+    m.on_reply(1.0, accept(), b"", CTL)  # any message, heartbeats included, is life
+    for t in (2.0, 3.0, 3.99):
+        assert not m.on_timer(t).fail
+    assert m.next_deadline() == pytest.approx(4.0)
+    action = m.on_timer(4.0)
+    assert action.fail
+    assert action.control is None
+    assert isinstance(m.error, StalledError)
+    assert m.error.retryable
+    assert isinstance(m.error, TimeoutError)
+
+
+def test_no_stall_detection_before_the_first_reply_or_with_heartbeats_off() -> None:
+    m = RequesterMachine(0.0, heartbeat=1.0, stall_factor=3.0)
+    assert m.next_deadline() is None
+    assert m.on_timer(1e6) == TimerAction(None, False)
+    m = bound(0.0, heartbeat=0.0)
+    assert m.next_deadline() is None
+    assert m.on_timer(1e6) == TimerAction(None, False)
+
+
+def test_request_timeout_waiting_for_the_first_reply() -> None:
+    m = RequesterMachine(0.0, subject="svc", request_timeout=2.0)
+    assert m.next_deadline() == 2.0
+    assert not m.on_timer(1.999).fail
+    assert m.on_timer(2.0).fail
+    assert isinstance(m.error, RequestTimeoutError)
+    assert "first reply" in str(m.error)
+
+
+def test_request_timeout_counts_only_while_the_consumer_waits() -> None:
+    m = bound(0.0, heartbeat=0.0, request_timeout=2.0)
+    m.on_reply(0.5, data(1), b"a", CTL)
+    m.consumer_busy()  # the handler runs for a long time
+    assert m.next_deadline() is None
+    assert not m.on_timer(100.0).fail
+    m.on_delivered(None, 1)
+    m.consumer_waiting(100.0)
+    m.consumer_waiting(101.0)  # still the same wait
+    assert m.next_deadline() == 102.0
+    m.on_reply(101.5, data(2), b"b", CTL)  # a reply pushes the timeout back
+    assert m.next_deadline() == 103.5
+    assert not m.on_timer(103.4).fail
+    assert m.on_timer(103.5).fail
+    assert isinstance(m.error, RequestTimeoutError)
+    assert "next reply" in str(m.error)
+
+
+def test_heartbeats_keep_a_slow_responder_alive_past_request_timeout() -> None:
+    m = bound(0.0, heartbeat=1.0, request_timeout=2.0)
+    m.consumer_waiting(0.0)
+    for t in range(1, 20):
+        m.on_reply(float(t), accept(), b"", CTL)
+        assert not m.on_timer(float(t) + 0.5).fail
+    assert not m.terminal
+
+
+def test_deadline() -> None:
+    m = bound(0.0, heartbeat=1.0, deadline=5.0, request_timeout=1.0)
+    m.consumer_busy()
+    m.on_reply(4.5, accept(), b"", CTL)
+    due = m.next_deadline()
+    assert due is not None
+    assert due <= 5.0
+    action = m.on_timer(5.0)
+    assert action.fail
+    assert isinstance(m.error, StreamTimeoutError)
+    assert not m.error.retryable
+
+
+def test_timer_after_terminal_does_nothing() -> None:
+    m = bound(0.0, heartbeat=1.0)
+    m.on_connection_lost(ConnectionLostError("gone"))
+    assert m.next_deadline() is None
+    assert m.on_timer(100.0) == TimerAction(None, False)
+
+
+# ---------------------------------------------------------------- cancel, connection
+
+
+def test_cancel_tells_a_bound_v1_responder() -> None:
+    m = bound()
+    assert m.cancel() == {HDR_CONTROL: CTL_CANCEL}
+    assert m.state is RequesterState.CANCELLED
+    assert m.cancel() is None
+
+
+def test_cancel_before_any_reply() -> None:
+    m = RequesterMachine(0.0)
+    assert m.cancel() is None
+    assert m.state is RequesterState.CANCELLED
+    assert m.on_reply(0.0, accept(), b"", CTL) is Reply.DROP
+
+
+def test_a_local_failure_still_tells_the_responder_to_stop() -> None:
+    """After a gap, a stall or a timeout the responder is still running: closing the
+    attempt must cancel it rather than leave it to notice missing heartbeats."""
+    m = bound()
+    m.on_reply(0.0, data(2), b"x", CTL)
+    assert m.state is RequesterState.FAILED
+    assert m.cancel() == {HDR_CONTROL: CTL_CANCEL}
+    assert m.state is RequesterState.FAILED  # the outcome stays the failure
+
+
+@pytest.mark.parametrize(
+    ("headers", "payload"), [(end(0), STREAM_END), (error(0), STREAM_ERROR_PREFIX + b"x")]
+)
+def test_no_cancel_once_the_responder_finished(headers: dict[str, str], payload: bytes) -> None:
+    m = bound()
+    m.on_reply(0.0, headers, payload, CTL)
+    assert m.cancel() is None
+
+
+def test_connection_lost() -> None:
+    m = bound()
+    err = ConnectionLostError("lost")
+    m.on_connection_lost(err)
+    assert m.state is RequesterState.FAILED
+    assert m.error is err
+    m.on_connection_lost(ConnectionLostError("again"))
+    assert m.error is err
+
+
+# ---------------------------------------------------------------- resume point
+
+
+def test_resume_point_follows_positions() -> None:
+    m = bound()
+    m.on_reply(0.0, data(1), b"a", CTL)
+    m.on_reply(0.0, data(2, "4.0"), b"b", CTL)
+    m.on_reply(0.0, data(3), b"c", CTL)
+    assert m.resume_point() is None  # received is not delivered
+    m.on_delivered(data(1), 1)
+    assert m.resume_point() == Resume(1, "0")
+    m.on_delivered(data(2, "4.0"), 1)
+    assert m.resume_point() == Resume(2, "4.0")
+    m.on_delivered(data(3), 1)
+    assert m.resume_point() == Resume(3, "2")
+
+
+def test_resume_point_of_a_retry_that_delivered_nothing() -> None:
+    m = bound(resume=Resume(5, "1.7"))
+    assert m.resume_point() == Resume(5, "1.7")
+    m.on_reply(0.0, data(6, "2.0"), b"x", CTL)
+    m.on_delivered(data(6, "2.0"), 1)
+    assert m.resume_point() == Resume(6, "2.0")
+
+
+@pytest.mark.parametrize("pos", ["x", "1 2", "-1", "1.", "1" * 17, "\u0663", "1\r\nNs-Ctl: cancel"])
+def test_malformed_position_fails_instead_of_poisoning_the_retry(pos: str) -> None:
+    """``Ns-Pos`` is echoed in the next request's ``Ns-Resume``: a malformed one would
+    make the retry a 400 (or worse, inject text into our header)."""
+    m = bound()
+    m.on_reply(0.0, data(1, "0"), b"a", CTL)
+    m.on_delivered(data(1, "0"), 1)
+    assert m.on_reply(0.0, data(2, pos), b"b", CTL) is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+    point = m.resume_point()
+    assert point == Resume(1, "0")
+    retry = RequesterMachine(0.0, resume=point)
+    assert parse_request_headers(retry.request_headers(0.0)).resume == point
+
+
+# ---------------------------------------------------------------- hostile responder
+
+NAMES = [HDR_SEQ, HDR_POS, HDR_END, HDR_CONTROL, HDR_ACK, HDR_RETRYABLE, HDR_STATUS,
+         HDR_SERVICE_ERROR, HDR_SERVICE_ERROR_CODE, "X"]  # fmt: skip
+TRICKY = ["", "1", "0", "503", "hb", "cancel", "ack", "x", "9" * 21, "\u0663", "1 1", "1.2",
+          str(MAX_SEQ), str(MAX_SEQ + 1)]  # fmt: skip
+values = st.one_of(
+    st.integers(-3, 12).map(str),
+    st.sampled_from(TRICKY),
+    st.text(max_size=12),
+)
+replies = st.tuples(
+    st.one_of(st.none(), st.dictionaries(st.sampled_from(NAMES), values, max_size=5)),
+    st.one_of(
+        st.sampled_from([b"", STREAM_END, STREAM_ERROR_PREFIX + b"e", b"x" * 40]),
+        st.binary(max_size=64),
+    ),
+    st.sampled_from([CTL, CTL, OTHER, ""]),
+)
+steps = st.one_of(
+    st.tuples(st.just("reply"), replies),
+    st.tuples(st.just("take"), st.none()),
+    st.tuples(st.just("tick"), st.floats(0.0, 2.0)),
+    st.tuples(st.just("cancel"), st.none()),
+    st.tuples(st.just("lost"), st.none()),
+)
+
+
+@pytest.mark.fuzz
+@settings(CI)
+@given(
+    st.lists(steps, max_size=60),
+    st.integers(1, 4),
+    st.integers(1, 100),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fuzz_hostile_responder(
+    script: list[tuple[str, Any]], wm: int, wb: int, pre_bound: bool, request_timeout: bool
+) -> None:
+    """Whatever a responder sends: no exception, data delivered strictly in sequence,
+    memory bounded by the window, exactly one terminal state."""
+    now = 0.0
+    kw: dict[str, Any] = {"window_messages": wm, "window_bytes": wb, "heartbeat": 0.5}
+    if request_timeout:
+        kw["request_timeout"] = 1.0
+    m = bound(now, **kw) if pre_bound else RequesterMachine(now, **kw)
+    queue: deque[tuple[dict[str, str] | None, bytes]] = deque()
+    delivered: list[int] = []
+    first_terminal: RequesterState | None = None
+    error: StreamFailure | None = None
+    for kind, arg in script:
+        before = m.state
+        if kind == "reply":
+            headers, payload, reply_subject = arg
+            verdict = m.on_reply(now, headers, payload, reply_subject)
+            assert isinstance(verdict, Reply)
+            if before in TERMINAL:
+                assert verdict is Reply.DROP
+            if verdict is Reply.DELIVER:
+                seq = m.received_seq
+                if m.v1:
+                    assert headers is not None
+                    assert int(headers[HDR_SEQ]) == seq
+                queue.append((headers, payload))
+            elif verdict in (Reply.FAIL, Reply.ERROR):
+                assert m.state is RequesterState.FAILED
+                assert m.error is not None
+            elif verdict is Reply.END:
+                assert m.state is RequesterState.ENDED
+            elif verdict is Reply.CANCEL_FOREIGN:
+                assert reply_subject
+                assert reply_subject != m.control_subject
+        elif kind == "take":
+            if queue:
+                h, p = queue.popleft()
+                m.consumer_busy()
+                ack = m.on_delivered(h, len(p))
+                delivered.append(m.delivered_seq)
+                if ack is not None:
+                    a = parse_ack(ack[HDR_ACK])
+                    assert a == (m.delivered_seq, m.delivered_bytes)
+            elif not m.terminal:
+                m.consumer_waiting(now)
+        elif kind == "tick":
+            now += arg
+            action = m.on_timer(now)
+            assert not (action.fail and action.control is not None)
+            if action.fail:
+                assert m.state is RequesterState.FAILED
+        elif kind == "cancel":
+            headers_out = m.cancel()
+            assert headers_out is None or headers_out == {HDR_CONTROL: CTL_CANCEL}
+        else:
+            m.on_connection_lost(ConnectionLostError("lost"))
+        # Invariants.
+        assert delivered == list(range(1, len(delivered) + 1))
+        assert m.delivered_seq + len(queue) == m.received_seq
+        if m.v1 and m.state is not RequesterState.FAILED:
+            # Memory: what is held is bounded by the window (one message may be larger).
+            assert len(queue) <= wm
+            assert sum(len(p) for _, p in queue) <= wb or len(queue) <= 1
+        if first_terminal is not None:
+            assert m.state is first_terminal
+            assert m.error is error
+        elif m.terminal:
+            first_terminal, error = m.state, m.error
+        point = m.resume_point()
+        if point is not None:
+            assert point.seq == m.delivered_seq
+            retry = RequesterMachine(now, resume=point)
+            assert parse_request_headers(retry.request_headers(now)).resume == point
