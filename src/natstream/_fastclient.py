@@ -125,14 +125,9 @@ class FastClient(Client):
         handler(subject, reply, data, headers)
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
-        if headers and headers.startswith(_SEQ_PREFIX):
-            end = len(headers) - 4
-            if headers.find(b"\r\n", _SEQ_AT) == end:
-                value = headers[_SEQ_AT:end]
-                if value.isdigit():
-                    return {"Ns-Seq": value.decode()}
-        result: dict[str, str] | None = await super()._process_headers(headers)
-        return result
+        # Always the tolerant parser: nats-py's raises on a status line that is not
+        # UTF-8, inside its read loop, which then stops reading for good.
+        return parse_headers(headers)
 
 
 async def _never_called(msg: Any) -> None:

@@ -300,6 +300,7 @@ class Stream:
         if self._deadline is None and self._stream_timeout is not None:
             self._deadline = self._loop.time() + self._stream_timeout
         opts = self._options
+        self.attempts += 1
         conn = self._pool._acquire()
         machine = RequesterMachine(
             self._loop.time(),
@@ -314,11 +315,12 @@ class Stream:
         )
         attempt = _Attempt(conn, self.subject, machine, self._loop)
         self._attempt = attempt
-        self.attempts += 1
         self._pool._stream_started(self.attempts > 1)
         try:
             await attempt.start(self._data, self._headers)
         except BaseException:
+            self._attempt = None
+            self._pool._stream_finished(attempt, ok=False)
             await attempt.close()
             raise
         return attempt
@@ -374,7 +376,11 @@ class Stream:
             if attempt is None:
                 if self._closed:
                     raise StopAsyncIteration
-                attempt = await self._open()
+                try:
+                    attempt = await self._open()
+                except ConnectionLostError as exc:
+                    await self._retry_or_raise(exc)  # no connection up: retryable
+                    continue
             msg = await attempt.next_data()
             if msg is not None:
                 return Reply.DELIVER, msg
@@ -388,16 +394,23 @@ class Stream:
                 return Reply.ERROR, attempt.marker
             await self._retry_or_raise()
 
-    async def _retry_or_raise(self) -> None:
-        """Retry after a failure when allowed; otherwise raise it."""
+    async def _retry_or_raise(self, failure: StreamFailure | None = None) -> None:
+        """Retry after a failure when allowed; otherwise raise it.
+
+        ``failure`` is the error when no attempt was made (no connection was up);
+        otherwise the current attempt's error is used.
+        """
         attempt = self._attempt
-        assert attempt is not None
-        error = attempt.machine.error
-        assert error is not None
-        self._resume = attempt.machine.resume_point() or self._resume
-        self._attempt = None
-        self._pool._stream_finished(attempt, ok=False)
-        await attempt.close()
+        if attempt is not None:
+            error = attempt.machine.error
+            assert error is not None
+            self._resume = attempt.machine.resume_point() or self._resume
+            self._attempt = None
+            self._pool._stream_finished(attempt, ok=False)
+            await attempt.close()
+        else:
+            assert failure is not None
+            error = failure
         if not error.retryable or self.attempts > self._max_retries:
             self._closed = True
             raise error

@@ -572,6 +572,8 @@ def _generator_items(
             async for item in gen:
                 if skip and not request._resume_read:
                     skip -= 1
+                    if skip % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # a huge (or forged) resume must not freeze us
                     continue
                 yield item, None
         finally:

@@ -1066,13 +1066,6 @@ async def test_locked_down_accounts_with_inbox_prefixes(
 BAD_STATUS_LINE = b"NATS/1.0 999 \xff\xff\r\nNs-V: 1\r\n\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FastClient._process_headers falls back to nats-py's parser, which raises "
-    "UnicodeDecodeError on a non-UTF-8 status description inside its read loop: the "
-    "subscriber's connection stops reading (fix in _fastclient.py: use the tolerant "
-    "parse_headers() for every header block)",
-)
 @pytest.mark.parametrize("target", ["request subject", "control subject"])
 async def test_non_utf8_status_line_does_not_deafen_the_responder(
     server: NatsServer, target: str
@@ -1107,12 +1100,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_generator_items skips resume.seq items without yielding to the event loop: "
-    "a forged Ns-Resume with a huge seq freezes the responder's process (fix in "
-    "_subscriber.py: await asyncio.sleep(0) every few hundred skipped items)",
-)
 async def test_absurd_resume_does_not_freeze_a_generator_responder(server: NatsServer) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", ENDLESS_RESPONDER, server.url, "sec.endless",
