@@ -27,8 +27,10 @@ from ._errors import (
 )
 from ._pool import Pool, PoolStats, ServerStats
 from ._protocol import STREAM_END, STREAM_ERROR_PREFIX, Resume
+from ._recorder import Recording, RecordingStats, default_formatter
 from ._requester import Stream
 from ._subscriber import StreamRequest, StreamSubscription, Subscriber, SubscriptionStats
+from ._writers import HourlyFileWriter, Retention, StreamWriter, WriterStats, parse_retention
 
 __version__ = "0.1.0.dev0"
 
@@ -36,6 +38,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "Config",
     "ConfigError",
     "ConnectionLostError",
+    "HourlyFileWriter",
     "InvalidSubjectError",
     "NatstreamError",
     "NoRespondersError",
@@ -45,8 +48,11 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "PoolClosedError",
     "PoolStats",
     "ProtocolViolationError",
+    "Recording",
+    "RecordingStats",
     "RequestTimeoutError",
     "Resume",
+    "Retention",
     "STREAM_END",
     "STREAM_ERROR_PREFIX",
     "ServerStats",
@@ -59,8 +65,12 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "StreamSubscription",
     "StreamTimeoutBase",
     "StreamTimeoutError",
+    "StreamWriter",
     "Subscriber",
     "SubscriberClosedError",
     "SubscriptionStats",
     "WriterError",
+    "WriterStats",
+    "default_formatter",
+    "parse_retention",
 ]
