@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -29,6 +28,7 @@ from ._errors import (
 from ._fastclient import FastClient, parse_headers
 from ._protocol import Reply, RequesterMachine, RequesterState, Resume, cancel_headers
 from ._subjects import validate_publish_subject
+from ._timer import LazyTimer
 
 if TYPE_CHECKING:
     from ._pool import Pool, _Conn
@@ -64,8 +64,7 @@ class _Attempt:
         self.marker: Msg | None = None
         self._token: bytes | None = None  # of our inbox on the connection's shared subscription
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._timer = LazyTimer(self.loop, self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
         self.replies = 0
         self.bytes = 0
@@ -111,7 +110,7 @@ class _Attempt:
                     )
                 )
         elif verdict is Reply.DROP:
-            if self._timer is None:
+            if not self._timer.armed:
                 self._arm()
             return
         elif verdict is Reply.CANCEL_FOREIGN:
@@ -124,7 +123,7 @@ class _Attempt:
             self._waiter = None
             if not w.done():
                 w.set_result(None)
-        if self._timer is None or verdict is not Reply.DELIVER:
+        if not self._timer.armed or verdict is not Reply.DELIVER:
             self._arm()
 
     # ------------------------------------------------------------ consumer
@@ -166,23 +165,9 @@ class _Attempt:
     # ------------------------------------------------------------ timers
 
     def _arm(self) -> None:
-        when = self.machine.next_deadline()
-        if when is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-                self._timer_at = math.inf
-            return
-        if self._timer is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer.arm(self.machine.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
         m = self.machine
         action = m.on_timer(self.loop.time())
         if action.control is not None and m.control_subject is not None:
@@ -223,9 +208,7 @@ class _Attempt:
 
         Safe to call more than once and during cancellation.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         cancel = self.machine.cancel()
         self.conn.discard(self)
         if cancel is not None and self.machine.control_subject is not None:

@@ -11,7 +11,6 @@ import asyncio
 import enum
 import inspect
 import logging
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,6 +52,7 @@ from ._protocol import (
 )
 from ._recorder import Recording, default_formatter
 from ._subjects import validate_queue, validate_subscribe_subject
+from ._timer import LazyTimer
 
 __all__ = [
     "BatchHandler",
@@ -280,8 +280,7 @@ class _ResponderStream:
         self.task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
         self._credit: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._timer = LazyTimer(self.loop, self._on_timer)
         self._cancel_reason: str | None = None
         self._limit = nc.max_payload - HEADER_ALLOWANCE
         self._too_large = False
@@ -425,9 +424,7 @@ class _ResponderStream:
         owner = self.owner
         owner._discard(self)
         self.owner.subscriber._controls.pop(self.token, None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if outcome == "completed":
             owner._completed += 1
         elif outcome == "cancelled":
@@ -462,17 +459,9 @@ class _ResponderStream:
     # ------------------------------------------------------------ timers
 
     def _arm(self) -> None:
-        when = self.machine.next_deadline()
-        if when is None or (self._timer is not None and self._timer_at <= when):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer.arm(self.machine.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
         m = self.machine
         action = m.on_timer(self.loop.time())
         if action is ResponderTimer.HEARTBEAT:

@@ -1,0 +1,53 @@
+"""One re-armable timer per stream, moved only when the next deadline gets earlier."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+
+__all__ = ["LazyTimer"]
+
+
+class LazyTimer:
+    """Calls ``callback`` at the earliest deadline asked for through :meth:`arm`.
+
+    A later deadline leaves the armed timer alone: when it fires, the callback asks
+    its state machine for the real next deadline and arms again. So the hot path
+    (every message) never touches the event loop's timer heap.
+    """
+
+    __slots__ = ("_at", "_callback", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    @property
+    def armed(self) -> bool:
+        return self._handle is not None
+
+    def arm(self, when: float | None) -> None:
+        """Fire at ``when`` (loop time) unless already due earlier; None cancels."""
+        if when is None:
+            self.cancel()
+            return
+        if self._handle is not None:
+            if self._at <= when:
+                return
+            self._handle.cancel()
+        self._at = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._at = math.inf
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        self._callback()
