@@ -356,6 +356,14 @@ def test_responder_beyond_the_byte_window_fails() -> None:
     assert "window" in str(m.error)
 
 
+def test_a_refused_message_is_not_counted() -> None:
+    """Found by the fuzzing run: the message over the window was counted as received."""
+    m = bound(window_messages=1)
+    m.on_reply(0.0, data(1), b"a", CTL)
+    assert m.on_reply(0.0, data(2), b"b", CTL) is Reply.FAIL
+    assert m.received_seq == 1
+
+
 def test_a_message_larger_than_the_window_moves_alone() -> None:
     m = bound(window_bytes=10)
     assert m.on_reply(0.0, data(1), b"x" * 1000, CTL) is Reply.DELIVER
@@ -558,6 +566,14 @@ def test_resume_point_follows_positions() -> None:
     assert m.resume_point() == Resume(2, "4.0")
     m.on_delivered(data(3), 1)
     assert m.resume_point() == Resume(3, "2")
+
+
+def test_a_plain_peers_headers_are_not_positions() -> None:
+    """Found by the fuzzing run: a plain reply's stray ``Ns-Pos`` became the position."""
+    m = RequesterMachine(0.0)
+    assert m.on_reply(0.0, {HDR_POS: ""}, b"a", "") is Reply.DELIVER
+    m.on_delivered({HDR_POS: ""}, 1)
+    assert m.resume_point() == Resume(1, "0")
 
 
 def test_resume_point_of_a_retry_that_delivered_nothing() -> None:

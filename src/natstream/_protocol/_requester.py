@@ -249,20 +249,22 @@ class RequesterMachine:
         if pos is not None and parse_pos(pos) is None:
             # It would come back in the retry's Ns-Resume header: refuse it here.
             return self._fail(ProtocolViolationError(f"malformed {HDR_POS} {pos[:40]!r}"))
-        self.received_seq = seq
-        self._received_bytes += len(payload)
-        self._largest = max(self._largest, len(payload))
         in_flight = seq - self._acked_seq
+        in_flight_bytes = self._received_bytes + len(payload) - self._acked_bytes
         if in_flight > self.window_messages or (
-            in_flight > 1 and self._received_bytes - self._acked_bytes > self.window_bytes
+            in_flight > 1 and in_flight_bytes > self.window_bytes
         ):
+            # Refused before counting it: received_seq stays what the consumer can take.
             return self._fail(
                 ProtocolViolationError(
                     f"responder exceeded the flow-control window ({in_flight} messages, "
-                    f"{self._received_bytes - self._acked_bytes} bytes in flight)",
+                    f"{in_flight_bytes} bytes in flight)",
                     retryable=False,
                 )
             )
+        self.received_seq = seq
+        self._received_bytes += len(payload)
+        self._largest = max(self._largest, len(payload))
         return Reply.DELIVER
 
     def _on_plain(self, now: float, payload: bytes) -> Reply:
@@ -328,7 +330,10 @@ class RequesterMachine:
         seq = self.delivered_seq + 1
         self.delivered_seq = seq
         self.delivered_bytes += size
-        self._delivered_pos = headers.get(HDR_POS) if headers else None
+        # Only a v1 responder's Ns-Pos is a position (checked on arrival); a plain
+        # peer's headers may hold anything.
+        pos = headers.get(HDR_POS) if headers and self.v1 else None
+        self._delivered_pos = parse_pos(pos)
         if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
             return None
         unacked_bytes = self.delivered_bytes - self._acked_bytes
