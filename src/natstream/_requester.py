@@ -110,8 +110,7 @@ class _Attempt:
                     )
                 )
         elif verdict is Reply.DROP:
-            if not self._timer.armed:
-                self._arm()
+            self._arm()  # a heartbeat or the first reply may bring a deadline forward
             return
         elif verdict is Reply.CANCEL_FOREIGN:
             self._spawn(self._send(msg.reply, cancel_headers()))
@@ -123,7 +122,7 @@ class _Attempt:
             self._waiter = None
             if not w.done():
                 w.set_result(None)
-        if not self._timer.armed or verdict is not Reply.DELIVER:
+        if self.replies == 1 or not self._timer.armed or verdict is not Reply.DELIVER:
             self._arm()
 
     # ------------------------------------------------------------ consumer
