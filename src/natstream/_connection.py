@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import nats.errors
@@ -247,6 +247,21 @@ async def _quiet_unsubscribe(sub: Subscription) -> None:
         log.debug("unsubscribe failed", exc_info=True)
 
 
+@contextlib.contextmanager
+def _publish_errors(nc: Client, subject: str, payload: bytes) -> Iterator[None]:
+    """Translate nats-py's publish errors into natstream's (chained)."""
+    try:
+        yield
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.OutboundBufferLimitError,
+    ) as exc:
+        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
+
+
 async def publish(
     nc: Client,
     subject: str,
@@ -261,16 +276,8 @@ async def publish(
         PayloadTooLargeError: payload plus headers exceed the server's max_payload.
         ConnectionLostError: the connection is closed or draining.
     """
-    try:
+    with _publish_errors(nc, subject, payload):
         await nc.publish(subject, payload, reply=reply, headers=headers)
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
-    except (
-        nats.errors.ConnectionClosedError,
-        nats.errors.ConnectionDrainingError,
-        nats.errors.OutboundBufferLimitError,
-    ) as exc:
-        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
 
 
 async def publish_data(nc: Client, subject: str, reply: str, seq: int, payload: bytes) -> None:
@@ -279,16 +286,8 @@ async def publish_data(nc: Client, subject: str, reply: str, seq: int, payload: 
     Raises:
         PayloadTooLargeError, ConnectionLostError: as :func:`publish`.
     """
-    try:
+    with _publish_errors(nc, subject, payload):
         await publish_seq(nc, subject, reply, seq, payload)
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
-    except (
-        nats.errors.ConnectionClosedError,
-        nats.errors.ConnectionDrainingError,
-        nats.errors.OutboundBufferLimitError,
-    ) as exc:
-        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
 
 
 def check_payload(nc: Client, payload: bytes) -> None:
