@@ -21,9 +21,10 @@ started or reached (a one-line message on stderr); 1 for other failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -111,12 +112,12 @@ def server(port: int | None, size: int | None) -> None:
     """
     if port is not None and size is not None:
         raise click.UsageError("--port and --cluster exclude each other: nodes take free ports")
-    with NatsCluster(size) if size else NatsServer(port=port) as srv:
+    with _interrupts_stop(), NatsCluster(size) if size else NatsServer(port=port) as srv:
         nodes = srv.nodes if isinstance(srv, NatsCluster) else [srv]
-        for node in nodes:
-            click.echo(node.url)
         click.echo(f"{len(nodes)} nats-server node(s) running; Ctrl-C to stop", err=True)
-        _wait_until_interrupted(nodes)
+        for node in nodes:  # last: a script that has read the URLs may stop us at once
+            click.echo(node.url)
+        _wait_until_exit(nodes)
 
 
 @main.command()
@@ -182,23 +183,30 @@ def bench(quick: bool, json_path: str | None) -> None:
     run_bench(quick, json_path, click.echo)
 
 
-def _wait_until_interrupted(nodes: Sequence[NatsServer]) -> None:
-    """Block until Ctrl-C or SIGTERM (a normal stop), or until a node exits by itself
-    (a failure: its log tail is shown)."""
+@contextlib.contextmanager
+def _interrupts_stop() -> Iterator[None]:
+    """Ctrl-C or SIGTERM anywhere inside the block is a normal stop: "stopping" on
+    stderr, exit status 0, and the ``with`` blocks inside it clean up. The SIGTERM
+    handler is in place before the block starts, so no signal finds it missing."""
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        while True:
-            for node in nodes:
-                if not node.running:
-                    raise EnvironmentFailure(
-                        f"nats-server on {node.url} exited:\n{node.log()[-_LOG_TAIL:]}"
-                    )
-            time.sleep(_POLL_INTERVAL)
+        yield
     except KeyboardInterrupt:
         click.echo("stopping", err=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_until_exit(nodes: Sequence[NatsServer]) -> None:
+    """Block until a node exits by itself (a failure: its log tail is shown)."""
+    while True:
+        for node in nodes:
+            if not node.running:
+                raise EnvironmentFailure(
+                    f"nats-server on {node.url} exited:\n{node.log()[-_LOG_TAIL:]}"
+                )
+        time.sleep(_POLL_INTERVAL)
