@@ -1,30 +1,41 @@
 """A nats-py client with fast paths for natstream's most frequent messages.
 
-nats-py builds and parses headers generically: a dict walk and a regex per header
-on publish, a line split per header on receive. A natstream data message carries a
+nats-py parses the protocol with regular expressions and a coroutine per message,
+and builds and parses headers generically. A natstream data message carries a
 single header, ``Ns-Seq``, so both directions get a short path here; anything else
-goes through nats-py unchanged. This leans on two nats-py internals
-(``_process_headers``, ``_send_command``), pinned by the ``nats-py<3`` requirement
-and exercised by every test that streams.
+goes through nats-py unchanged. This leans on nats-py internals (``Parser``,
+``_ps``, ``_process_msg``, ``_process_headers``, ``_pending``, ``_flush_queue``),
+pinned by the ``nats-py<3`` requirement and exercised by every test that streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import ProtocolError
+from nats.protocol.parser import ERR_RE, INFO_RE, OK_RE, PING_RE, PONG_RE, Parser
 
-__all__ = ["DirectHandler", "FastClient", "hpub_seq", "parse_headers", "publish_seq"]
+__all__ = [
+    "DirectHandler",
+    "FastClient",
+    "hpub_prefix",
+    "hpub_seq",
+    "hpub_seq_command",
+    "parse_headers",
+    "publish_seq",
+]
 
 
 DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 """Receives (subject, reply, payload, raw header block) straight from the parser."""
 
-_SEQ_PREFIX = b"NATS/1.0\r\nNs-Seq: "
-_SEQ_AT = len(_SEQ_PREFIX)
+SEQ_PREFIX = b"NATS/1.0\r\nNs-Seq: "
+SEQ_AT = len(SEQ_PREFIX)
 
 
 _HDR_LINE = b"NATS/1.0"
@@ -35,10 +46,10 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
     status line), synchronously, with a short path for a lone ``Ns-Seq`` header."""
     if not raw:
         return None
-    if raw.startswith(_SEQ_PREFIX):
+    if raw.startswith(SEQ_PREFIX):
         end = len(raw) - 4
-        if raw.find(b"\r\n", _SEQ_AT) == end:
-            value = raw[_SEQ_AT:end]
+        if raw.find(b"\r\n", SEQ_AT) == end:
+            value = raw[SEQ_AT:end]
             if value.isdigit():
                 return {"Ns-Seq": value.decode()}
     if not raw.startswith(_HDR_LINE):
@@ -59,24 +70,26 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
 
 
 class FastClient(Client):
-    """nats-py's client, with two additions for natstream's hot paths.
+    """nats-py's client, with fast paths for natstream's hot messages.
 
-    * a lone ``Ns-Seq`` header is parsed without the generic parser;
-    * a subscription registered with :meth:`set_direct` gets its messages handed to a
-      plain function straight from the protocol parser, in order, without nats-py's
-      per-message ``Msg``, queue and task hop. The function must not block or raise.
+    * its protocol parser (:class:`_FastParser`) splits ``MSG``/``HMSG`` lines without
+      regular expressions and hands stream replies to a plain function, in order,
+      without nats-py's per-message coroutine, ``Msg``, queue and task hop;
+    * a lone ``Ns-Seq`` header is parsed without the generic parser.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._direct: dict[int, DirectHandler] = {}
+        self._ps = _FastParser(self)
         self._mux: dict[bytes, DirectHandler] = {}
         self._mux_sid = -1
         self._mux_prefix = b""
+        self._mux_at = 0
         self._mux_lock = asyncio.Lock()
 
     async def stream_inbox(self, handler: DirectHandler) -> tuple[str, bytes]:
-        """A fresh reply subject whose messages go to ``handler`` (see :meth:`set_direct`).
+        """A fresh reply subject whose messages go to ``handler``, straight from the
+        parser. ``handler`` must not block or raise.
 
         All of them share one wildcard subscription per connection,
         ``<inbox_prefix>.<random>.*``; each stream's last token is 96 random bits, so
@@ -89,6 +102,7 @@ class FastClient(Client):
                     prefix = bytes(self._inbox_prefix) + b"." + secrets.token_hex(12).encode()
                     sub = await self.subscribe(prefix.decode() + ".*", cb=_never_called)
                     self._mux_prefix = prefix + b"."
+                    self._mux_at = len(self._mux_prefix)
                     self._mux_sid = sub._id
         token = secrets.token_hex(12).encode()
         self._mux[token] = handler
@@ -98,31 +112,20 @@ class FastClient(Client):
         """Stop delivering to a :meth:`stream_inbox`; later replies to it are dropped."""
         self._mux.pop(token, None)
 
-    def set_direct(self, sid: int, handler: DirectHandler) -> None:
-        self._direct[sid] = handler
-
-    def clear_direct(self, sid: int) -> None:
-        self._direct.pop(sid, None)
-
-    async def _process_msg(
+    def _dispatch(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        if sid == self._mux_sid:
-            stats = self.stats
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(data)
-            mux_handler = self._mux.get(subject[len(self._mux_prefix) :])
-            if mux_handler is not None:
-                mux_handler(subject, reply, data, headers)
-            return
-        handler = self._direct.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
-            return
+    ) -> bool:
+        """Deliver a message of the shared stream inbox synchronously; False for any
+        other subscription (nats-py's ``_process_msg`` must take it)."""
+        if sid != self._mux_sid:
+            return False
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        handler(subject, reply, data, headers)
+        handler = self._mux.get(subject[self._mux_at :])
+        if handler is not None:
+            handler(subject, reply, data, headers)
+        return True
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         # Always the tolerant parser: nats-py's raises on a status line that is not
@@ -130,16 +133,138 @@ class FastClient(Client):
         return parse_headers(headers)
 
 
+class _FastParser(Parser):
+    """The NATS protocol parser, reading messages with ``bytes.find``/``split``
+    instead of nats-py's regular expressions, and without a coroutine per message
+    for the shared stream inbox (:meth:`FastClient._dispatch`).
+
+    Other operations (``PING``, ``PONG``, ``INFO``, ``-ERR``, ``+OK``) go to the same
+    client methods nats-py's parser calls. A malformed ``MSG``/``HMSG`` line or an
+    unknown operation raises :class:`nats.errors.ProtocolError`, which makes nats-py
+    drop the connection, as its own parser does.
+    """
+
+    nc: FastClient
+
+    def reset(self) -> None:
+        super().reset()
+        self._generation = getattr(self, "_generation", 0) + 1
+
+    async def parse(self, data: bytes = b"") -> None:
+        if self.buf:
+            self.buf.extend(data)
+            data = bytes(self.buf)
+            self.buf.clear()
+        generation = self._generation
+        nc = self.nc
+        dispatch = nc._dispatch
+        pos = 0
+        size = len(data)
+        while pos < size:
+            line_end = data.find(b"\r\n", pos)
+            if line_end < 0:
+                break
+            if data.startswith(b"MSG ", pos):
+                args = data[pos + 4 : line_end].split()
+                nargs = len(args)
+                if nargs == 3:
+                    subject, sid_b, len_b = args
+                    reply = b""
+                elif nargs == 4:
+                    subject, sid_b, reply, len_b = args
+                else:
+                    raise ProtocolError("nats: malformed MSG")
+                hlen_b = b"0"
+            elif data.startswith(b"HMSG ", pos):
+                args = data[pos + 5 : line_end].split()
+                nargs = len(args)
+                if nargs == 4:
+                    subject, sid_b, hlen_b, len_b = args
+                    reply = b""
+                elif nargs == 5:
+                    subject, sid_b, reply, hlen_b, len_b = args
+                else:
+                    raise ProtocolError("nats: malformed MSG")
+            else:
+                pos = await self._control(data, pos, line_end + 2)
+                if generation != self._generation:
+                    return  # the client reset the parser (reconnecting): drop the rest
+                continue
+            try:
+                sid = int(sid_b)
+                total = int(len_b)
+                hlen = int(hlen_b)
+            except ValueError:
+                raise ProtocolError("nats: malformed MSG") from None
+            if not 0 <= hlen <= total:
+                raise ProtocolError("nats: malformed MSG")
+            start = line_end + 2
+            stop = start + total
+            if stop + 2 > size:
+                break  # the payload has not all arrived
+            if hlen:
+                headers: bytes | None = data[start : start + hlen]
+                payload = data[start + hlen : stop]
+            else:
+                headers = None
+                payload = data[start:stop]
+            pos = stop + 2
+            if not dispatch(sid, subject, reply, payload, headers):
+                await nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
+                if generation != self._generation:
+                    return
+        if pos < size:
+            self.buf.extend(data[pos:] if pos else data)
+
+    async def _control(self, data: bytes, pos: int, end: int) -> int:
+        """Handle the non-message operation in ``data[pos:end]``; returns ``end``."""
+        nc = self.nc
+        line = data[pos:end]
+        if line == b"PING\r\n" or PING_RE.match(line):
+            await nc._process_ping()
+        elif line == b"PONG\r\n" or PONG_RE.match(line):
+            await nc._process_pong()
+        elif OK_RE.match(line):
+            pass
+        elif (info := INFO_RE.match(line)) is not None:
+            await nc._process_info(json.loads(info.group(1).decode()))
+        elif (err := ERR_RE.match(line)) is not None:
+            message = err.group(1)
+            await nc._process_err(message.decode().lower() if message else "")
+        else:
+            raise ProtocolError("nats: unknown protocol")
+        return end
+
+
 async def _never_called(msg: Any) -> None:
     """Callback of the shared stream inbox: its messages are dispatched directly."""
 
 
+def hpub_prefix(subject: str, reply: str) -> bytes:
+    """The start of an ``HPUB`` command to ``subject`` with ``reply`` (see
+    :func:`hpub_seq_command`)."""
+    target = f"{subject} {reply}" if reply else subject
+    return b"HPUB %s " % target.encode()
+
+
+_SEQ_HDR_LEN = len(b"NATS/1.0\r\nNs-Seq: \r\n\r\n")
+
+
+def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
+    """The ``HPUB`` command of a data message whose only header is ``Ns-Seq: seq``."""
+    hlen = _SEQ_HDR_LEN + len(str(seq))
+    return b"%s%d %d\r\nNATS/1.0\r\nNs-Seq: %d\r\n\r\n%s\r\n" % (
+        prefix,
+        hlen,
+        hlen + len(payload),
+        seq,
+        payload,
+    )
+
+
 def hpub_seq(subject: str, reply: str, seq: int, payload: bytes) -> bytes:
     """The HPUB command of a data message whose only header is ``Ns-Seq: seq``."""
-    hdr = b"NATS/1.0\r\nNs-Seq: %d\r\n\r\n" % seq
-    hlen = len(hdr)
-    target = f"{subject} {reply}" if reply else subject
-    return b"HPUB %s %d %d\r\n%s%s\r\n" % (target.encode(), hlen, hlen + len(payload), hdr, payload)
+    return hpub_seq_command(hpub_prefix(subject, reply), seq, payload)
 
 
 async def publish_seq(nc: Client, subject: str, reply: str, seq: int, payload: bytes) -> None:

@@ -1,0 +1,145 @@
+"""natstream's protocol parser against nats-py's, on the same bytes cut anywhere."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.errors import ProtocolError
+from nats.protocol.parser import Parser
+
+from natstream._fastclient import _FastParser
+
+MUX_SID = 7  # the sid the fake client dispatches synchronously
+
+
+class FakeClient:
+    """Records what a parser hands to the client, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def _dispatch(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> bool:
+        if sid != MUX_SID:
+            return False
+        self.events.append(("msg", sid, subject, reply, data, headers))
+        return True
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.events.append(("msg", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.events.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.events.append(("pong",))
+
+    async def _process_info(self, info: dict[str, Any]) -> None:
+        self.events.append(("info", info))
+
+    async def _process_err(self, message: str) -> None:
+        self.events.append(("err", message))
+
+
+token = st.text(alphabet="abcxyz019_-$>*", min_size=1, max_size=12)
+subject_st = st.lists(token, min_size=1, max_size=4).map(".".join)
+payload_st = st.binary(max_size=200)
+
+
+@st.composite
+def operation(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["msg", "hmsg", "ping", "pong", "ok", "info", "err"]))
+    if kind in ("msg", "hmsg"):
+        subject = draw(subject_st).encode()
+        sid = draw(st.sampled_from([MUX_SID, 1, 12345]))
+        reply = draw(st.one_of(st.just(b""), subject_st.map(str.encode)))
+        data = draw(payload_st)
+        target = b"%s %d %s" % (subject, sid, reply) if reply else b"%s %d" % (subject, sid)
+        if kind == "msg":
+            return b"MSG %s %d\r\n%s\r\n" % (target, len(data), data)
+        hdr = b"NATS/1.0\r\nNs-Seq: %d\r\n\r\n" % draw(st.integers(0, 10**12))
+        total = len(hdr) + len(data)
+        return b"HMSG %s %d %d\r\n%s%s\r\n" % (target, len(hdr), total, hdr, data)
+    if kind == "info":
+        return b"INFO %s\r\n" % json.dumps({"max_payload": draw(st.integers(1, 10**6))}).encode()
+    if kind == "err":
+        return b"-ERR 'Stale Connection'\r\n"
+    return {"ping": b"PING\r\n", "pong": b"PONG\r\n", "ok": b"+OK\r\n"}[kind]
+
+
+async def feed(parser: Parser, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        await parser.parse(chunk)
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(operation(), min_size=1, max_size=30),
+    points=st.lists(st.integers(0, 10**6), max_size=20),
+)
+async def test_same_events_as_nats_py_however_the_bytes_are_cut(
+    ops: list[bytes], points: list[int]
+) -> None:
+    data = b"".join(ops)
+    theirs, ours = FakeClient(), FakeClient()
+    await feed(Parser(theirs), [data])
+    await feed(_FastParser(ours), cut(data, points))  # type: ignore[arg-type]
+    assert ours.events == theirs.events
+    assert len(ours.events) == len(ops) - sum(op == b"+OK\r\n" for op in ops)
+
+
+async def test_a_partial_message_waits_for_the_rest() -> None:
+    client = FakeClient()
+    parser = _FastParser(client)  # type: ignore[arg-type]
+    await parser.parse(b"MSG a.b 7 5\r\nhel")
+    assert client.events == []
+    await parser.parse(b"lo\r\nPI")
+    assert client.events == [("msg", 7, b"a.b", b"", b"hello", None)]
+    await parser.parse(b"NG\r\n")
+    assert client.events[-1] == ("ping",)
+    assert not parser.buf
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"MSG a.b\r\n",  # too few fields
+        b"MSG a.b x 5\r\nhello\r\n",  # sid not a number
+        b"HMSG a.b 7 9 5\r\nhello\r\n",  # header longer than the message
+        b"HMSG a.b 7 r s t u v\r\n",  # too many fields
+        b"WHAT is this\r\n",  # unknown operation
+    ],
+)
+async def test_malformed_input_is_a_protocol_error(line: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        await _FastParser(FakeClient()).parse(line)  # type: ignore[arg-type]
+
+
+async def test_a_reset_during_a_callback_drops_the_rest() -> None:
+    """nats-py resets the parser when it reconnects; what was buffered is not replayed."""
+
+    class Resetting(FakeClient):
+        parser: _FastParser
+
+        async def _process_ping(self) -> None:
+            await super()._process_ping()
+            self.parser.reset()
+
+    client = Resetting()
+    client.parser = _FastParser(client)  # type: ignore[arg-type]
+    await client.parser.parse(b"PING\r\nMSG a 1 1\r\nx\r\nMSG a 1 2\r\nx")
+    assert client.events == [("ping",)]
+    assert not client.parser.buf
