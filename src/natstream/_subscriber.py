@@ -29,7 +29,6 @@ from ._connection import (
     connect,
     log,
     publish,
-    publish_data,
     subscribe_live,
 )
 from ._errors import (
@@ -40,6 +39,7 @@ from ._errors import (
     StreamError,
     SubscriberClosedError,
 )
+from ._fastclient import hpub_prefix, hpub_seq_command
 from ._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -81,6 +81,8 @@ class StreamWriterLike(Protocol):
 # Yielding lets nats-py's flusher write: every yield costs a send() system call,
 # which on a busy machine dominates small messages, so not too often either.
 _YIELD_EVERY = 256
+_YIELD_MASK = _YIELD_EVERY - 1  # a power of two
+_CONNECTED = Client.CONNECTED
 _YIELD_BYTES = 256 * 1024
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
 
@@ -285,6 +287,10 @@ class _ResponderStream:
         self._limit = nc.max_payload - HEADER_ALLOWANCE
         self._too_large = False
         self._sent = 0
+        # The fast path (_send_now) needs a v1 requester and our own control subject.
+        self._prefix = (
+            hpub_prefix(self.reply, control_subject) if control_subject and machine.v1 else None
+        )
 
     # ------------------------------------------------------------ sending
 
@@ -354,6 +360,9 @@ class _ResponderStream:
         resume = self.machine.resume
         index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
         emit = self._emit
+        send_now = self._send_now
+        nc = self.nc
+        queue = nc._flush_queue
         while True:
             result: Any = handler(request, index)
             if type(result) is not tuple:
@@ -361,11 +370,61 @@ class _ResponderStream:
             data, more, err = result
             if err is not None:
                 raise _error_from_value(err)
-            if data is not None and not await emit(data, index):
-                return False
+            if data is not None:
+                if send_now(data, index):
+                    if (
+                        not self._sent & _YIELD_MASK
+                        or nc._pending_data_size > _YIELD_BYTES
+                        or (queue is not None and queue.empty())
+                    ):
+                        await self._after_send()
+                elif not await emit(data, index):
+                    return False
             if not more:
                 return True
             index += 1
+
+    def _send_now(self, data: bytes, pos: int | str | None) -> bool:
+        """Queue a data reply on the connection without awaiting, when the common case
+        applies (v1 requester, credit, default position, connected, bytes within the
+        size limit); False, having done nothing, otherwise: use :meth:`_emit`.
+
+        The caller must then call :meth:`_after_send` when the connection's flusher
+        needs a kick or it is time to yield (see :meth:`_pump_index`).
+        """
+        prefix = self._prefix
+        if prefix is None or type(data) is not bytes or type(pos) is not int:
+            return False
+        m = self.machine
+        nc = self.nc
+        size = len(data)
+        if pos != m.sent_seq or size > self._limit or nc._status != _CONNECTED:
+            return False
+        seq = m.send_next(size, self.loop.time())
+        if not seq:
+            return False
+        cmd = hpub_seq_command(prefix, seq, data)
+        nc._pending.append(cmd)
+        nc._pending_data_size += len(cmd)
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        self._sent += 1
+        return True
+
+    async def _after_send(self) -> None:
+        """Kick the connection's flusher if idle, bound its buffer, and yield now and
+        then so concurrent streams interleave."""
+        nc = self.nc
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            await nc._flush_pending()
+        pending = nc._pending_data_size
+        if 0 < nc._max_pending_size < pending:
+            # As nats-py's publish does: wait for the flusher rather than grow.
+            await nc._flush_pending(force_flush=True)
+        elif not self._sent & _YIELD_MASK or pending > _YIELD_BYTES:
+            await asyncio.sleep(0)
 
     async def _emit(self, data: bytes, pos: int | str | None) -> bool:
         """Send one data reply once credit allows; False when the stream must stop."""
@@ -391,16 +450,15 @@ class _ResponderStream:
             await self._wait_credit(size)
             if m.terminal:
                 return False
+        if self._send_now(data, pos):
+            await self._after_send()
+            return True
         if type(pos) is int:
             pos = None if pos == m.sent_seq else str(pos)
         headers = m.data_headers(size, pos, self.loop.time())  # type: ignore[arg-type]
-        nc = self.nc
-        if pos is None and self.control_subject is not None:
-            await publish_data(nc, self.reply, self.control_subject, m.sent_seq, data)
-        else:
-            await self._send(data, headers)
+        await self._send(data, headers)
         self._sent += 1
-        if self._sent % _YIELD_EVERY == 0 or nc.pending_data_size > _YIELD_BYTES:
+        if not self._sent & _YIELD_MASK or self.nc.pending_data_size > _YIELD_BYTES:
             await asyncio.sleep(0)
         return True
 

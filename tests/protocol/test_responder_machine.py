@@ -361,3 +361,47 @@ def test_fuzz_hostile_control(
             assert r.state is first_terminal
         elif r.terminal:
             first_terminal = r.state
+
+
+def _snapshot(r: ResponderMachine) -> tuple[Any, ...]:
+    return (r.state, r.sent_seq, r.sent_bytes, r.acked_seq, r.acked_bytes, r.next_deadline())
+
+
+@pytest.mark.fuzz
+@CI
+@given(
+    v1_requester=st.booleans(),
+    window=st.tuples(st.integers(1, 6), st.integers(1, 300)),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(0, 120)),
+            st.tuples(st.just("ack"), st.integers(0, 8)),
+            st.tuples(st.just("cancel"), st.just(0)),
+        ),
+        max_size=40,
+    ),
+)
+def test_send_next_is_has_credit_plus_data_headers(
+    v1_requester: bool, window: tuple[int, int], steps: list[tuple[str, int]]
+) -> None:
+    """The driver's fast path counts exactly what the general path counts, or nothing."""
+    opts = v1(window) if v1_requester else RequestOptions(None, 256, 8 << 20, 0, None, None)
+    fast, general = ResponderMachine(opts, 0.0), ResponderMachine(opts, 0.0)
+    sizes: list[int] = []
+    for now, (kind, arg) in enumerate(steps, start=1):
+        if kind == "send":
+            expected = general.v1 and not general.terminal and general.has_credit(arg)
+            seq = fast.send_next(arg, float(now))
+            assert bool(seq) == expected
+            if expected:
+                general.data_headers(arg, None, float(now))
+                assert seq == general.sent_seq
+                sizes.append(arg)
+        elif kind == "ack":
+            upto = min(arg, len(sizes))
+            headers = ack(upto, sum(sizes[:upto]))
+            assert fast.on_control(headers, float(now)) == general.on_control(headers, float(now))
+        else:
+            fast.cancel()
+            general.cancel()
+        assert _snapshot(fast) == _snapshot(general)

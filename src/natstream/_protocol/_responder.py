@@ -133,6 +133,26 @@ class ResponderMachine:
 
     # ------------------------------------------------------------------ sending
 
+    def send_next(self, size: int, now: float) -> int:
+        """Fast path of :meth:`has_credit` + :meth:`data_headers` for a v1 data message
+        at the default position (``seq - 1``): count it and return its sequence number.
+
+        Returns 0, counting nothing, when it may not go this way (no credit, a plain
+        requester, or the stream is over); the driver then takes the general path.
+        """
+        if self.state is not ResponderState.OPEN or not self.v1:
+            return 0
+        in_flight = self.sent_seq - self.acked_seq
+        limits = self.limits
+        if in_flight >= limits.window_messages or (
+            in_flight and self.sent_bytes - self.acked_bytes + size > limits.window_bytes
+        ):
+            return 0
+        seq = self.sent_seq = self.sent_seq + 1
+        self.sent_bytes += size
+        self._last_tx = now
+        return seq
+
     def data_headers(self, size: int, pos: str | None, now: float) -> dict[str, str] | None:
         """Count a data message of ``size`` bytes about to be sent; return its headers.
 
