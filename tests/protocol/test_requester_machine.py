@@ -711,3 +711,89 @@ def test_fuzz_hostile_responder(
             assert point.seq == m.delivered_seq
             retry = RequesterMachine(now, resume=point)
             assert parse_request_headers(retry.request_headers(now)).resume == point
+
+
+def _state(m: RequesterMachine) -> tuple[Any, ...]:
+    return (
+        m.state,
+        m.received_seq,
+        m.delivered_seq,
+        m.delivered_bytes,
+        m.control_subject,
+        m.v1,
+        m.duplicates,
+        type(m.error),
+        m.next_deadline(),
+        m.resume_point(),
+    )
+
+
+def _fast_path_applies(m: RequesterMachine, headers: dict[str, str] | None, reply: str) -> bool:
+    """What ``_Attempt._on_raw`` checks before calling ``on_data``."""
+    if headers is None or list(headers) != [HDR_SEQ] or reply != m.control_subject:
+        return False
+    value = headers[HDR_SEQ]
+    return 0 < len(value) <= 20 and value.isascii() and value.isdigit()
+
+
+in_order = st.tuples(
+    st.just("data"), st.sampled_from([1, 1, 1, 1, 1, 0, 2]), st.binary(max_size=40)
+)
+take = st.tuples(st.just("take"), st.none())
+# Mostly in-order data and takes, so the fast path runs often; hostile steps now and then.
+mostly_flowing = st.integers(0, 9).flatmap(
+    lambda i: steps if i < 2 else in_order if i < 6 else take
+)
+
+
+@pytest.mark.fuzz
+@CI
+@given(
+    st.lists(mostly_flowing, min_size=20, max_size=80),
+    st.integers(1, 8),
+    st.integers(1, 400),
+    st.booleans(),
+)
+def test_on_data_is_on_reply_for_the_messages_it_takes(
+    script: list[tuple[str, Any]], wm: int, wb: int, pre_bound: bool
+) -> None:
+    """The driver's fast path changes nothing but speed: a machine fed through
+    ``on_data`` where the driver would use it ends every step exactly like one fed
+    through ``on_reply`` only."""
+    kw: dict[str, Any] = {"window_messages": wm, "window_bytes": wb, "heartbeat": 0.5}
+    fast = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
+    general = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
+    queue: deque[tuple[dict[str, str] | None, bytes]] = deque()
+    now = 0.0
+    for kind, *args in script:
+        now += 0.01
+        if kind == "data":  # mostly the next sequence number; sometimes a duplicate or a gap
+            ahead, payload = args
+            reply: tuple[Any, ...] = (data(general.received_seq + ahead), payload, CTL)
+            kind, args = "reply", [reply]
+        if kind == "reply":
+            headers, payload, reply_subject = args[0]
+            expected = general.on_reply(now, headers, payload, reply_subject)
+            if _fast_path_applies(fast, headers, reply_subject):
+                assert headers is not None
+                if fast.on_data(now, int(headers[HDR_SEQ]), len(payload)):
+                    got = Reply.DELIVER
+                else:
+                    got = fast.on_reply(now, headers, payload, reply_subject)
+            else:
+                got = fast.on_reply(now, headers, payload, reply_subject)
+            assert got is expected
+            if got is Reply.DELIVER:
+                queue.append((headers, payload))
+        elif kind == "take" and queue:
+            h, p = queue.popleft()
+            assert fast.on_delivered(h, len(p)) == general.on_delivered(h, len(p))
+        elif kind == "tick":
+            now += args[0]
+            assert fast.on_timer(now) == general.on_timer(now)
+        elif kind == "cancel":
+            assert fast.cancel() == general.cancel()
+        elif kind == "lost":
+            fast.on_connection_lost(ConnectionLostError("lost"))
+            general.on_connection_lost(ConnectionLostError("lost"))
+        assert _state(fast) == _state(general)

@@ -47,6 +47,7 @@ from ._wire import (
     HDR_WINDOW,
     MAX_DEADLINE_MS,
     MAX_HEARTBEAT_MS,
+    MAX_SEQ,
     MAX_WINDOW_BYTES,
     MAX_WINDOW_MESSAGES,
     MIN_HEARTBEAT_MS,
@@ -267,6 +268,34 @@ class RequesterMachine:
         self._largest = max(self._largest, len(payload))
         return Reply.DELIVER
 
+    def on_data(self, now: float, seq: int, size: int) -> bool:
+        """Fast path of :meth:`on_reply` for the commonest message: data from the bound
+        responder (its reply subject is ``control_subject``, the driver checks) whose
+        only header is ``Ns-Seq: seq``, with a ``size``-byte payload.
+
+        True: the message is accepted exactly as :meth:`on_reply` would (DELIVER).
+        False: nothing was done; the driver must call :meth:`on_reply`.
+        """
+        if (
+            seq != self.received_seq + 1
+            or seq > MAX_SEQ
+            or self.state is not RequesterState.STREAMING
+            or not self.v1
+            or self.control_subject is None
+        ):
+            return False
+        in_flight = seq - self._acked_seq
+        if in_flight > self.window_messages or (
+            in_flight > 1 and self._received_bytes + size - self._acked_bytes > self.window_bytes
+        ):
+            return False
+        self.received_seq = seq
+        self._received_bytes += size
+        self._last_rx = now
+        if size > self._largest:
+            self._largest = size
+        return True
+
     def _on_plain(self, now: float, payload: bytes) -> Reply:
         """A message without natstream headers: the seed's in-band protocol."""
         if self.v1 is None:
@@ -333,7 +362,7 @@ class RequesterMachine:
         # Only a v1 responder's Ns-Pos is a position (checked on arrival); a plain
         # peer's headers may hold anything.
         pos = headers.get(HDR_POS) if headers and self.v1 else None
-        self._delivered_pos = parse_pos(pos)
+        self._delivered_pos = None if pos is None else parse_pos(pos)
         if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
             return None
         unacked_bytes = self.delivered_bytes - self._acked_bytes
