@@ -18,7 +18,9 @@ class StreamOptions:
     """Flow control and liveness of streams (requester side; sent to the responder).
 
     Attributes:
-        window_messages: data messages the responder may have in flight unacknowledged.
+        window_messages: data messages the responder may have in flight unacknowledged
+            (4,096: small messages keep streaming while an ack travels, and the
+            requester holds at most about 1 KiB of bookkeeping per message on top).
         window_bytes: payload bytes the responder may have in flight (a single message
             larger than this still moves, alone). Memory held for one stream on the
             requester is bounded by the window.
@@ -30,7 +32,7 @@ class StreamOptions:
             duplicates, no gap); False restarts from the beginning (the seed's behaviour).
     """
 
-    window_messages: int = 256
+    window_messages: int = 4096
     window_bytes: int = 8 << 20
     heartbeat: float = 1.0
     stall_factor: float = 3.0
