@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._errors import ConnectionLostError, NatstreamError, PayloadTooLargeError
-from ._fastclient import FastClient, publish_seq
+from ._fastclient import FastClient
 
 __all__ = [
     "connect",
@@ -278,16 +278,6 @@ async def publish(
     """
     with _publish_errors(nc, subject, payload):
         await nc.publish(subject, payload, reply=reply, headers=headers)
-
-
-async def publish_data(nc: Client, subject: str, reply: str, seq: int, payload: bytes) -> None:
-    """Publish a data message whose only header is ``Ns-Seq`` (the hot path).
-
-    Raises:
-        PayloadTooLargeError, ConnectionLostError: as :func:`publish`.
-    """
-    with _publish_errors(nc, subject, payload):
-        await publish_seq(nc, subject, reply, seq, payload)
 
 
 def check_payload(nc: Client, payload: bytes) -> None:

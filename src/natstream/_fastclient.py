@@ -24,10 +24,8 @@ __all__ = [
     "DirectHandler",
     "FastClient",
     "hpub_prefix",
-    "hpub_seq",
     "hpub_seq_command",
     "parse_headers",
-    "publish_seq",
 ]
 
 
@@ -260,35 +258,3 @@ def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
         seq,
         payload,
     )
-
-
-def hpub_seq(subject: str, reply: str, seq: int, payload: bytes) -> bytes:
-    """The HPUB command of a data message whose only header is ``Ns-Seq: seq``."""
-    return hpub_seq_command(hpub_prefix(subject, reply), seq, payload)
-
-
-async def publish_seq(nc: Client, subject: str, reply: str, seq: int, payload: bytes) -> None:
-    """Publish a data message with ``Ns-Seq: seq`` as its only header.
-
-    Same checks and effects as ``nc.publish`` (closed/draining connection, max_payload,
-    stats, flusher kick), without nats-py's generic header encoding. The caller has
-    validated ``subject`` and ``reply`` (ours, generated).
-
-    Raises:
-        the nats-py errors ``nc.publish`` raises in the same cases.
-    """
-    if nc.is_closed or nc.is_draining_pubs or not nc.is_connected:
-        # Rare paths: let nats-py raise or buffer exactly as it does.
-        await nc.publish(subject, payload, reply=reply, headers={"Ns-Seq": str(seq)})
-        return
-    size = len(payload)
-    if size > nc._max_payload:
-        await nc.publish(subject, payload, reply=reply, headers={"Ns-Seq": str(seq)})
-        return
-    stats = nc.stats
-    stats["out_msgs"] += 1
-    stats["out_bytes"] += size
-    await nc._send_command(hpub_seq(subject, reply, seq, payload))
-    queue = nc._flush_queue
-    if queue is not None and queue.empty():
-        await nc._flush_pending()

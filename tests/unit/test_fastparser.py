@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from natstream._fastclient import _FastParser
+from natstream._fastclient import _FastParser, hpub_prefix, hpub_seq_command, parse_headers
 
 MUX_SID = 7  # the sid the fake client dispatches synchronously
 
@@ -143,3 +143,19 @@ async def test_a_reset_during_a_callback_drops_the_rest() -> None:
     await client.parser.parse(b"PING\r\nMSG a 1 1\r\nx\r\nMSG a 1 2\r\nx")
     assert client.events == [("ping",)]
     assert not client.parser.buf
+
+
+@pytest.mark.parametrize("seq", [0, 9, 10, 12345, 2**53])
+@pytest.mark.parametrize("reply", ["", "_INBOX.x.ctl"])
+async def test_the_data_command_is_a_valid_hpub(seq: int, reply: str) -> None:
+    """What the responder's fast path writes, read back as the server would deliver it."""
+    command = hpub_seq_command(hpub_prefix("a.b", reply), seq, b"payload")
+    line, _, rest = command.partition(b"\r\n")
+    op, subject, *fields = line.split()
+    assert (op, subject) == (b"HPUB", b"a.b")
+    client = FakeClient()
+    delivered = b"HMSG a.b %d %s\r\n%s" % (MUX_SID, b" ".join(fields), rest)
+    await _FastParser(client).parse(delivered)  # type: ignore[arg-type]
+    [(_, _, _, got_reply, data, headers)] = client.events
+    assert (got_reply, data) == (reply.encode(), b"payload")
+    assert parse_headers(headers) == {"Ns-Seq": str(seq)}
