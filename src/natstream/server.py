@@ -192,8 +192,10 @@ class NatsServer:
                 log.close()
             if self._wait_ready():
                 return self
-            last_error = self.log()[-2000:]
+            last_error = self.log()[self._log_offset :][-2000:]
             self._terminate(signal.SIGKILL)
+            if self.http_port and "monitor port" in last_error:
+                self.http_port = free_port()  # nobody else depends on this one
             if self._fixed_port:
                 # The port is ours to keep (a restart): it may still be in TIME_WAIT.
                 time.sleep(0.2)
@@ -294,9 +296,16 @@ class NatsCluster:
         if size < 2:
             raise ValueError("a cluster needs at least 2 nodes")
         self.start_timeout = start_timeout
+        self._size = size
+        self._config = config
+        self.nodes = self._make_nodes()
+
+    def _make_nodes(self) -> list[NatsServer]:
+        """Nodes on freshly picked ports."""
+        size, config, start_timeout = self._size, self._config, self.start_timeout
         cluster_ports = [free_port() for _ in range(size)]
         routes = [f"nats-route://{_HOST}:{p}" for p in cluster_ports]
-        self.nodes = [
+        return [
             NatsServer(
                 port=free_port(),
                 config=config,
@@ -315,10 +324,24 @@ class NatsCluster:
         return [n.url for n in self.nodes]
 
     def start(self) -> NatsCluster:
-        for node in self.nodes:
-            node.start()
-        self.wait_routes()
-        return self
+        """Start every node and wait for the full mesh of routes.
+
+        The nodes' ports are fixed (routes name them), so when one was taken between
+        picking and binding, the whole cluster starts again on fresh ports.
+        """
+        attempts = 1
+        while True:
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_routes()
+                return self
+            except ServerStartError:
+                self.close()
+                if attempts >= _START_ATTEMPTS:
+                    raise
+                attempts += 1
+                self.nodes = self._make_nodes()
 
     def wait_routes(self, timeout: float | None = None) -> None:
         """Wait until every running node has a route to every other running node.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -515,3 +516,21 @@ async def test_lame_duck_node_is_drained_without_failing_streams() -> None:
             assert_no_pool_tasks()
         finally:
             await responders.close()
+
+
+def _occupy(port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("which", ["http_port", "port"])
+def test_a_cluster_starts_when_a_picked_port_was_taken_meanwhile(which: str) -> None:
+    """Other processes on the machine take free ports too: a taken monitoring port is
+    replaced, a taken client or route port restarts the cluster on fresh ports."""
+    cluster = NatsCluster(2, start_timeout=10)
+    taken = getattr(cluster.nodes[1], which)
+    with _occupy(taken), cluster:
+        assert all(n.running for n in cluster.nodes)
+        assert taken not in {getattr(n, which) for n in cluster.nodes}
