@@ -170,17 +170,49 @@ def record(
     click.echo(f"recorded {count:,} messages", err=True)
 
 
+_BENCH_CASES = (
+    "stream_128",
+    "stream_1k",
+    "first_reply",
+    "concurrent",
+    "memory",
+    "writer",
+    "record",
+)
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="Small counts: proves every case runs (CI).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON here.")
-def bench(quick: bool, json_path: str | None) -> None:
+@click.option(
+    "--case",
+    "cases",
+    multiple=True,
+    type=click.Choice(_BENCH_CASES),
+    help="Run only this case (repeatable; default: all).",
+)
+@click.pass_obj
+def bench(opts: Options, quick: bool, json_path: str | None, cases: tuple[str, ...]) -> None:
     """Measure natstream against raw nats-py (and plain appends) in the same run.
 
-    Starts its own nats-server on loopback; prints rates, latencies and ratios.
+    Starts its own nats-server on loopback; prints rates, MB/s, time to first reply,
+    CPU per message (this process and the responder's) and ratios, and checks them
+    against issue 6's targets. With ``natstream --uvloop bench`` every event loop of
+    the run, the responder process's included, is uvloop's. Exit status 1 when a case
+    fails to run (a missed target is reported, not an error).
     """
+    if opts.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "--uvloop needs uvloop: pip install 'natstream[uvloop]'"
+            ) from None
     from ._bench import main as run_bench
 
-    run_bench(quick, json_path, click.echo)
+    ok = run_bench(quick, json_path, click.echo, uvloop=opts.uvloop, cases=cases or _BENCH_CASES)
+    if not ok:
+        raise click.ClickException("a bench case failed to run (see above)")
 
 
 @contextlib.contextmanager

@@ -2,109 +2,251 @@
 
 Each case measures natstream and its baseline in the same run and reports the ratio,
 because this kind of machine is shared and noisy: absolute figures move, ratios less.
+Cases (issue 6's numbering): ``stream_128`` and ``stream_1k`` (1), ``first_reply``
+(3), ``concurrent`` (4), ``memory`` (5), then ``writer`` and ``record`` (issue 4).
+With ``uvloop`` every event loop of the run is uvloop's: this process's and the
+responder's and requesters' processes (the record case's publisher process excepted).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
 import os
 import platform
 import sys
-from collections.abc import Callable
-from importlib.metadata import version
+import warnings
+from collections.abc import Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["run_all"]
+__all__ = ["CASES", "TARGETS", "run_all"]
 
-# (case name, target, key of the figure compared with the target, higher is better)
-TARGETS = {
-    "stream_128": ("ratio", 0.9, True),
-    "stream_1k": ("ratio", 0.9, True),
-    "first_reply": ("first_reply_ratio", 1.2, False),
-    "concurrent": ("concurrent_fairness_p99_over_p50", 10.0, False),
-    "writer": ("ratio", 0.9, True),
-    "record": ("ratio", 0.8, True),
+# Per case: the figures compared with a target, as (key, operator, target).
+TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
+    "stream_128": [("ratio", ">=", 0.9)],
+    "stream_1k": [("ratio", ">=", 0.9)],
+    "first_reply": [("first_reply_ratio", "<=", 1.2)],
+    "concurrent": [
+        ("all_complete", "==", True),
+        ("ratio_to_stream_128", ">=", 0.8),
+        ("fairness_p99_over_p50", "<=", 10.0),
+    ],
+    "memory": [("natstream_rss_growth_mb", "<", 100.0)],
+    "writer": [("ratio", ">=", 0.9)],
+    "record": [("ratio", ">=", 0.8)],
+}
+CASES = tuple(TARGETS)
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
 }
 
+# Table columns: figure keys of the natstream row ("natstream_...") and the baseline
+# row ("raw_..."); the writer and record cases name theirs differently.
+_ALIASES = {
+    "writer": {
+        "natstream_msgs_per_s": "writer_lines_per_s",
+        "natstream_mb_per_s": "mb_per_s",
+        "raw_msgs_per_s": "plain_lines_per_s",
+    },
+    "record": {"natstream_msgs_per_s": "recorder_msgs_per_s"},
+}
+_BASELINE = {"writer": "plain file", "record": "nats-py", "memory": "nats-py, no fc"}
 
-def machine() -> dict[str, Any]:
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def machine(uvloop: bool = False) -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "nats_py": version("nats-py"),
-        "natstream": version("natstream"),
+        "nats_py": _version("nats-py"),
+        "natstream": _version("natstream"),
+        "event_loop": f"uvloop {_version('uvloop')}" if uvloop else "asyncio",
         "platform": platform.platform(),
     }
 
 
-_STREAM_KEYS = ("messages", "size", "raw_msgs_per_s", "natstream_msgs_per_s", "ratio")
+@contextlib.contextmanager
+def _loop_policy(uvloop: bool) -> Iterator[None]:
+    """uvloop's policy for cases that call ``asyncio.run`` themselves (record)."""
+    if not uvloop:
+        yield
+        return
+    import uvloop as uv
+
+    with warnings.catch_warnings():  # the policy API is deprecated from Python 3.14
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(uv.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(previous)
 
 
-def _without_stream(figures: dict[str, Any]) -> dict[str, Any]:
-    """Drop the throughput round's figures from a latency or concurrency case."""
-    return {k: v for k, v in figures.items() if k not in _STREAM_KEYS and k != "natstream_mb_per_s"}
-
-
-def run_all(*, quick: bool, echo: Callable[[str], None]) -> dict[str, Any]:
-    """Run every case (small counts with ``quick``) and return figures per case."""
-    from . import record, stream, writer
+def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]:
+    from . import memory, record, stream, writer
 
     n = 5_000 if quick else 100_000
-    results: dict[str, Any] = {"machine": machine(), "quick": quick}
-    cases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("stream_128", lambda: stream.run(n, 128, rounds=1 if quick else 3)),
-        ("stream_1k", lambda: stream.run(n, 1024, rounds=1 if quick else 3)),
-        (
-            "first_reply",
-            lambda: _without_stream(
-                stream.run(1, 128, rounds=1, first_calls=200 if quick else 5_000)
-            ),
+    rounds = 1 if quick else 3
+    return {
+        "stream_128": lambda: stream.run(n, 128, rounds, uvloop=uvloop),
+        "stream_1k": lambda: stream.run(n, 1024, rounds, uvloop=uvloop),
+        "first_reply": lambda: stream.run_first_reply(200 if quick else 5_000, uvloop=uvloop),
+        "concurrent": lambda: stream.run_concurrent(
+            *((50, 100) if quick else (1_000, 1_000)), 128, uvloop=uvloop
         ),
-        (
-            "concurrent",
-            lambda: _without_stream(
-                stream.run(1, 128, rounds=1, concurrent=(50, 100) if quick else (1_000, 1_000))
-            ),
-        ),
-        ("writer", lambda: writer.run(50_000 if quick else 1_000_000, 100)),
-        ("record", lambda: record.run(n, 128)),
-    ]
-    for name, case in cases:
-        echo(f"running {name} ...")
-        figures = case()
-        key, target, higher = TARGETS[name]
-        value = figures[key]
-        figures["target"] = f"{key} {'>=' if higher else '<='} {target}"
-        figures["met"] = value >= target if higher else value <= target
-        results[name] = figures
+        # 1 GB (10,000 x 100 KiB) to a handler that sleeps 0.05 s every 50 messages; quick: 20 MB
+        "memory": lambda: memory.run(200 if quick else 10_000, 100 * 1024, uvloop=uvloop),
+        "writer": lambda: writer.run(50_000 if quick else 1_000_000, 100),
+        "record": lambda: record.run(n, 128),
+    }
+
+
+def _check(name: str, figures: dict[str, Any]) -> None:
+    """Add ``targets`` (one line per criterion) and ``met`` (all of them) to ``figures``."""
+    lines, met = [], True
+    for key, op, target in TARGETS[name]:
+        value = figures.get(key)
+        ok = value is not None and not (isinstance(value, float) and math.isnan(value))
+        ok = ok and _OPS[op](value, target)
+        met = met and ok
+        lines.append(f"{key} {op} {target}: {_fmt(value)} ({'met' if ok else 'NOT met'})")
+    figures["targets"] = lines
+    figures["met"] = met
+
+
+def run_all(
+    *,
+    quick: bool,
+    echo: Callable[[str], None],
+    uvloop: bool = False,
+    cases: tuple[str, ...] | list[str] = CASES,
+) -> dict[str, Any]:
+    """Run the ``cases`` (all by default; small counts with ``quick``) and return their
+    figures, by case name, with ``machine`` and ``quick``. A case that raises is
+    reported under ``error`` and the others still run."""
+    results: dict[str, Any] = {"machine": machine(uvloop), "quick": quick}
+    runners = _cases(quick, uvloop)
+    with _loop_policy(uvloop):
+        for name in CASES:
+            if name not in cases:
+                continue
+            echo(f"running {name} ...")
+            try:
+                figures = runners[name]()
+            except Exception as exc:
+                results[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False}
+                echo(f"  {name} failed: {type(exc).__name__}: {exc}")
+                continue
+            if name == "concurrent" and "stream_128" in results:
+                base = results["stream_128"].get("natstream_msgs_per_s")
+                if base:
+                    figures["ratio_to_stream_128"] = figures["natstream_msgs_per_s"] / base
+            _check(name, figures)
+            results[name] = figures
     return results
 
 
+def _fmt(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
 def format_table(results: dict[str, Any]) -> str:
+    """The figures as a table: one row per implementation per case, then the targets."""
+    machine_line = ", ".join(f"{k}={v}" for k, v in results["machine"].items() if k != "platform")
+    head = (
+        f"{'case':<12} {'impl':<15} {'msgs/s':>10} {'MB/s':>8} {'1st p50 us':>11} "
+        f"{'1st p99 us':>11} {'CPU us/msg req':>15} {'resp':>6}"
+    )
     lines = [
-        "machine: "
-        + ", ".join(f"{k}={v}" for k, v in results["machine"].items() if k != "platform"),
-        f"{'case':<12} {'figure':<34} {'value':>14}   target",
+        f"machine: {machine_line}"
+        + (" (quick: figures not meaningful)" if results.get("quick") else ""),
+        head,
     ]
-    for name in TARGETS:
+    targets: list[str] = []
+    for name in CASES:
         figures = results.get(name)
         if figures is None:
             continue
-        key = TARGETS[name][0]
-        for fkey, fval in figures.items():
-            if fkey in ("target", "met") or not isinstance(fval, (int, float)):
+        if "error" in figures:
+            lines.append(f"{name:<12} failed: {figures['error']}")
+            targets.append(f"{name:<12} failed")
+            continue
+        for label, prefix in (("natstream", "natstream"), (_BASELINE.get(name, "nats-py"), "raw")):
+            row = _row(name, figures, prefix)
+            if row["msgs_per_s"] is None and row["first_p50_us"] is None:
                 continue
-            mark = ""
-            if fkey == key:
-                mark = f"   {figures['target']} ({'met' if figures['met'] else 'NOT met'})"
-            lines.append(f"{name:<12} {fkey:<34} {fval:>14,.2f}{mark}")
-    return "\n".join(lines)
+            lines.append(
+                f"{name if prefix == 'natstream' else '':<12} {label:<15} "
+                f"{_fmt(row['msgs_per_s'], 0):>10} {_fmt(row['mb_per_s'], 1):>8} "
+                f"{_fmt(row['first_p50_us'], 0):>11} {_fmt(row['first_p99_us'], 0):>11} "
+                f"{_fmt(row['cpu_req_us']):>15} {_fmt(row['cpu_resp_us']):>6}"
+            )
+        for i, line in enumerate(figures["targets"]):
+            targets.append(f"{name if i == 0 else '':<12} {line}")
+        extra = _extra(name, figures)
+        if extra:
+            targets.append(f"{'':<12} ({extra})")
+    return "\n".join([*lines, "targets:", *targets])
 
 
-def main(quick: bool, json_path: str | None, echo: Callable[[str], None]) -> None:
-    results = run_all(quick=quick, echo=echo)
+_COLUMNS = ("msgs_per_s", "mb_per_s", "first_p50_us", "first_p99_us", "cpu_req_us", "cpu_resp_us")
+
+
+def _row(name: str, figures: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """One implementation's table columns (``prefix``: natstream or raw)."""
+    alias = _ALIASES.get(name, {})
+    return {c: figures.get(alias.get(f"{prefix}_{c}", f"{prefix}_{c}")) for c in _COLUMNS}
+
+
+def _extra(name: str, figures: dict[str, Any]) -> str:
+    """Figures worth a glance that the table has no column for."""
+    keys = {
+        "concurrent": ("streams", "replies", "complete", "connections", "connections_lost"),
+        "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
+    }.get(name, ())
+    shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]
+    if "errors" in figures:
+        shown.append(f"errors: {figures['errors']}")
+    return ", ".join(shown)
+
+
+def main(
+    quick: bool,
+    json_path: str | None,
+    echo: Callable[[str], None],
+    *,
+    uvloop: bool = False,
+    cases: tuple[str, ...] | list[str] = CASES,
+) -> bool:
+    """Run, print the table, write JSON; True when every case ran (targets aside)."""
+    results = run_all(quick=quick, echo=echo, uvloop=uvloop, cases=cases)
     echo(format_table(results))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2, default=str)
     sys.stdout.flush()
+    return not any(
+        isinstance(v, dict) and "error" in v and k != "machine" for k, v in results.items()
+    )

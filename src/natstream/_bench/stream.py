@@ -2,23 +2,29 @@
 
 Run: ``natstream bench`` or ``python benchmarks/bench_stream.py [messages] [size]``.
 
-The responder process serves two subjects on one embedded nats-server:
+The responder process (:mod:`natstream._bench.responder`) serves each natstream subject
+next to a hand-written nats-py baseline on one embedded nats-server. This process is
+the requester. Three cases:
 
-* ``bench.raw``: a hand-written nats-py stream, publishing ``messages`` payloads to the
-  request's reply inbox, then ``__STREAM_END__`` (what one writes without natstream);
-* ``bench.ns``: a natstream index handler producing the same payloads, with sequence
-  numbers, flow control and heartbeats on.
+* :func:`run` (cases 1, ``stream_128`` / ``stream_1k``): one stream of ``messages``
+  payloads; raw through an inbox subscription callback that counts, natstream through
+  ``Pool.stream_request`` with a sync handler that counts. Rounds alternate; the best
+  rate of each is kept. ``ratio`` = natstream / raw messages/s.
+* :func:`run_first_reply` (case 3): time to first reply of ``pool.stream()`` against
+  nats-py ``request()``, alternating, over ``calls`` sequential calls.
+* :func:`run_concurrent` (case 4): ``streams`` concurrent streams of ``replies`` each
+  through one pool (default configuration); every stream must complete; fairness is
+  p99/p50 of the streams' times to first reply.
 
-The requester (this process) receives each stream with a handler that only counts:
-raw through an inbox subscription callback, natstream through ``Pool.stream_request``.
-Rounds alternate; the best of each is kept. ``ratio`` = natstream / raw messages/s.
+Every case also reports CPU microseconds per message (or per call) in this process
+(``req``) and in the responder process (``resp``), from ``time.process_time``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
+from collections import Counter
 from typing import Any
 
 import nats
@@ -29,43 +35,10 @@ from natstream import Config, Pool
 from natstream._connection import subscribe_live
 from natstream.server import NatsServer
 
-_RESPONDER = """
-import asyncio, sys, nats
-from natstream import Subscriber
-async def main(url, n, size):
-    payload = b"x" * size
-    nc = await nats.connect(url)
-    async def raw(msg):
-        for _ in range(n):
-            await nc.publish(msg.reply, payload)
-        await nc.publish(msg.reply, b"__STREAM_END__")
-    await nc.subscribe("bench.raw", cb=raw)
-    await nc.flush()
-    sub = await Subscriber.connect([url])
-    def handler(request, index):
-        if index >= n:
-            return None, False, None
-        return payload, True, None
-    await sub.stream_subscribe_handler("bench.ns", handler)
-    async def reply_once(msg):
-        await msg.respond(b"x")
-    await nc.subscribe("bench.req", cb=reply_once)
-    def first(request, index):
-        return (b"x", False, None) if index == 0 else (None, False, None)
-    await sub.stream_subscribe_handler("bench.first", first)
-    def many(request, index):
-        k = int(request.data)
-        return (payload, True, None) if index < k else (None, False, None)
-    await sub.stream_subscribe_handler("bench.many", many)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await sub.close()
-    await nc.close()
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-"""
+from ._proc import CpuMeter, Responder, loop_name, percentile, run_loop
 
 _ROUNDS = 3
+_CONCURRENT_TIMEOUT = 600.0  # seconds; a case that hangs is reported, not waited for
 
 
 async def _raw_round(nc: Client, n: int) -> float:
@@ -87,7 +60,7 @@ async def _raw_round(nc: Client, n: int) -> float:
     elapsed = time.perf_counter() - start
     await sub.unsubscribe()
     assert count == n, f"raw stream lost messages: {count} of {n}"
-    return n / elapsed
+    return elapsed
 
 
 async def _ns_round(pool: Pool, n: int) -> float:
@@ -102,132 +75,208 @@ async def _ns_round(pool: Pool, n: int) -> float:
     await pool.stream_request("bench.ns", b"", on)
     elapsed = time.perf_counter() - start
     assert count == n + 1, f"natstream stream lost messages: {count - 1} of {n}"
-    return n / elapsed
+    return elapsed
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _first_reply(nc: Client, pool: Pool, calls: int) -> dict[str, float]:
-    """p50/p99 of nats-py request() round trips and of natstream's time to first reply."""
-    raw: list[float] = []
-    ours: list[float] = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        await nc.request("bench.req", b"", timeout=5)
-        raw.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        async with pool.stream("bench.first") as s:
-            async for _msg in s:
-                ours.append(time.perf_counter() - start)
+def _cpu_figures(prefix: str, cpu: list[tuple[float, float]]) -> dict[str, float]:
+    """The least CPU per message over rounds (the least disturbed), both processes."""
     return {
-        "request_p50_us": _percentile(raw, 0.5) * 1e6,
-        "first_reply_p50_us": _percentile(ours, 0.5) * 1e6,
-        "first_reply_p99_us": _percentile(ours, 0.99) * 1e6,
-        "first_reply_ratio": _percentile(ours, 0.5) / _percentile(raw, 0.5),
+        f"{prefix}_cpu_req_us": min(c[0] for c in cpu),
+        f"{prefix}_cpu_resp_us": min(c[1] for c in cpu),
     }
 
 
-async def _concurrent(pool: Pool, streams: int, replies: int) -> dict[str, float]:
-    """``streams`` concurrent streams of ``replies`` each through one pool."""
-    firsts: list[float] = []
-    start = time.perf_counter()
-
-    async def one() -> int:
-        t0 = time.perf_counter()
-        got = 0
-        async with pool.stream("bench.many", str(replies).encode()) as s:
-            async for _msg in s:
-                if got == 0:
-                    firsts.append(time.perf_counter() - t0)
-                got += 1
-        return got
-
-    counts = await asyncio.gather(*(one() for _ in range(streams)))
-    elapsed = time.perf_counter() - start
-    if any(c != replies for c in counts):
-        raise AssertionError("a concurrent stream lost replies")
-    p50, p99 = _percentile(firsts, 0.5), _percentile(firsts, 0.99)
-    return {
-        "concurrent_streams": float(streams),
-        "concurrent_msgs_per_s": streams * replies / elapsed,
-        "concurrent_first_p50_ms": p50 * 1e3,
-        "concurrent_first_p99_ms": p99 * 1e3,
-        "concurrent_fairness_p99_over_p50": p99 / p50,
-    }
-
-
-async def _run(
-    n: int, size: int, rounds: int, first_calls: int, concurrent: tuple[int, int] | None
-) -> dict[str, Any]:
+async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
     with NatsServer() as srv:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _RESPONDER,
-            srv.url,
-            str(n),
-            str(size),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            if line.strip() != b"ready":
-                raise RuntimeError("the responder process did not start")
+        async with Responder(srv.url, n, size, uvloop=uvloop) as responder:
             nc = await nats.connect(srv.url)
             pool = await Pool.connect(Config([srv.url], idle_per_server=1))
-            raw_best = ns_best = 0.0
+            meter = CpuMeter(responder)
+            raw_best = ns_best = float("inf")
+            raw_cpu: list[tuple[float, float]] = []
+            ns_cpu: list[tuple[float, float]] = []
             for _ in range(rounds):
-                raw_best = max(raw_best, await _raw_round(nc, n))
-                ns_best = max(ns_best, await _ns_round(pool, n))
-            extra: dict[str, float] = {}
-            if first_calls:
-                extra.update(await _first_reply(nc, pool, first_calls))
-            if concurrent:
-                extra.update(await _concurrent(pool, *concurrent))
+                await meter.start()
+                raw_best = min(raw_best, await _raw_round(nc, n))
+                await meter.stop()
+                raw_cpu.append(meter.per_message_us(n))
+                await meter.start()
+                ns_best = min(ns_best, await _ns_round(pool, n))
+                await meter.stop()
+                ns_cpu.append(meter.per_message_us(n))
             await pool.close()
             await nc.close()
-        finally:
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+    raw_rate, ns_rate = n / raw_best, n / ns_best
     return {
         "messages": n,
         "size": size,
-        "raw_msgs_per_s": raw_best,
-        "natstream_msgs_per_s": ns_best,
-        "ratio": ns_best / raw_best,
-        "natstream_mb_per_s": ns_best * size / 1e6,
-        **extra,
+        "raw_msgs_per_s": raw_rate,
+        "natstream_msgs_per_s": ns_rate,
+        "ratio": ns_rate / raw_rate,
+        "raw_mb_per_s": raw_rate * size / 1e6,
+        "natstream_mb_per_s": ns_rate * size / 1e6,
+        **_cpu_figures("raw", raw_cpu),
+        **_cpu_figures("natstream", ns_cpu),
+        **loops,
     }
 
 
-def run(
-    messages: int = 100_000,
-    size: int = 128,
-    rounds: int = _ROUNDS,
-    first_calls: int = 0,
-    concurrent: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """Measure both streams ``rounds`` times (alternating) and return the best figures.
+async def _first_reply(calls: int, uvloop: bool) -> dict[str, Any]:
+    """p50/p99 of nats-py request() round trips and of natstream's time to first reply."""
+    with NatsServer() as srv:
+        async with Responder(srv.url, 1, 1, uvloop=uvloop) as responder:
+            nc = await nats.connect(srv.url)
+            pool = await Pool.connect(Config([srv.url], idle_per_server=1))
+            raw: list[float] = []
+            ours: list[float] = []
+            raw_cpu = ns_cpu = 0.0
+            resp_raw = resp_ns = 0.0
+            for block in range(0, calls, 500):  # CPU read per block: few extra round trips
+                count = min(500, calls - block)
+                r0, c0 = await responder.cpu(), time.process_time()
+                for _ in range(count):
+                    start = time.perf_counter()
+                    await nc.request("bench.req", b"", timeout=5)
+                    raw.append(time.perf_counter() - start)
+                r1, c1 = await responder.cpu(), time.process_time()
+                for _ in range(count):
+                    start = time.perf_counter()
+                    async with pool.stream("bench.first") as s:
+                        async for _msg in s:
+                            ours.append(time.perf_counter() - start)
+                r2, c2 = await responder.cpu(), time.process_time()
+                raw_cpu += c1 - c0
+                ns_cpu += c2 - c1
+                resp_raw += r1 - r0
+                resp_ns += r2 - r1
+            await pool.close()
+            await nc.close()
+            loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+    if len(ours) != calls:
+        raise AssertionError(f"first_reply: {len(ours)} first replies for {calls} calls")
+    return {
+        "calls": calls,
+        "raw_first_p50_us": percentile(raw, 0.5) * 1e6,
+        "raw_first_p99_us": percentile(raw, 0.99) * 1e6,
+        "natstream_first_p50_us": percentile(ours, 0.5) * 1e6,
+        "natstream_first_p99_us": percentile(ours, 0.99) * 1e6,
+        "first_reply_ratio": percentile(ours, 0.5) / percentile(raw, 0.5),
+        "raw_cpu_req_us": raw_cpu / calls * 1e6,
+        "raw_cpu_resp_us": resp_raw / calls * 1e6,
+        "natstream_cpu_req_us": ns_cpu / calls * 1e6,
+        "natstream_cpu_resp_us": resp_ns / calls * 1e6,
+        **loops,
+    }
 
-    ``first_calls`` > 0 adds time to first reply against nats-py ``request()`` over that
-    many sequential calls; ``concurrent=(streams, replies)`` adds a concurrency round.
-    """
-    return asyncio.run(_run(messages, size, rounds, first_calls, concurrent))
+
+async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> dict[str, Any]:
+    """``streams`` concurrent streams of ``replies`` each through one default pool."""
+    with NatsServer() as srv:
+        async with Responder(srv.url, 1, size, uvloop=uvloop) as responder:
+            pool = await Pool.connect(Config([srv.url]))
+            firsts: list[float] = []
+            received = 0
+            request = f"{replies} {size}".encode()
+
+            async def one() -> int:
+                nonlocal received
+                t0 = time.perf_counter()
+                got = 0
+                async with pool.stream("bench.many", request) as s:
+                    async for _msg in s:
+                        if got == 0:
+                            firsts.append(time.perf_counter() - t0)
+                        got += 1
+                        received += 1
+                return got
+
+            meter = CpuMeter(responder)
+            await meter.start()
+            start = time.perf_counter()
+            tasks = [asyncio.ensure_future(one()) for _ in range(streams)]
+            _, pending = await asyncio.wait(tasks, timeout=_CONCURRENT_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            elapsed = time.perf_counter() - start
+            await meter.stop()
+            errors: Counter[str] = Counter()
+            complete = 0
+            for task in tasks:
+                if task in pending:
+                    errors["timed out"] += 1
+                elif task.exception() is not None:
+                    exc = task.exception()
+                    errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                elif task.result() != replies:
+                    errors["short stream"] += 1
+                else:
+                    complete += 1
+            pool_stats = pool.stats()
+            await pool.close()
+            loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+            log_tail = responder.log_tail() if errors else ""
+    req_us, resp_us = meter.per_message_us(max(received, 1))
+    p50 = percentile(firsts, 0.5) if firsts else float("nan")
+    p99 = percentile(firsts, 0.99) if firsts else float("nan")
+    figures: dict[str, Any] = {
+        "streams": streams,
+        "replies": replies,
+        "size": size,
+        "connections": pool_stats.slots,
+        "connections_lost": pool_stats.connections_lost,
+        "health_checks_failed": pool_stats.health_checks_failed,
+        "complete": complete,
+        "all_complete": complete == streams,
+        "natstream_msgs_per_s": received / elapsed,
+        "natstream_mb_per_s": received * size / elapsed / 1e6,
+        "natstream_first_p50_us": p50 * 1e6,
+        "natstream_first_p99_us": p99 * 1e6,
+        "fairness_p99_over_p50": p99 / p50,
+        "natstream_cpu_req_us": req_us,
+        "natstream_cpu_resp_us": resp_us,
+        **loops,
+    }
+    if errors:
+        figures["errors"] = dict(errors.most_common())
+        figures["responder_log_tail"] = log_tail
+    return figures
+
+
+def run(
+    messages: int = 100_000, size: int = 128, rounds: int = _ROUNDS, *, uvloop: bool = False
+) -> dict[str, Any]:
+    """Cases 1: one stream, raw and natstream, ``rounds`` times alternating; best rates."""
+    return run_loop(_stream(messages, size, rounds, uvloop), uvloop)
+
+
+def run_first_reply(calls: int = 5_000, *, uvloop: bool = False) -> dict[str, Any]:
+    """Case 3: time to first reply against nats-py ``request()``, ``calls`` of each."""
+    return run_loop(_first_reply(calls, uvloop), uvloop)
+
+
+def run_concurrent(
+    streams: int = 1_000, replies: int = 1_000, size: int = 128, *, uvloop: bool = False
+) -> dict[str, Any]:
+    """Case 4: ``streams`` concurrent streams of ``replies`` through one pool."""
+    return run_loop(_concurrent(streams, replies, size, uvloop), uvloop)
+
+
+def _show(figures: dict[str, Any]) -> None:
+    for key, value in figures.items():
+        if isinstance(value, float):
+            print(f"{key:>26}: {value:,.3f}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            print(f"{key:>26}: {value:,}")
+        else:
+            print(f"{key:>26}: {value}")
 
 
 def main(argv: list[str]) -> None:
     sizes = [int(a) for a in argv[:2]]
     messages = sizes[0] if sizes else 100_000
     size = sizes[1] if len(sizes) > 1 else 128
-    for key, value in run(messages, size, first_calls=1000, concurrent=(100, 1000)).items():
-        print(f"{key:>22}: {value:,.3f}" if isinstance(value, float) else f"{key:>22}: {value:,}")
+    _show(run(messages, size))
+    _show(run_first_reply(1_000))
+    _show(run_concurrent(100, 1_000, size))

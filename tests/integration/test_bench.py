@@ -1,0 +1,112 @@
+"""``natstream bench --quick``: every case runs and lands in the JSON (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from natstream._bench import CASES, TARGETS, format_table
+from natstream._cli import _BENCH_CASES, main
+
+RUN_TIMEOUT = 90  # seconds; the quick bench takes about 5 to 10
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "natstream", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
+    proc, results = _bench(tmp_path, "bench", "--quick")
+    assert proc.stderr == ""
+    assert results["quick"] is True
+    assert results["machine"]["event_loop"] == "asyncio"
+    for case in CASES:
+        figures = results[case]
+        assert "error" not in figures, figures
+        assert isinstance(figures["met"], bool)
+        assert len(figures["targets"]) == len(TARGETS[case])
+        assert f"\n{case} " in proc.stdout
+    for case in ("stream_128", "stream_1k", "first_reply"):
+        for key in ("natstream_cpu_req_us", "natstream_cpu_resp_us", "raw_cpu_req_us"):
+            assert results[case][key] > 0, (case, key)
+    assert results["stream_128"]["raw_mb_per_s"] > 0
+    assert results["first_reply"]["natstream_first_p99_us"] > 0
+
+    concurrent = results["concurrent"]
+    assert concurrent["streams"] == 50
+    assert concurrent["replies"] == 100
+    assert concurrent["complete"] == 50
+    assert concurrent["all_complete"] is True
+    assert "errors" not in concurrent
+    assert concurrent["ratio_to_stream_128"] > 0
+    assert concurrent["fairness_p99_over_p50"] >= 1
+
+    memory = results["memory"]
+    assert memory["stream_mb"] == pytest.approx(20.48)
+    assert memory["natstream_rss_growth_mb"] >= 0
+    assert memory["raw_rss_growth_mb"] >= 0
+    assert "1st p50 us" in proc.stdout
+    assert "CPU us/msg" in proc.stdout
+
+
+@pytest.mark.slow
+def test_uvloop_reaches_both_ends(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    _, results = _bench(
+        tmp_path, "--uvloop", "bench", "--quick", "--case", "stream_128", "--case", "memory"
+    )
+    assert set(results) == {"machine", "quick", "stream_128", "memory"}
+    assert results["machine"]["event_loop"].startswith("uvloop")
+    for case in ("stream_128", "memory"):
+        assert results[case]["requester_loop"] == "uvloop.Loop"
+        assert results[case]["responder_loop"] == "uvloop.Loop"
+
+
+def test_cli_offers_every_case() -> None:
+    assert _BENCH_CASES == CASES  # the CLI lists them without importing the bench
+
+
+def test_bench_rejects_an_unknown_case() -> None:
+    result = CliRunner().invoke(main, ["bench", "--case", "nope"])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+
+
+def test_table_shows_a_failed_case_and_missed_targets() -> None:
+    results: dict[str, Any] = {
+        "machine": {"cores": 2},
+        "quick": False,
+        "stream_128": {"error": "RuntimeError: boom", "met": False},
+        "concurrent": {
+            "streams": 1000,
+            "complete": 998,
+            "all_complete": False,
+            "natstream_msgs_per_s": 1000.0,
+            "targets": ["all_complete == True: no (NOT met)"],
+            "met": False,
+            "errors": {"ConnectionLostError: lost": 2},
+        },
+    }
+    table = format_table(results)
+    assert "stream_128   failed: RuntimeError: boom" in table
+    assert "NOT met" in table
+    assert "ConnectionLostError" in table
