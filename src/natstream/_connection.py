@@ -185,8 +185,14 @@ async def subscribe_live(
     queue: str = "",
     pending_msgs_limit: int = 512 * 1024,
     pending_bytes_limit: int = 128 * 1024 * 1024,
+    direct: Callable[[Msg], None] | None = None,
 ) -> Subscription:
     """Subscribe and return once the server has registered the subscription.
+
+    ``direct``: on a natstream connection, messages go to this quick, non-blocking
+    function straight from the protocol parser instead of to ``cb`` through nats-py's
+    queue and task (:meth:`FastClient.set_direct`); ``cb`` still serves any other
+    connection.
 
     nats-py writes PING straight to the socket, ahead of commands still queued for
     its flusher, so ``flush()`` right after ``subscribe()`` can return before the
@@ -200,6 +206,8 @@ async def subscribe_live(
         pending_msgs_limit=pending_msgs_limit,
         pending_bytes_limit=pending_bytes_limit,
     )
+    if direct is not None and isinstance(nc, FastClient):
+        nc.set_direct(sub._id, direct)
     try:
         await flush_ordered(nc)
     except BaseException:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import ProtocolError
 from nats.protocol.parser import ERR_RE, INFO_RE, OK_RE, PING_RE, PONG_RE, Parser
 
@@ -28,6 +30,8 @@ __all__ = [
     "parse_headers",
 ]
 
+
+_log = logging.getLogger("natstream")
 
 DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 """Receives (subject, reply, payload, raw header block) straight from the parser."""
@@ -73,6 +77,7 @@ class FastClient(Client):
     * its protocol parser (:class:`_FastParser`) splits ``MSG``/``HMSG`` lines without
       regular expressions and hands stream replies to a plain function, in order,
       without nats-py's per-message coroutine, ``Msg``, queue and task hop;
+    * :meth:`set_direct` does the same for any subscription whose handler is quick;
     * a lone ``Ns-Seq`` header is parsed without the generic parser.
     """
 
@@ -80,6 +85,7 @@ class FastClient(Client):
         super().__init__()
         self._ps = _FastParser(self)
         self._mux: dict[bytes, DirectHandler] = {}
+        self._direct: dict[int, Callable[[Msg], None]] = {}
         self._mux_sid = -1
         self._mux_prefix = b""
         self._mux_at = 0
@@ -110,19 +116,43 @@ class FastClient(Client):
         """Stop delivering to a :meth:`stream_inbox`; later replies to it are dropped."""
         self._mux.pop(token, None)
 
+    def set_direct(self, sid: int, handler: Callable[[Msg], None]) -> None:
+        """Hand subscription ``sid``'s messages to ``handler`` straight from the parser,
+        in order, instead of nats-py's queue and callback task (one event-loop hop
+        less per message, and no pending limits: ``handler`` must be quick and must
+        not block). An exception it raises is logged, never propagated."""
+        self._direct[sid] = handler
+
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        # nats-py calls this when a subscription ends (unsubscribe, drain).
+        self._direct.pop(sid, None)
+        super()._remove_sub(sid, max_msgs)
+
     def _dispatch(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> bool:
-        """Deliver a message of the shared stream inbox synchronously; False for any
-        other subscription (nats-py's ``_process_msg`` must take it)."""
-        if sid != self._mux_sid:
+        """Deliver a message of the shared stream inbox or of a :meth:`set_direct`
+        subscription synchronously; False for any other subscription (nats-py's
+        ``_process_msg`` must take it)."""
+        if sid == self._mux_sid:
+            stats = self.stats
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(data)
+            handler = self._mux.get(subject[self._mux_at :])
+            if handler is not None:
+                handler(subject, reply, data, headers)
+            return True
+        direct = self._direct.get(sid)
+        if direct is None:
             return False
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        handler = self._mux.get(subject[self._mux_at :])
-        if handler is not None:
-            handler(subject, reply, data, headers)
+        msg = Msg(self, subject.decode(), reply.decode(), data, parse_headers(headers), _sid=sid)
+        try:
+            direct(msg)
+        except Exception:
+            _log.exception("a direct subscription handler raised; message dropped")
         return True
 
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:

@@ -235,6 +235,9 @@ class StreamSubscription:
     async def _on_request(self, msg: Msg) -> None:
         self.subscriber._serve(self, msg)
 
+    def _request_now(self, msg: Msg) -> None:
+        self.subscriber._serve(self, msg)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking requests; in-flight streams get ``grace`` seconds (the
         subscriber's ``close_grace`` when None) to finish, then are cancelled."""
@@ -730,7 +733,11 @@ class Subscriber:
         self._state = _State.OPEN
         self._control_prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
         self._control_sub = await subscribe_live(
-            self._nc, f"{self._control_prefix}.*", self._on_control, pending_bytes_limit=0
+            self._nc,
+            f"{self._control_prefix}.*",
+            self._on_control,
+            pending_bytes_limit=0,
+            direct=self._control_now,
         )
 
     def _on_nats_error(self, exc: Exception) -> None:
@@ -740,6 +747,9 @@ class Subscriber:
                 recording._slow_consumer()
 
     async def _on_control(self, msg: Msg) -> None:
+        self._control_now(msg)
+
+    def _control_now(self, msg: Msg) -> None:
         token = msg.subject.rpartition(".")[2]
         stream = self._controls.get(token)
         if stream is not None:
@@ -768,7 +778,9 @@ class Subscriber:
             self, subject, q, make_items, max_concurrent_streams or self.max_concurrent_streams
         )
         handle._sync_index = sync_index
-        handle._sub = await subscribe_live(nc, subject, handle._on_request, queue=q)
+        handle._sub = await subscribe_live(
+            nc, subject, handle._on_request, queue=q, direct=handle._request_now
+        )
         self._subscriptions.add(handle)
         return handle
 
