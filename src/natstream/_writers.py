@@ -8,13 +8,15 @@ and the background work (flush thread, compression and retention thread).
 Guarantees, in one place:
 
 * A record goes to the file of the hour the clock shows when ``write()`` accepts it,
-  whole, in the order records were accepted. Records go to disk in batches, one
-  ``os.write`` per batch on a file opened with ``O_APPEND``, so they are not interleaved
-  with bytes other writers append to the same file.
+  whole, in the order records were accepted. With the default clock a ``write()``
+  racing an hour change on another thread may be accepted on either side of it, but
+  always in an hour the clock showed during that call. Records go to disk in batches,
+  one ``os.writev`` per batch on a file opened with ``O_APPEND``, so they are not
+  interleaved with bytes other writers append to the same file.
 * ``write()`` returning means the record was accepted (it is in memory); raising means it
   was not. Accepted records are written by the next flush: every ``flush_interval``
   seconds and when half the buffer is used (on the flush thread), at each rotation, on
-  ``flush()`` and on ``close()``.
+  ``flush()`` and on ``close()``, and by ``write()`` itself when the buffer is full.
 * When writing fails (disk full, file too large, permissions), the file is cut back to
   the end of the last record written whole (``ftruncate``), the records not fully
   written stay buffered, and the next flush writes them: nothing is written twice and no
@@ -74,13 +76,16 @@ __all__ = [
 ]
 
 DEFAULT_BUFFER_SIZE: Final = 256 * 1024
-"""Bytes buffered before ``write()`` waits for the flush thread (half of it wakes it)."""
+"""Bytes buffered before ``write()`` writes them out itself (half of it wakes the flush
+thread)."""
 
 _THREAD_PREFIX: Final = "natstream-writer"
 _COPY_CHUNK: Final = 1024 * 1024
 _GZIP_LEVEL: Final = 6
 _ZSTD_LEVEL: Final = 3
 _time: Final = time.time
+_PIECE: Final = 64 * 1024
+_IOV_MAX: Final = max(16, os.sysconf("SC_IOV_MAX")) if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 @runtime_checkable
@@ -206,12 +211,14 @@ class HourlyFileWriter:
     daily pattern keeps one file per day). The skipped hour of a spring-forward day has
     no file. If the clock steps back, records are appended to the earlier hour's file.
 
-    Buffering: ``write()`` appends to memory; no disk I/O happens on the caller's thread.
-    When half of ``buffer_size`` is used the flush thread is woken; when all of it is
-    used, ``write()`` blocks until the flush thread has taken the buffer (backpressure; in
-    asyncio code this blocks the loop for that time, typically well under a millisecond,
-    longer only if the disk stalls). ``flush()`` writes on the caller's thread: from
-    asyncio, ``await asyncio.to_thread(writer.flush)``. The writer is thread-safe.
+    Buffering: ``write()`` appends to memory; no disk I/O happens on the caller's thread
+    unless the buffer is full. When half of ``buffer_size`` is used the flush thread is
+    woken; when all of it is used and the flush thread has not taken it yet, ``write()``
+    writes the buffer out itself, like ``flush()`` (backpressure; in asyncio code this
+    blocks the loop for that time, typically well under a millisecond, longer only if the
+    disk stalls). ``flush()`` writes on the caller's thread: from asyncio,
+    ``await asyncio.to_thread(writer.flush)``. The writer is thread-safe; with the
+    default clock, ``write()`` takes no lock except at an hour change or a full buffer.
 
     Errors: see the module docstring. In short: the file is cut back to the last whole
     record, unwritten records stay buffered for the next flush, and the error is raised
@@ -238,8 +245,9 @@ class HourlyFileWriter:
         clock: returns the current time; called on every ``write()`` and from the
             writer's threads (so it must be thread-safe). Default: the system clock.
         flush_interval: seconds between background flushes.
-        buffer_size: bytes buffered before ``write()`` waits for the flush thread. Memory
-            use stays under about twice this (the buffer, plus the batch being written).
+        buffer_size: bytes buffered before ``write()`` writes them out itself (half of
+            it wakes the flush thread). Memory use stays under about twice this (the
+            buffer, plus the batch being written).
         fsync: make flushes durable: ``os.fsync`` the file after each flush, and the
             directory when a file or directory is created.
         compress: ``"gzip"`` or ``"zstd"`` (needs the ``zstandard`` package) to compress
@@ -275,26 +283,30 @@ class HourlyFileWriter:
         "_files_compressed",
         "_files_opened",
         "_files_removed",
+        "_fill",
         "_flush_interval",
         "_flusher",
         "_flushes",
         "_fsync",
+        "_gate",
+        "_half",
+        "_hi",
         "_inflight",
         "_io_lock",
         "_limit",
         "_link",
+        "_live",
+        "_lo",
         "_lock",
         "_maintainer",
+        "_marks",
         "_name",
-        "_pending",
-        "_records_out",
         "_repairs",
         "_retention",
-        "_segments",
         "_signal",
-        "_slow_at",
         "_start_ts",
         "_state",
+        "_taken",
         "_tz",
         "_utc",
         "_wake",
@@ -371,24 +383,40 @@ class HourlyFileWriter:
         self._link = link
 
         self._lock = threading.Lock()
-        # One condition for "the buffer or the counters changed": writers waiting for
-        # room, close() and tests waiting for progress all re-check their own predicate.
+        # One condition for "the buffer or the counters changed": tests waiting for
+        # progress (_wait_for) re-check their own predicate.
         self._changed = threading.Condition(self._lock)
         self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
         self._close_lock = threading.Lock()
         self._state = _State.CLOSED  # OPEN once the threads run (__del__ looks at it)
+        self._live = False  # state is OPEN; read by write() after its lock-free append
         self._error: BaseException | None = None
-        self._segments = [_Segment("")]
-        self._chunks = self._segments[0].chunks
-        self._pending = 0
-        self._slow_at = -1
-        self._inflight = 0
+        # Accepted records not yet taken by a flush, oldest first. The list object is
+        # never replaced: write()'s fast path appends to it without the lock, and takes
+        # remove from its front (see _take_locked).
+        self._chunks: list[bytes] = []
+        # Records are numbered from 0 in acceptance order; _taken counts those taken
+        # from _chunks, so record number _taken + i is _chunks[i]. _marks holds
+        # (number, path) in increasing order: records from that number on go to that
+        # path, until the next mark; _marks[0][0] <= _taken always.
+        self._taken = 0
+        self._marks: list[tuple[int, str]] = []
+        # Bytes in _chunks, an estimate: the fast path updates it without the lock, so
+        # two racing writers may lose an update (a record's size); every take and every
+        # decision to block recounts it exactly. Between takes it is off by a few records.
+        self._fill = 0
+        self._half = max(1, buffer_size // 2)
+        self._gate = self._half  # the fast path needs _fill + size < _gate
+        self._inflight: list[_Segment] = []  # taken, being written (or dropped at close)
         self._cur_path = ""
         self._start_ts = math.inf
         self._end_ts = -math.inf
+        # The fast path's hour bounds: the bucket's when write() may skip the lock
+        # (default clock, open, no stored error), else an empty range.
+        self._lo = math.inf
+        self._hi = -math.inf
         self._fd: int | None = None
         self._fd_path: str | None = None
-        self._records_out = 0
         self._bytes_written = 0
         self._bytes_dropped = 0
         self._files_opened = 0
@@ -413,7 +441,8 @@ class HourlyFileWriter:
         self._signal = _Signal()
         self._maintainer: threading.Thread | None = None
         self._state = _State.OPEN
-        self._slow_at = self._gate_locked()
+        self._live = True
+        self._arm_locked()
         self._flusher.start()
         if compress is not None or self._retention is not None:
             self._maintainer = threading.Thread(
@@ -434,36 +463,66 @@ class HourlyFileWriter:
         """Accept one record (bytes); return ``len(data)``.
 
         The record is appended to the buffer for the current hour's file, never split and
-        never mixed with other records. No disk I/O happens here; when the buffer is full
-        this blocks until the flush thread has taken it.
+        never mixed with other records. No disk I/O happens here unless the buffer is
+        full: then the buffer is written out on this thread first.
 
         Raises:
             WriterError: the writer is closed, or the flush thread stored an error (raised
-                once); the record was not accepted.
+                once), or writing out a full buffer failed (as in :meth:`flush`); the
+                record was not accepted.
             TypeError: ``data`` is not bytes-like.
         """
+        # Fast path, without the lock: default clock, inside the current hour, open, no
+        # stored error, buffer below the gate. It relies on the GIL (CPython 3.11+ with
+        # the GIL; the free-threaded build is not supported): list.append is atomic, so
+        # a record enters _chunks whole and in one place, and a take (under the lock)
+        # removes whole records from the front. A rotation marks the record number
+        # where the new hour starts before it moves _lo/_hi, so a record appended after
+        # the mark goes to the new hour: one the clock showed during this call. The
+        # rest (clock, rotation, backpressure, errors, close) is _write_locked's.
+        if type(data) is bytes and self._lo <= _time() < self._hi:
+            size = len(data)
+            fill = self._fill + size
+            if fill < self._gate:
+                self._chunks.append(data)
+                self._fill = fill  # may lose a racing writer's update: see _fill
+                if self._live:
+                    return size
+                return self._settle_late(data)
+        return self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> int:
+        """``write()`` under the lock: the exact path, and the only one with a clock."""
         if type(data) is not bytes:
             data = _as_bytes(data)
         size = len(data)
-        lock = self._lock
-        lock.acquire()  # not "with": measurably slower on this hot path (CPython 3.11)
-        try:
-            if self._pending >= self._slow_at:
-                self._slow_path_locked()
-            clock = self._clock
-            if clock is None:
-                now = _time()
-                if now >= self._end_ts or now < self._start_ts:
-                    self._rotate_locked(now, self._tz)
-            else:
-                now, tz = self._read_clock(clock)
-                if now >= self._end_ts or now < self._start_ts:
-                    self._rotate_locked(now, tz)
-            self._chunks.append(data)
-            self._pending += size
-        finally:
-            lock.release()
-        return size
+        while True:
+            with self._lock:
+                if self._state is not _OPEN or self._error is not None:
+                    self._raise_unusable_locked()
+                if self._fill + size < self._gate or self._has_room_locked(size):
+                    now, tz = self._now()
+                    if now >= self._end_ts or now < self._start_ts:
+                        self._rotate_locked(now, tz)
+                    self._chunks.append(data)
+                    self._fill += size
+                    return size
+            # The buffer is full: write it out on this thread rather than wait for the
+            # flush thread (which, with the GIL, may get to run only once this thread
+            # blocks). An error is raised here and the record is not accepted.
+            self._drain()
+
+    def _settle_late(self, data: bytes) -> int:
+        """A lock-free append raced with ``close()``: keep the record only if close took it.
+
+        Records with equal bytes are interchangeable, so removing any equal one is right.
+        """
+        with self._lock:
+            try:
+                self._chunks.remove(data)
+            except ValueError:
+                return len(data)  # close's final flush took it: accepted
+            self._raise_unusable_locked()
 
     def flush(self) -> None:
         """Write every accepted record to its file, on the caller's thread.
@@ -500,7 +559,8 @@ class HourlyFileWriter:
                 if self._state is _State.CLOSED:
                     return
                 self._state = _State.CLOSING
-                self._slow_at = -1
+                self._live = False
+                self._arm_locked()
                 problems: list[BaseException] = []
                 if self._error is not None:
                     problems.append(self._error)
@@ -511,7 +571,7 @@ class HourlyFileWriter:
             try:
                 with self._io_lock:  # a flush() running on another thread finishes first
                     try:
-                        self._drain_locked()
+                        self._drain_locked(final=True)
                     except WriterError as exc:
                         problems.append(exc)
                     if self._fd is not None:
@@ -525,11 +585,11 @@ class HourlyFileWriter:
                 if self._maintainer is not None:
                     self._maintainer.join()
                 with self._lock:
-                    dropped = self._pending
+                    # Records the final flush could not write; it did not put them back,
+                    # so what is left in _chunks are late appends for _settle_late.
+                    dropped = sum(s.size for s in self._inflight)
+                    self._inflight = []
                     self._bytes_dropped += dropped
-                    self._segments = [_Segment(self._cur_path)]
-                    self._chunks = self._segments[0].chunks
-                    self._pending = 0
                     if self._error is not None:
                         problems.append(self._error)
                         self._error = None
@@ -547,9 +607,9 @@ class HourlyFileWriter:
         """A consistent snapshot of the counters; cheap, safe from any thread."""
         with self._lock:
             return WriterStats(
-                records=self._records_out + sum(len(s.chunks) for s in self._segments),
+                records=self._taken + len(self._chunks),
                 bytes_written=self._bytes_written,
-                bytes_buffered=self._pending + self._inflight,
+                bytes_buffered=sum(map(len, self._chunks)) + sum(s.size for s in self._inflight),
                 bytes_dropped=self._bytes_dropped,
                 current_path=Path(self._cur_path),
                 files_opened=self._files_opened,
@@ -576,13 +636,14 @@ class HourlyFileWriter:
             return
         # Stop the threads first: the warning below may be turned into an exception.
         self._state = _State.CLOSED
+        self._live = False
         self._wake.set()
         self._signal.stop()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         warnings.warn(
-            f"{self!r} was never closed; {self._pending} buffered bytes are lost. "
+            f"{self!r} was never closed; {sum(map(len, self._chunks))} buffered bytes are lost. "
             "Call close() or use it in a with block.",
             ResourceWarning,
             stacklevel=2,
@@ -613,42 +674,43 @@ class HourlyFileWriter:
 
     def _rotate_locked(self, now: float, tz: tzinfo) -> None:
         bucket = hour_bucket(datetime.fromtimestamp(now, tz))
+        path = os.path.join(self._base, render_path(self._compiled, bucket))
+        if path != self._cur_path:
+            self._cur_path = path
+            # Mark first, then move the fast path's bounds (below): a lock-free write
+            # that sees the new bounds appends after the mark.
+            number = self._taken + len(self._chunks)
+            marks = self._marks
+            if marks and marks[-1][0] == number:
+                marks[-1] = (number, path)  # no record went to the previous path
+            else:
+                marks.append((number, path))
+            self._wake.set()  # the flush thread writes out and closes the finished hour
         self._start_ts = bucket.start.timestamp()
         self._end_ts = bucket.end.timestamp()
-        path = os.path.join(self._base, render_path(self._compiled, bucket))
-        if path == self._cur_path:
-            return
-        self._cur_path = path
-        if self._chunks:
-            segment = _Segment(path)
-            self._segments.append(segment)
-            self._chunks = segment.chunks
+        self._arm_locked()
+
+    def _arm_locked(self) -> None:
+        """Open or shut the lock-free path of ``write()`` (shut: an empty hour range)."""
+        if self._clock is None and self._state is _OPEN and self._error is None:
+            self._lo, self._hi = self._start_ts, self._end_ts
         else:
-            self._segments[-1].path = path
-        self._wake.set()  # the flush thread writes out and closes the finished hour
+            self._lo, self._hi = math.inf, -math.inf
 
-    def _gate_locked(self) -> int:
-        """The ``_slow_at`` threshold: ``write()`` takes the slow path at this many bytes.
+    def _recount_locked(self) -> int:
+        # One C-level pass: with the GIL no other thread appends during it.
+        fill = self._fill = sum(map(len, self._chunks))
+        return fill
 
-        One comparison on the hot path covers every rare case: -1 when closed or an
-        error is stored, half the buffer (wake the flush thread) otherwise.
-        """
-        if self._state is not _OPEN or self._error is not None:
-            return -1
-        return max(1, self._limit // 2)
-
-    def _slow_path_locked(self) -> None:
-        """Raise if closed or an error is stored; else make room for a record."""
-        if self._pending < self._limit and self._slow_at >= 0:
-            # Half full: wake the flush thread once, then come here again only when full.
-            self._slow_at = self._limit
+    def _has_room_locked(self, size: int) -> bool:
+        """Wake the flush thread at half the buffer; False when it is full."""
+        if self._gate < self._limit:
+            # Half full: wake the flush thread once; come back here when full.
+            self._gate = self._limit
             self._wake.set()
-            return
-        while self._pending >= self._limit and self._state is _OPEN and self._error is None:
-            self._wake.set()
-            self._changed.wait()
-        if self._state is not _OPEN or self._error is not None:
-            self._raise_unusable_locked()
+        # On the estimate: if it is high, the flush comes a little early; the take
+        # recounts.
+        return self._fill < self._limit
 
     def _raise_unusable_locked(self) -> NoReturn:
         if self._state is not _OPEN:
@@ -658,7 +720,7 @@ class HourlyFileWriter:
         error = self._error
         assert error is not None
         self._error = None
-        self._slow_at = self._gate_locked()
+        self._arm_locked()
         raise error
 
     # -- flushing (under self._io_lock) ---------------------------------------------
@@ -668,11 +730,11 @@ class HourlyFileWriter:
         with self._io_lock:
             self._drain_locked()
 
-    def _drain_locked(self) -> None:
+    def _drain_locked(self, *, final: bool = False) -> None:
         with self._lock:
             segments = self._take_locked()
         if segments:
-            self._write_segments(segments)
+            self._write_segments(segments, keep=not final)
         with self._lock:
             finished = self._fd is not None and self._fd_path != self._cur_path
         if finished:
@@ -683,43 +745,82 @@ class HourlyFileWriter:
                 raise self._writer_error(exc, "close the finished file", path) from exc
 
     def _take_locked(self) -> list[_Segment]:
-        segments = self._segments
-        current = _Segment(self._cur_path)
-        self._segments = [current]
-        self._chunks = current.chunks
-        self._inflight = self._pending
-        self._pending = 0
-        self._slow_at = self._gate_locked()
-        self._records_out += sum(len(s.chunks) for s in segments)
-        self._changed.notify_all()
-        return [s for s in segments if s.chunks]
+        """Remove every buffered record, split by file; lock-free appends go on meanwhile.
 
-    def _write_segments(self, segments: list[_Segment]) -> None:
+        Reading the length, copying the slice and deleting it are each atomic with the
+        GIL, and appends only add after the end, so exactly the first ``count`` records
+        are taken, whole.
+        """
+        chunks = self._chunks
+        count = len(chunks)
+        batch = chunks[:count]
+        del chunks[:count]
+        first = self._taken
+        end = self._taken = first + count
+        self._recount_locked()
+        self._gate = self._half
+        marks = self._marks
+        segments: list[_Segment] = []
+        path = marks[0][1]
+        cut = first
+        keep = 0
+        for index in range(1, len(marks)):
+            number, next_path = marks[index]
+            if number > end:
+                break
+            if number > cut:
+                segments.append(_Segment(path, batch[cut - first : number - first]))
+                cut = number
+            path = next_path
+            keep = index
+        if end > cut:
+            segments.append(_Segment(path, batch[cut - first :]))
+        del marks[:keep]
+        self._inflight = segments
+        return segments
+
+    def _put_back_locked(self, rest: list[_Segment]) -> None:
+        """Return records a flush could not write to the front of the buffer."""
+        records = [chunk for segment in rest for chunk in segment.chunks]
+        self._chunks[0:0] = records  # atomic with the GIL, like the take
+        number = self._taken = self._taken - len(records)
+        self._fill += sum(map(len, records))
+        marks = []
+        for segment in rest:
+            marks.append((number, segment.path))
+            number += len(segment.chunks)
+        self._marks[0] = (number, self._marks[0][1])
+        self._marks[0:0] = marks
+
+    def _write_segments(self, segments: list[_Segment], *, keep: bool) -> None:
+        """Write taken records; on failure put them back (``keep``) or leave them in
+        ``_inflight`` (for ``close()`` to count as dropped)."""
         written = 0
         for index, segment in enumerate(segments):
             path = segment.path
-            size = segment.size
             failure: OSError | None
             try:
                 fd = self._file_for(path)
             except OSError as exc:
                 committed, failure, doing = 0, exc, "open the file"
             else:
-                committed, failure = self._write_records(fd, segment)
+                committed, size, failure = self._write_records(fd, segment)
                 doing = f"write {size} bytes"
             written += committed
             if failure is not None:
                 rest = [s for s in segments[index:] if s.chunks]
                 with self._lock:
-                    self._segments[0:0] = rest
-                    self._pending += sum(s.size for s in rest)
-                    self._records_out -= sum(len(s.chunks) for s in rest)
-                    self._inflight = 0
+                    if keep:
+                        self._put_back_locked(rest)
+                        self._inflight = []
+                    else:
+                        self._inflight = rest
                     self._bytes_written += written
                 error = self._writer_error(failure, doing, path)
-                error.add_note(
-                    "The records not fully written stay buffered; the next flush retries them."
-                )
+                if keep:
+                    error.add_note(
+                        "The records not fully written stay buffered; the next flush retries them."
+                    )
                 raise error from failure
         durable_error: OSError | None = None
         if self._fsync and self._fd is not None:
@@ -728,7 +829,7 @@ class HourlyFileWriter:
             except OSError as exc:
                 durable_error = exc
         with self._lock:
-            self._inflight = 0
+            self._inflight = []
             self._bytes_written += written
             self._flushes += 1
             self._changed.notify_all()
@@ -740,22 +841,28 @@ class HourlyFileWriter:
             )
             raise error from durable_error
 
-    def _write_records(self, fd: int, segment: _Segment) -> tuple[int, OSError | None]:
-        """Write a segment with one ``os.write`` (more only after a short write).
+    def _write_records(self, fd: int, segment: _Segment) -> tuple[int, int, OSError | None]:
+        """Write a segment with one ``os.writev`` (more only after a short write, or
+        past ``IOV_MAX`` pieces).
 
-        Returns the bytes of whole records written, and the error if one stopped it; then
-        ``segment.chunks`` holds the records not fully written, the file is cut back to
-        the last whole record and closed.
+        Returns the bytes of whole records written, the segment's size, and the error if
+        one stopped it; then ``segment.chunks`` holds the records not fully written, the
+        file is cut back to the last whole record and closed.
         """
         chunks = segment.chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        pieces = _pieces(chunks)
+        total = sum(map(len, pieces))
         done = 0
         try:
-            done = os.write(fd, data)
-            if done < len(data):
-                with memoryview(data) as view:
-                    while done < len(data):
-                        done += os.write(fd, view[done:])
+            first = 0
+            while first < len(pieces):
+                step = os.writev(fd, pieces[first : first + _IOV_MAX])
+                done += step
+                while first < len(pieces) and step >= len(pieces[first]):
+                    step -= len(pieces[first])
+                    first += 1
+                if step:
+                    pieces[first] = pieces[first][step:]
         except OSError as exc:
             committed = kept = 0
             for chunk in chunks:
@@ -765,8 +872,8 @@ class HourlyFileWriter:
                 kept += 1
             segment.chunks = chunks[kept:]
             self._abandon_file(fd, cut=done - committed, error=exc)
-            return committed, exc
-        return len(data), None
+            return committed, total, exc
+        return total, total, None
 
     def _abandon_file(self, fd: int, *, cut: int, error: OSError) -> None:
         """After a failed write: cut the partial record off, close the file."""
@@ -899,7 +1006,13 @@ class HourlyFileWriter:
                 if self._state is not _OPEN:
                     return False
                 self._follow_clock_locked()
-            self._drain()
+            # A flush on another thread (a caller's, or write() with a full buffer) is
+            # writing: it takes what this round would, so skip rather than queue behind.
+            if self._io_lock.acquire(blocking=False):
+                try:
+                    self._drain_locked()
+                finally:
+                    self._io_lock.release()
         except Exception as exc:  # stored, raised to the user by the next call
             self._store_error(exc)
         return True
@@ -908,7 +1021,7 @@ class HourlyFileWriter:
         with self._lock:
             if self._error is None:
                 self._error = error
-                self._slow_at = -1
+                self._arm_locked()
             self._changed.notify_all()
 
     def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError:
@@ -920,7 +1033,7 @@ class HourlyFileWriter:
         return error
 
     def _in_use_locked(self) -> set[str]:
-        used = {s.path for s in self._segments}
+        used = {path for _, path in self._marks}
         used.add(self._cur_path)
         if self._fd_path is not None:
             used.add(self._fd_path)
@@ -1087,6 +1200,22 @@ def _run_maintenance(ref: weakref.ref[HourlyFileWriter], signal: _Signal) -> Non
             return
         writer._maintain(signal)
         del writer
+
+
+def _pieces(chunks: list[bytes]) -> list[bytes]:
+    """Join records into pieces of about ``_PIECE`` bytes (a record is never cut).
+
+    One big join would allocate a fresh block past glibc's mmap threshold each time and
+    fault its pages in, which costs more than the copy; pieces reuse heap memory.
+    """
+    pieces = []
+    start, per, count = 0, 16, len(chunks)
+    while start < count:
+        piece = b"".join(chunks[start : start + per])
+        pieces.append(piece)
+        start += per
+        per = max(1, min(4 * per, per * _PIECE // max(1, len(piece))))
+    return pieces
 
 
 def _as_bytes(data: object) -> bytes:

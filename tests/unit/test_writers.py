@@ -7,6 +7,7 @@ writer's change notifications (``_wait_for``) or driven directly (``_background_
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import gzip
 import importlib.util
@@ -20,7 +21,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -29,7 +30,14 @@ import pytest
 
 from natstream._errors import ConfigError, NatstreamError, WriterError
 from natstream._rotation import Retention
-from natstream._writers import HourlyFileWriter, StreamWriter, WriterStats, parse_retention
+from natstream._writers import (
+    _PIECE,
+    HourlyFileWriter,
+    StreamWriter,
+    WriterStats,
+    _pieces,
+    parse_retention,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
@@ -731,6 +739,260 @@ async def test_threads_and_tasks_write_at_once_without_loss_or_interleaving(
         assert int(seq) == last_seen.get(producer, -1) + 1, line  # none lost, in order
         last_seen[producer] = int(seq)
     assert writer.stats().records == len(lines)
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    """Switch threads as often as CPython allows, so that races show up."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(saved)
+
+
+def hour_file(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("s_%Y-%m-%d_%H.log")
+
+
+def check_lines(files: dict[str, bytes], expected: dict[bytes, int]) -> list[bytes]:
+    """Every producer's lines once, whole, in order, across the files sorted by hour."""
+    lines = b"".join(files[name] for name in sorted(files)).split(b"\n")
+    assert lines.pop() == b""
+    last_seen: dict[bytes, int] = {}
+    for line in lines:
+        producer, seq, _, pad = line.split(b" ")
+        fill = b"t" if producer.startswith(b"thread") else b"a"
+        assert pad == fill * (int(seq) % (50 if fill == b"t" else 30)), line
+        assert int(seq) == last_seen.get(producer, -1) + 1, line
+        last_seen[producer] = int(seq)
+    assert last_seen == {producer: count - 1 for producer, count in expected.items()}
+    return lines
+
+
+async def run_producers(
+    write: Callable[[bytes, int, bytes], None], per_thread: int = 2000, per_task: int = 100
+) -> dict[bytes, int]:
+    """8 threads and 100 asyncio tasks call ``write(producer, seq, pad)`` at once."""
+    go = threading.Event()
+
+    def thread_body(index: int) -> None:
+        go.wait(WAIT)
+        for seq in range(per_thread):
+            write(b"thread-%02d" % index, seq, b"t" * (seq % 50))
+
+    async def task_body(index: int) -> None:
+        for seq in range(per_task):
+            write(b"task-%03d" % index, seq, b"a" * (seq % 30))
+            await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=thread_body, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    async with asyncio.TaskGroup() as group:
+        for index in range(100):
+            group.create_task(task_body(index))
+    for thread in threads:
+        thread.join(WAIT)
+    expected = {b"thread-%02d" % i: per_thread for i in range(8)}
+    expected.update({b"task-%03d" % i: per_task for i in range(100)})
+    return expected
+
+
+@pytest.mark.usefixtures("frequent_switches")
+async def test_lock_free_writes_land_in_an_hour_the_clock_showed_during_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default clock's path (no lock) with hour boundaries crossed mid-run.
+
+    The system clock is replaced by one that moves 0.1 s per read (one ``next`` on an
+    itertools.count: thread-safe). Each line carries the clock read just before its
+    ``write()``, and the read just after is kept aside: the line's file must be the hour
+    of one or the other or one between.
+    """
+    ticks = itertools.count()
+    start = datetime(2026, 11, 26, 21, 58, tzinfo=UTC).timestamp()
+
+    def fake_time() -> float:
+        return start + next(ticks) / 10
+
+    monkeypatch.setattr("natstream._writers._time", fake_time)
+    writer = HourlyFileWriter(tmp_path, "s", utc=True, buffer_size=4096)
+    assert writer._hi > writer._lo  # the lock-free path is open
+    after: dict[tuple[bytes, int], float] = {}
+
+    def write(producer: bytes, seq: int, pad: bytes) -> None:
+        before = fake_time()
+        writer.write(b"%s %06d %.1f %s\n" % (producer, seq, before, pad))
+        after[producer, seq] = fake_time()
+
+    expected = await run_producers(write)
+    writer.close()
+
+    files = read_dir(tmp_path)
+    assert len(files) >= 3  # the run crossed hour boundaries
+    check_lines(files, expected)
+    for name, content in files.items():
+        for line in content.splitlines():
+            producer, seq, before, _ = line.split(b" ")
+            assert hour_file(float(before)) <= name <= hour_file(after[producer, int(seq)])
+    assert writer.stats().records == sum(expected.values())
+
+
+async def test_injected_clock_places_every_line_exactly_under_concurrency(
+    tmp_path: Path,
+) -> None:
+    """An injected clock returning each caller's own time: the file is exactly its hour.
+
+    Producers cross the 22:00 boundary at different moments, so the writer sees the
+    clock jump back and forth between hours (a rotation, or a step back, on almost every
+    call): each line still lands in the file of the hour its own clock read showed.
+    """
+    start = datetime(2026, 11, 26, 21, 55, tzinfo=UTC)
+    caller_time: contextvars.ContextVar[datetime] = contextvars.ContextVar("t", default=start)
+    writer = HourlyFileWriter(tmp_path, "s", utc=True, clock=caller_time.get, buffer_size=4096)
+
+    def write(producer: bytes, seq: int, pad: bytes) -> None:
+        # Threads advance 0.3 s per line, tasks 6 s: both cross 22:00, at different times.
+        step = 0.3 if producer.startswith(b"thread") else 6.0
+        when = start + timedelta(seconds=seq * step + len(pad) / 1000)
+        caller_time.set(when)
+        writer.write(b"%s %06d %.3f %s\n" % (producer, seq, when.timestamp(), pad))
+
+    expected = await run_producers(write)
+    writer.close()
+
+    files = read_dir(tmp_path)
+    assert sorted(files) == ["s_2026-11-26_21.log", "s_2026-11-26_22.log"]
+    for name, content in files.items():
+        for line in content.splitlines():
+            assert name == hour_file(float(line.split(b" ")[2])), line
+    # Per producer, in order and complete: the 21 file holds each producer's first lines.
+    check_lines(files, expected)
+
+
+def close_while_writing(base: Path) -> None:
+    writer = HourlyFileWriter(base, "s", buffer_size=1 << 20)
+    accepted: list[list[bytes]] = [[] for _ in range(4)]
+    started = threading.Barrier(5)
+
+    def body(index: int) -> None:
+        started.wait(WAIT)
+        for seq in itertools.count():
+            line = b"%d %d\n" % (index, seq)
+            try:
+                writer.write(line)
+            except WriterError:
+                return
+            accepted[index].append(line)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait(WAIT)
+    writer._wait_for(lambda s: s.records > 20_000, WAIT)
+    writer.close()
+    for thread in threads:
+        thread.join(WAIT)
+    written = b"".join(read_dir(base).values()).splitlines(keepends=True)
+    assert sorted(written) == sorted(line for lines in accepted for line in lines)
+
+
+@pytest.mark.usefixtures("frequent_switches")
+@pytest.mark.parametrize("attempt", range(5))
+def test_writes_racing_close_are_written_or_refused(tmp_path: Path, attempt: int) -> None:
+    """A lock-free ``write()`` racing ``close()``: returned means written, raised means not.
+
+    (With frequent thread switches, a few runs in ten see a write append after close's
+    last take; ``test_a_late_append_after_close_is_refused`` covers that branch always.)
+    """
+    close_while_writing(tmp_path)
+
+
+def test_a_late_append_after_close_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    """What ``write()`` does when it finds, after appending, that close() has begun."""
+    writer = utc_writer(tmp_path, clock)
+    writer.write(b"taken by close\n")
+    writer.close()
+    assert writer._settle_late(b"taken by close\n") == 15  # close wrote it: accepted
+    writer._chunks.append(b"too late\n")  # as a lock-free append after close's take
+    with pytest.raises(WriterError, match="closed"):
+        writer._settle_late(b"too late\n")
+    assert writer._chunks == []
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"taken by close\n"}
+
+
+def test_full_buffer_is_written_by_write_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a flush thread that never flushes, a full buffer is written out by ``write()``."""
+    monkeypatch.setattr(HourlyFileWriter, "_background_tick", lambda self: self._live)
+    with HourlyFileWriter(tmp_path, "s", buffer_size=100) as writer:
+        for index in range(50):
+            writer.write(b"%08d\n" % index)
+        stats = writer.stats()
+        assert stats.bytes_written >= 400
+        assert stats.bytes_buffered <= 100
+    (content,) = read_dir(tmp_path).values()
+    assert content == b"".join(b"%08d\n" % index for index in range(50))
+
+
+def test_failed_segment_keeps_its_hour_and_later_records_theirs(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records put back after a failure go to their own hours' files on the retry."""
+    monkeypatch.setattr(HourlyFileWriter, "_background_tick", lambda self: self._live)
+    with utc_writer(tmp_path, clock, pattern="%H/x.log") as writer:
+        writer.write(b"21\n")
+        clock.advance(timedelta(hours=1))
+        writer.write(b"22 a\n")
+        (tmp_path / "22").write_bytes(b"")  # a file where hour 22's directory goes
+        with pytest.raises(WriterError):
+            writer.flush()
+        assert writer.stats().bytes_buffered == 5
+        writer.write(b"22 b\n")
+        clock.advance(timedelta(hours=1))
+        writer.write(b"23\n")
+        (tmp_path / "22").unlink()
+        writer.flush()
+    assert read_dir(tmp_path) == {
+        "21/x.log": b"21\n",
+        "22/x.log": b"22 a\n22 b\n",
+        "23/x.log": b"23\n",
+    }
+
+
+def test_short_writes_and_many_pieces_complete_the_batch(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def short_writev(fd: int, buffers: list[bytes]) -> int:
+        nonlocal calls
+        calls += 1
+        return os.write(fd, buffers[0][:7])  # at most 7 bytes of the first piece
+
+    monkeypatch.setattr("natstream._writers._PIECE", 16)
+    monkeypatch.setattr("natstream._writers._IOV_MAX", 2)
+    monkeypatch.setattr(os, "writev", short_writev)
+    records = [b"%d\n" % i * (i % 7 + 1) for i in range(40)]
+    with utc_writer(tmp_path, clock) as writer:
+        for record in records:
+            writer.write(record)
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"".join(records)}
+    assert calls > 10
+
+
+def test_pieces_join_records_without_cutting_them() -> None:
+    records = [bytes([65 + i % 26]) * (i * 37 % 3000) for i in range(500)]
+    ends = set(itertools.accumulate(map(len, records)))
+    pieces = _pieces(records)
+    assert b"".join(pieces) == b"".join(records)
+    assert set(itertools.accumulate(map(len, pieces))) <= ends  # cut between records only
+    lines = [b"x" * 99 + b"\n"] * 5000
+    assert max(map(len, _pieces(lines))) <= _PIECE  # the size aimed at, for even records
+    assert _pieces([]) == []
+    assert _pieces([b"one"]) == [b"one"]
 
 
 # -- protocol ---------------------------------------------------------------------------
