@@ -43,6 +43,41 @@ Handler = Callable[[Msg], "bool | Awaitable[bool | None] | None"]
 _PLAIN_MAX_BUFFERED = 512 * 1024
 
 
+def _item_type(client: FastClient, subject: str, reply: str) -> type[Msg]:
+    """A ``Msg`` subclass for items of packed messages: ``data`` in a slot, every other
+    field a class attribute (``headers`` None). Instances are ``Msg`` instances and
+    print as such; setting another field on one sets it on that instance only."""
+    return type(
+        "Msg",
+        (Msg,),
+        {
+            "__slots__": ("data",),
+            "__module__": Msg.__module__,
+            "__qualname__": Msg.__qualname__,
+            "_client": client,
+            "subject": subject,
+            "reply": reply,
+        },
+    )
+
+
+class _Pack:
+    """The items of one packed message not taken yet: one buffer entry."""
+
+    __slots__ = ("cls", "items", "next")
+
+    def __init__(self, cls: type[Msg], items: list[bytes]) -> None:
+        self.cls = cls
+        self.items = items
+        self.next = 0  # index of the next item to take
+
+    def take(self) -> Msg:
+        msg = object.__new__(self.cls)
+        msg.data = self.items[self.next]
+        self.next += 1
+        return msg
+
+
 class _Attempt:
     """One request sent and the replies it draws, until a terminal state."""
 
@@ -61,13 +96,14 @@ class _Attempt:
         self.subject = subject
         self.machine = machine
         self.loop = loop
-        self.buffer: deque[Msg] = deque()
+        self.buffer: deque[Msg | _Pack] = deque()
         self.marker: Msg | None = None
         self._token: bytes | None = None  # of our inbox on the connection's shared subscription
         self.inbox = ""
         # The bound responder's control subject, once known (the fast path compares bytes).
         self._control: bytes | None = None
         self._control_str = ""
+        self._item_type: type[Msg] | None = None  # see _unpack
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self.loop, self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -137,9 +173,14 @@ class _Attempt:
         m = self.machine
         verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
         if verdict is Reply.DELIVER:
-            self.buffer.append(msg)
-            self.replies += 1
-            self.bytes += len(msg.data)
+            items = m.unpacked
+            if items is None:
+                self.buffer.append(msg)
+                self.replies += 1
+                self.bytes += len(msg.data)
+            else:
+                m.unpacked = None
+                self._unpack(msg, items)
             if len(self.buffer) > _PLAIN_MAX_BUFFERED:
                 m.on_connection_lost(
                     ProtocolViolationError(
@@ -164,6 +205,21 @@ class _Attempt:
         if self.replies == 1 or not self._timer.armed or verdict is not Reply.DELIVER:
             self._arm()
 
+    def _unpack(self, msg: Msg, items: list[bytes]) -> None:
+        """Queue the items of a packed message, as one buffer entry; each becomes a
+        message when taken.
+
+        Item messages share the packed message's subject and reply and have no
+        headers. They are made as instances of a per-attempt subclass of ``Msg``
+        whose class holds those shared fields, so each costs one small object.
+        """
+        cls = self._item_type
+        if cls is None or cls.reply != msg.reply:
+            cls = self._item_type = _item_type(self.nc, msg.subject, msg.reply)
+        self.buffer.append(_Pack(cls, items))
+        self.replies += len(items)
+        self.bytes += len(msg.data) - 4 * len(items)
+
     # ------------------------------------------------------------ consumer
 
     async def next_data(self) -> Msg | None:
@@ -181,7 +237,13 @@ class _Attempt:
             self._arm()
             await w
         m.consumer_busy()
-        return buf.popleft()
+        entry = buf[0]
+        if type(entry) is _Pack:
+            msg = entry.take()
+            if entry.next == len(entry.items):
+                buf.popleft()
+            return msg
+        return buf.popleft()  # type: ignore[return-value]
 
     async def delivered(self, msg: Msg) -> None:
         """The consumer accepted ``msg``: count it and ack when credit runs low."""
@@ -508,7 +570,15 @@ class Stream:
         m.consumer_busy()
         on_delivered = m.on_delivered
         while buf:
-            msg = buf.popleft()
+            entry = buf[0]
+            if type(entry) is _Pack:
+                if await self._drain_pack(attempt, entry, handler):
+                    if entry.next == len(entry.items):
+                        buf.popleft()
+                    return True
+                buf.popleft()
+                continue
+            msg: Msg = buf.popleft()  # type: ignore[assignment]
             result = handler(msg)
             if result is not None and result is not True:
                 if inspect.isawaitable(result):
@@ -519,3 +589,47 @@ class Stream:
             if ack is not None:
                 await attempt.send_ack(ack)
         return False
+
+    async def _drain_pack(self, attempt: _Attempt, pack: _Pack, handler: Handler) -> bool:
+        """:meth:`_drain_sync` for the items of one packed message: the machine counts
+        them in runs that end where an ack may fall due (see ``on_delivered_many``)."""
+        m = attempt.machine
+        items = pack.items
+        cls = pack.cls
+        new = object.__new__
+        i = pack.next
+        n = len(items)
+        msgs_left, bytes_left = m.ack_budget()
+        count = nbytes = 0
+        try:
+            while i < n:
+                data = items[i]
+                msg = new(cls)
+                msg.data = data
+                i += 1
+                result = handler(msg)
+                if result is not None and result is not True:
+                    if inspect.isawaitable(result):
+                        m.on_delivered_many(count, nbytes)  # before anything can arrive
+                        count = nbytes = 0
+                        msgs_left, bytes_left = m.ack_budget()
+                        result = await result
+                    if result is False:
+                        return True
+                count += 1
+                nbytes += len(data)
+                if count >= msgs_left or nbytes >= bytes_left:
+                    ack = m.on_delivered_many(count, nbytes)
+                    count = nbytes = 0
+                    if ack is not None:
+                        await attempt.send_ack(ack)
+                    msgs_left, bytes_left = m.ack_budget()
+            ack = m.on_delivered_many(count, nbytes)
+            count = 0
+            if ack is not None:
+                await attempt.send_ack(ack)
+            return False
+        finally:
+            pack.next = i
+            if count:  # the handler raised or stopped the stream: count what it took
+                m.on_delivered_many(count, nbytes)

@@ -50,6 +50,7 @@ from ._protocol import (
     Resume,
     parse_request_headers,
 )
+from ._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, pack_items
 from ._recorder import Recording, default_formatter
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._timer import LazyTimer
@@ -192,6 +193,7 @@ class StreamSubscription:
         self.queue = queue
         self._make_items = make_items
         self._sync_index: IndexHandler | None = None  # fast path for a sync index handler
+        self._batch: BatchHandler | None = None  # packs its batches for requesters that unpack
         self.max_concurrent_streams = max_concurrent_streams
         self._sub: Subscription | None = None
         self._streams: set[_ResponderStream] = set()
@@ -318,6 +320,8 @@ class _ResponderStream:
             self._arm()
             if owner._sync_index is not None:
                 ended = await self._pump_index(owner._sync_index)
+            elif owner._batch is not None and m.pack:
+                ended = await self._pump_batch(owner._batch)
             else:
                 items = owner._make_items(self.request)
                 ended = await self._pump(items)
@@ -386,6 +390,67 @@ class _ResponderStream:
             if not more:
                 return True
             index += 1
+
+    async def _pump_batch(self, handler: BatchHandler) -> bool:
+        """:meth:`_pump` for a batch handler whose requester takes packed messages:
+        each batch goes out in as few messages as credit and max_payload allow."""
+        request = self.request
+        batch, skip = _batch_start(self.machine.resume)
+        while True:
+            result: Any = handler(request, batch)
+            if inspect.isawaitable(result):
+                result = await result
+            data, more, err = result
+            if err is not None:
+                raise _error_from_value(err)
+            if not await self._send_batch(data, batch, skip):
+                return False
+            skip = 0
+            if not more:
+                return True
+            batch += 1
+
+    async def _send_batch(self, items: list[bytes], batch: int, start: int) -> bool:
+        """Send ``items[start:]`` of ``batch``, packed; False when the stream must stop."""
+        m = self.machine
+        limit = self._limit
+        for j in range(start, len(items)):
+            item = items[j]
+            if type(item) is not bytes:
+                if not isinstance(item, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"a handler produced {type(item).__name__}, not bytes")
+                items[j] = bytes(item)
+        i = start
+        n = len(items)
+        while i < n:
+            if m.terminal:
+                return False
+            credit_items, credit_bytes = m.credit()
+            budget = min(credit_bytes, limit)
+            j = i
+            used = 0
+            stop = min(n, i + credit_items)
+            while j < stop:
+                size = len(items[j]) + 4
+                if used + size > budget:
+                    break
+                used += size
+                j += 1
+            if j - i < 2:
+                # One item (or none fits): as a plain message, waiting for credit.
+                if not await self._emit(items[i], f"{batch}.{i}"):
+                    return False
+                i += 1
+                continue
+            chunk = items[i:j]
+            payload = pack_items(chunk)
+            seq = m.send_pack(j - i, len(payload) - 4 * (j - i), self.loop.time())
+            headers = {HDR_SEQ: str(seq), HDR_PACK: str(j - i), HDR_POS: f"{batch}.{i}"}
+            await self._send(payload, headers)
+            self._sent += j - i
+            i = j
+            await asyncio.sleep(0)  # let other streams and the flusher in
+        return True
 
     def _send_now(self, data: bytes, pos: int | str | None) -> bool:
         """Queue a data reply on the connection without awaiting, when the common case
@@ -581,19 +646,23 @@ def _index_items(
     return items
 
 
+def _batch_start(resume: Resume | None) -> tuple[int, int]:
+    """(batch, items of it to skip) where a batch handler's stream (re)starts."""
+    if resume is None:
+        return 0, 0
+    b, _, o = resume.pos.partition(".")
+    if not o:  # position from an index handler: continue after that batch
+        return int(b) + 1, 0
+    return int(b), int(o) + 1
+
+
 def _batch_items(
     handler: BatchHandler,
 ) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
     is_coro = inspect.iscoroutinefunction(handler)
 
     async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
-        resume = request._machine.resume
-        batch, skip = 0, 0
-        if resume is not None:
-            b, _, o = resume.pos.partition(".")
-            batch, skip = int(b), (int(o) + 1 if o else 0)
-            if not o:  # position from an index handler: continue after that batch
-                batch, skip = batch + 1, 0
+        batch, skip = _batch_start(request._machine.resume)
         while True:
             data, more, err = await _call(handler, is_coro, request, batch)
             e = _as_error(err)
@@ -770,6 +839,7 @@ class Subscriber:
         max_concurrent_streams: int | None,
         *,
         sync_index: IndexHandler | None = None,
+        batch: BatchHandler | None = None,
     ) -> StreamSubscription:
         nc = self._check_open()
         validate_subscribe_subject(subject)
@@ -778,6 +848,7 @@ class Subscriber:
             self, subject, q, make_items, max_concurrent_streams or self.max_concurrent_streams
         )
         handle._sync_index = sync_index
+        handle._batch = batch
         handle._sub = await subscribe_live(
             nc, subject, handle._on_request, queue=q, direct=handle._request_now
         )
@@ -816,9 +887,12 @@ class Subscriber:
         max_concurrent_streams: int | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with a batch handler: ``(request, batch_index) ->
-        (items, more, err)``; items go out in order, one reply each."""
+        (items, more, err)``; items reach the requester's handler in order, one message
+        each. A natstream requester gets each batch packed into as few NATS messages
+        as flow control and the server's max_payload allow; a plain one, one reply per
+        item."""
         return await self._subscribe(
-            subject, _batch_items(batch_handler), queue, max_concurrent_streams
+            subject, _batch_items(batch_handler), queue, max_concurrent_streams, batch=batch_handler
         )
 
     async def stream_handler(

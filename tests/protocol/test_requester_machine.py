@@ -49,6 +49,7 @@ from natstream._protocol._wire import (
     HDR_VERSION,
     HDR_WINDOW,
     MAX_SEQ,
+    pack_items,
     parse_ack,
 )
 
@@ -94,9 +95,16 @@ def bound(now: float = 0.0, **kw: Any) -> RequesterMachine:
 def test_request_headers() -> None:
     m = RequesterMachine(10.0, window_messages=4, window_bytes=100, heartbeat=0.5, deadline=12.5)
     h = m.request_headers(11.0)
-    assert h == {HDR_VERSION: "1", HDR_WINDOW: "4 100", "Ns-Hb": "500", HDR_DEADLINE: "1500"}
+    assert h == {
+        HDR_VERSION: "1",
+        HDR_WINDOW: "4 100",
+        "Ns-Hb": "500",
+        HDR_DEADLINE: "1500",
+        "Ns-Pack": "1",
+    }
     opts = parse_request_headers(h)
     assert (opts.window_messages, opts.window_bytes, opts.heartbeat_ms) == (4, 100, 500)
+    assert opts.pack
     assert HDR_DEADLINE not in RequesterMachine(0.0).request_headers(0.0)
     assert RequesterMachine(0.0, deadline=1.0).request_headers(5.0)[HDR_DEADLINE] == "0"
 
@@ -797,3 +805,113 @@ def test_on_data_is_on_reply_for_the_messages_it_takes(
             fast.on_connection_lost(ConnectionLostError("lost"))
             general.on_connection_lost(ConnectionLostError("lost"))
         assert _state(fast) == _state(general)
+
+
+# ---------------------------------------------------------------- packed messages
+
+
+def packed(seq: int, count: int, pos: str | None = None) -> dict[str, str]:
+    headers = {HDR_SEQ: str(seq), "Ns-Pack": str(count)}
+    if pos is not None:
+        headers[HDR_POS] = pos
+    return headers
+
+
+def test_a_pack_delivers_its_items_and_counts_each() -> None:
+    m = bound(window_messages=8, window_bytes=100)
+    items = [b"a", b"", b"ccc"]
+    assert m.on_reply(0.0, packed(1, 3, "4.0"), pack_items(items), CTL) is Reply.DELIVER
+    assert m.unpacked == items
+    assert m.received_seq == 3
+    for it in items:
+        m.on_delivered(None, len(it))
+    assert m.resume_point() == Resume(3, "4.2")
+    assert m.on_reply(0.0, data(4), b"d", CTL) is Reply.DELIVER  # the next plain message
+    m.on_delivered(data(4), 1)
+    assert m.resume_point() == Resume(4, "3")
+
+
+def test_resume_point_inside_a_pack() -> None:
+    m = bound()
+    m.on_reply(0.0, packed(1, 4, "0.5"), pack_items([b"x"] * 4), CTL)
+    m.on_reply(0.0, packed(5, 2), pack_items([b"y"] * 2), CTL)  # default positions
+    m.on_delivered(None, 1)
+    m.on_delivered(None, 1)
+    assert m.resume_point() == Resume(2, "0.6")
+    for _ in range(3):
+        m.on_delivered(None, 1)
+    assert m.resume_point() == Resume(5, "4")
+
+
+@pytest.mark.parametrize(
+    ("count", "payload"),
+    [
+        ("0", b""),
+        ("x", b""),
+        ("2", pack_items([b"a", b"b"]) + b"extra"),
+        ("3", pack_items([b"a", b"b"])),
+        ("2", b"\x00\x00"),
+        ("2", b"\xff\xff\xff\xff\x00\x00\x00\x00"),
+        (str(70_000), b""),
+    ],
+)
+def test_a_malformed_pack_fails_the_stream(count: str, payload: bytes) -> None:
+    m = bound()
+    headers = {HDR_SEQ: "1", "Ns-Pack": count}
+    assert m.on_reply(0.0, headers, payload, CTL) is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+    assert m.received_seq == 0
+
+
+@pytest.mark.parametrize(("count", "size"), [(5, 1), (2, 60)])
+def test_a_pack_beyond_the_window_fails_the_stream(count: int, size: int) -> None:
+    m = bound(window_messages=4, window_bytes=100)
+    payload = pack_items([b"z" * size] * count)
+    assert m.on_reply(0.0, packed(1, count), payload, CTL) is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+    assert not m.error.retryable
+
+
+def test_a_pack_position_that_would_overflow_fails() -> None:
+    m = bound()
+    headers = packed(1, 2, "9" * 16)
+    assert m.on_reply(0.0, headers, pack_items([b"a", b"b"]), CTL) is Reply.FAIL
+
+
+@CI
+@given(
+    st.lists(st.integers(0, 30), min_size=1, max_size=40),
+    st.lists(st.integers(1, 50), min_size=1, max_size=30),
+    st.integers(2, 16),
+    st.integers(20, 400),
+    st.booleans(),
+)
+def test_on_delivered_many_is_on_delivered_repeated(
+    sizes: list[int], runs: list[int], wm: int, wb: int, heartbeats: bool
+) -> None:
+    """Runs cut where ack_budget says give the same acks and the same state as one
+    on_delivered per message (what _drain_pack relies on)."""
+    kw: dict[str, Any] = {"window_messages": wm, "window_bytes": wb}
+    kw["heartbeat"] = 0.5 if heartbeats else 0.0
+    one, many = bound(**kw), bound(**kw)
+    sizes = sizes[:wm]
+    payload = pack_items([b"p" * n for n in sizes])
+    for m in (one, many):
+        verdict = m.on_reply(0.0, packed(1, len(sizes)), payload, CTL)
+    if verdict is not Reply.DELIVER:
+        return  # over the byte window: refused identically
+    i = 0
+    for want in runs:
+        if i == len(sizes):
+            break
+        msgs_left, bytes_left = many.ack_budget()
+        run: list[int] = []
+        while i < len(sizes) and len(run) < min(want, msgs_left):
+            run.append(sizes[i])
+            i += 1
+            if sum(run) >= bytes_left:
+                break
+        acks = [one.on_delivered(None, n) for n in run]
+        assert all(a is None for a in acks[:-1])  # the budget held
+        assert many.on_delivered_many(len(run), sum(run)) == acks[-1]
+        assert _state(one) == _state(many)

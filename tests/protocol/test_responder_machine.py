@@ -405,3 +405,32 @@ def test_send_next_is_has_credit_plus_data_headers(
             fast.cancel()
             general.cancel()
         assert _snapshot(fast) == _snapshot(general)
+
+
+def packing(window: tuple[int, int] = (4, 100)) -> ResponderMachine:
+    return ResponderMachine(RequestOptions("1", window[0], window[1], 1000, None, None, True), 0.0)
+
+
+def test_send_pack_counts_items_and_needs_credit() -> None:
+    r = packing()
+    assert r.pack
+    assert r.credit() == (4, 100)
+    assert r.send_pack(3, 30, 0.0) == 1
+    assert (r.sent_seq, r.sent_bytes) == (3, 30)
+    assert r.credit() == (1, 70)
+    with pytest.raises(ValueError, match="not allowed"):
+        r.send_pack(2, 2, 0.0)
+    r.on_control(ack(3, 30), 0.0)
+    with pytest.raises(ValueError, match="not allowed"):
+        r.send_pack(2, 101, 0.0)
+    with pytest.raises(ValueError, match="not allowed"):
+        r.send_pack(1, 1, 0.0)  # a single item goes as a plain message
+
+
+def test_no_packing_unless_the_requester_asks() -> None:
+    assert not ResponderMachine(v1(), 0.0).pack
+    plain = RequestOptions(None, 256, 8 << 20, 0, None, None, True)
+    assert not ResponderMachine(plain, 0.0).pack
+    with pytest.raises(ValueError, match="not allowed"):
+        ResponderMachine(v1(), 0.0).send_pack(2, 2, 0.0)
+    assert parse_request_headers({"Ns-V": "1", "Ns-Win": "4 100", "Ns-Hb": "0"}).pack is False

@@ -34,7 +34,7 @@ FORBIDDEN = {
     "anyio",
 }
 # The only modules outside the protocol package it may import.
-ALLOWED_STDLIB = {"__future__", "dataclasses", "enum", "re"}
+ALLOWED_STDLIB = {"__future__", "collections", "dataclasses", "enum", "itertools", "re", "struct"}
 ALLOWED_PACKAGE_MODULES = {"_errors"}  # natstream._errors: exception classes, no imports
 
 

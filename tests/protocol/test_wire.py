@@ -363,3 +363,30 @@ def test_what_a_requester_sends_a_responder_accepts(
     else:
         assert opts.deadline_ms is not None
         assert opts.deadline_ms == min(MAX_DEADLINE_MS, max(0, round(remaining * 1000)))
+
+
+@CI
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=50))
+def test_pack_then_unpack_gives_the_items_back(items: list[bytes]) -> None:
+    payload = _wire.pack_items(items)
+    assert _wire.unpack_items(payload, len(items)) == items
+    assert _wire.unpack_items(payload, len(items) + 1) is None
+    assert _wire.unpack_items(payload + b"x", len(items)) is None
+
+
+@pytest.mark.fuzz
+@CI
+@given(st.binary(max_size=200), st.integers(-2, 70_000))
+def test_fuzz_unpack_never_raises(payload: bytes, count: int) -> None:
+    items = _wire.unpack_items(payload, count)
+    if items is not None:
+        assert len(items) == count
+        assert _wire.pack_items(items) == payload
+
+
+@pytest.mark.parametrize(
+    ("pos", "k", "expected"),
+    [("7", 2, "9"), ("3.4", 0, "3.4"), ("3.4", 5, "3.9"), ("0.9", 1, "0.10"), ("9" * 16, 1, None)],
+)
+def test_pos_add(pos: str, k: int, expected: str | None) -> None:
+    assert _wire.pos_add(pos, k) == expected

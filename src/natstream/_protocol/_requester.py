@@ -17,6 +17,7 @@ Invariants (checked by the property tests):
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from .._errors import (
@@ -37,6 +38,7 @@ from ._wire import (
     HDR_DEADLINE,
     HDR_END,
     HDR_HEARTBEAT,
+    HDR_PACK,
     HDR_POS,
     HDR_RESUME,
     HDR_RETRYABLE,
@@ -47,6 +49,7 @@ from ._wire import (
     HDR_WINDOW,
     MAX_DEADLINE_MS,
     MAX_HEARTBEAT_MS,
+    MAX_PACK,
     MAX_SEQ,
     MAX_WINDOW_BYTES,
     MAX_WINDOW_MESSAGES,
@@ -59,6 +62,8 @@ from ._wire import (
     format_window,
     parse_int,
     parse_pos,
+    pos_add,
+    unpack_items,
 )
 
 __all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction"]
@@ -72,6 +77,10 @@ class RequesterState(enum.Enum):
     ENDED = "ended"  # end marker received and every message before it
     FAILED = "failed"  # error marker, timeout, stall, gap, no responders
     CANCELLED = "cancelled"  # the caller stopped the stream
+
+    # Members are singletons: identity hashing is correct, and C-level (Enum's own
+    # __hash__ is Python code, and state checks run once per message).
+    __hash__ = object.__hash__
 
 
 class Reply(enum.IntEnum):
@@ -165,6 +174,10 @@ class RequesterMachine:
         self._last_tx = now
         self._waiting_since: float | None = now  # the caller awaits the first reply
         self._foreign: set[str] = set()
+        # Packed messages received: (first seq, last seq, position of the first item or
+        # None for the default), while the consumer may still stop inside one.
+        self._packs: deque[tuple[int, int, str | None]] = deque()
+        self.unpacked: list[bytes] | None = None  # items of the last packed DELIVER
         self._responder_done = False  # it sent its end or error marker, or was told to stop
         self.duplicates = 0
 
@@ -176,6 +189,7 @@ class RequesterMachine:
             HDR_VERSION: PROTOCOL_VERSION,
             HDR_WINDOW: format_window(self.window_messages, self.window_bytes),
             HDR_HEARTBEAT: str(round(self.heartbeat * 1000)),
+            HDR_PACK: "1",
         }
         if self.deadline is not None:
             left = round((self.deadline - now) * 1000)
@@ -250,6 +264,9 @@ class RequesterMachine:
         if pos is not None and parse_pos(pos) is None:
             # It would come back in the retry's Ns-Resume header: refuse it here.
             return self._fail(ProtocolViolationError(f"malformed {HDR_POS} {pos[:40]!r}"))
+        pack = headers.get(HDR_PACK)
+        if pack is not None:
+            return self._on_pack(seq, pack, pos, payload)
         in_flight = seq - self._acked_seq
         in_flight_bytes = self._received_bytes + len(payload) - self._acked_bytes
         if in_flight > self.window_messages or (
@@ -266,6 +283,45 @@ class RequesterMachine:
         self.received_seq = seq
         self._received_bytes += len(payload)
         self._largest = max(self._largest, len(payload))
+        return Reply.DELIVER
+
+    def _on_pack(self, seq: int, count_s: str, pos: str | None, payload: bytes) -> Reply:
+        """A packed data message: items ``seq`` to ``seq + count - 1``, counted and
+        flow-controlled one by one; their payloads are left in :attr:`unpacked`."""
+        count = parse_int(count_s, 1, MAX_PACK)
+        items = None if count is None else unpack_items(payload, count)
+        if count is None or items is None:
+            return self._fail(
+                ProtocolViolationError(f"malformed packed message ({HDR_PACK} {count_s[:40]!r})")
+            )
+        if pos is not None and pos_add(pos, count - 1) is None:
+            return self._fail(ProtocolViolationError(f"{HDR_POS} {pos!r} overflows in the pack"))
+        last = seq + count - 1
+        nbytes = len(payload) - 4 * count
+        in_flight = last - self._acked_seq
+        if (
+            last > MAX_SEQ
+            or in_flight > self.window_messages
+            or (
+                in_flight > 1
+                and self._received_bytes + nbytes - self._acked_bytes > self.window_bytes
+            )
+        ):
+            return self._fail(
+                ProtocolViolationError(
+                    f"responder exceeded the flow-control window ({in_flight} messages, "
+                    f"{self._received_bytes + nbytes - self._acked_bytes} bytes in flight)",
+                    retryable=False,
+                )
+            )
+        self.received_seq = last
+        self._received_bytes += nbytes
+        self._largest = max(self._largest, *map(len, items))
+        packs = self._packs
+        while packs and packs[0][1] < self.delivered_seq:
+            packs.popleft()  # the consumer is past it: no position will come from it
+        packs.append((seq, last, pos))
+        self.unpacked = items
         return Reply.DELIVER
 
     def on_data(self, now: float, seq: int, size: int) -> bool:
@@ -356,13 +412,23 @@ class RequesterMachine:
         credit has been used up (half the window), or when the consumer has caught up
         and the responder may be waiting for credit, else None.
         """
-        seq = self.delivered_seq + 1
-        self.delivered_seq = seq
-        self.delivered_bytes += size
-        # Only a v1 responder's Ns-Pos is a position (checked on arrival); a plain
-        # peer's headers may hold anything.
-        pos = headers.get(HDR_POS) if headers and self.v1 else None
-        self._delivered_pos = None if pos is None else parse_pos(pos)
+        seq = self.delivered_seq = self.delivered_seq + 1
+        delivered_bytes = self.delivered_bytes = self.delivered_bytes + size
+        if headers is None:
+            self._delivered_pos = None
+            if (
+                seq - self._acked_seq < self._ack_every_msgs
+                and delivered_bytes - self._acked_bytes < self._ack_every_bytes
+                and seq != self.received_seq
+            ):
+                return None  # the commonest case, decided early: no ack due
+        elif headers:
+            # Only a v1 responder's Ns-Pos is a position (checked on arrival); a plain
+            # peer's headers may hold anything.
+            pos = headers.get(HDR_POS) if self.v1 else None
+            self._delivered_pos = None if pos is None else parse_pos(pos)
+        else:
+            self._delivered_pos = None
         if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
             return None
         unacked_bytes = self.delivered_bytes - self._acked_bytes
@@ -379,6 +445,28 @@ class RequesterMachine:
         ):
             return self._ack_headers(CTL_ACK)
         return None
+
+    def ack_budget(self) -> tuple[int, int]:
+        """(messages, bytes) the consumer may take, counting from now, before an ack
+        falls due by the half-window rule; both at least 1. See :meth:`on_delivered_many`."""
+        return (
+            max(1, self._ack_every_msgs - (self.delivered_seq - self._acked_seq)),
+            max(1, self._ack_every_bytes - (self.delivered_bytes - self._acked_bytes)),
+        )
+
+    def on_delivered_many(self, count: int, nbytes: int) -> dict[str, str] | None:
+        """The consumer took the next ``count`` data messages, none with headers,
+        ``nbytes`` payload bytes in all: the same as ``count`` calls of
+        :meth:`on_delivered` with no headers, provided no ack fell due before the last
+        of them, which holds when ``count`` and ``nbytes`` stay within
+        :meth:`ack_budget` (reaching either bound is allowed) and only the last may
+        be the last message received. Returns the ack the last call would return.
+        """
+        if count <= 0:
+            return None
+        self.delivered_seq += count - 1
+        self.delivered_bytes += nbytes
+        return self.on_delivered(None, 0)
 
     def _ack_headers(self, kind: str) -> dict[str, str]:
         self._acked_seq = self.delivered_seq
@@ -404,11 +492,20 @@ class RequesterMachine:
             return None
         pos = self._delivered_pos
         if pos is None:
+            pos = self._pack_pos(self.delivered_seq)
+        if pos is None:
             if self.resume is not None and self.delivered_seq == self.resume.seq:
                 pos = self.resume.pos
             else:
                 pos = str(self.delivered_seq - 1)
         return Resume(self.delivered_seq, pos)
+
+    def _pack_pos(self, seq: int) -> str | None:
+        """Position of item ``seq`` when it came in a packed message with ``Ns-Pos``."""
+        for first, last, pos in reversed(self._packs):
+            if first <= seq <= last:
+                return None if pos is None else pos_add(pos, seq - first)
+        return None
 
     # ------------------------------------------------------------------ time
 

@@ -45,6 +45,10 @@ class ResponderState(enum.Enum):
     FAILED = "failed"  # error marker sent
     CANCELLED = "cancelled"  # requester cancelled, vanished, or its deadline passed
 
+    # Members are singletons: identity hashing is correct, and C-level (Enum's own
+    # __hash__ is Python code, and state checks run once per message).
+    __hash__ = object.__hash__
+
 
 class Control(enum.IntEnum):
     """What a control message from the requester did."""
@@ -91,6 +95,7 @@ class ResponderMachine:
         max_duration: float | None = None,
     ) -> None:
         self.v1 = options.version is not None
+        self.pack = self.v1 and options.pack  # the requester takes packed messages
         self.limits = _Limits(
             options.window_messages,
             options.window_bytes,
@@ -132,6 +137,35 @@ class ResponderMachine:
         )
 
     # ------------------------------------------------------------------ sending
+
+    def credit(self) -> tuple[int, int]:
+        """(messages, bytes) that may be sent now; a single message may exceed the
+        bytes when nothing is in flight (see :meth:`has_credit`)."""
+        limits = self.limits
+        return (
+            limits.window_messages - (self.sent_seq - self.acked_seq),
+            limits.window_bytes - (self.sent_bytes - self.acked_bytes),
+        )
+
+    def send_pack(self, count: int, nbytes: int, now: float) -> int:
+        """Count ``count`` items of ``nbytes`` payload bytes in all, about to be sent in
+        one packed message; return the first item's sequence number.
+
+        Call only when :attr:`pack` is true and :meth:`credit` allows ``count`` items
+        and ``nbytes`` bytes (``count >= 2``; a single item goes as a plain message).
+
+        Raises:
+            ValueError: the pack does not fit in the credit (a driver bug).
+        """
+        items, nbytes_left = self.credit()
+        if not self.pack or self.terminal or not 2 <= count <= items or nbytes > nbytes_left:
+            raise ValueError(f"a pack of {count} items / {nbytes} bytes is not allowed now")
+        first = self.sent_seq + 1
+        self.sent_seq += count
+        self.sent_bytes += nbytes
+        self._last_tx = now
+        return first
+
 
     def send_next(self, size: int, now: float) -> int:
         """Fast path of :meth:`has_credit` + :meth:`data_headers` for a v1 data message

@@ -9,7 +9,10 @@ traffic cannot crash a peer.
 from __future__ import annotations
 
 import re
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
 __all__ = [
     "CTL_ACK",
@@ -20,6 +23,7 @@ __all__ = [
     "HDR_DEADLINE",
     "HDR_END",
     "HDR_HEARTBEAT",
+    "HDR_PACK",
     "HDR_POS",
     "HDR_RESUME",
     "HDR_RETRYABLE",
@@ -29,6 +33,7 @@ __all__ = [
     "HDR_STATUS",
     "HDR_VERSION",
     "HDR_WINDOW",
+    "MAX_PACK",
     "MAX_SEQ",
     "PROTOCOL_VERSION",
     "STREAM_END",
@@ -38,12 +43,15 @@ __all__ = [
     "Resume",
     "format_ack",
     "format_window",
+    "pack_items",
     "parse_ack",
     "parse_int",
     "parse_pos",
     "parse_request_headers",
     "parse_resume",
     "parse_window",
+    "pos_add",
+    "unpack_items",
 ]
 
 STREAM_END = b"__STREAM_END__"
@@ -60,6 +68,7 @@ HDR_WINDOW = "Ns-Win"  # "<messages> <bytes>": initial credit
 HDR_HEARTBEAT = "Ns-Hb"  # heartbeat interval in milliseconds, both directions
 HDR_DEADLINE = "Ns-Dl"  # milliseconds left until the requester gives up on the stream
 HDR_RESUME = "Ns-Resume"  # "<seq> <pos>": continue after this delivered message
+HDR_PACK = "Ns-Pack"  # request: "1", packed replies welcome; data: items in this message
 
 # Replies (responder -> requester) and control (requester -> responder).
 HDR_SEQ = "Ns-Seq"  # data: sequence number (from 1); end/error/heartbeat: data messages sent
@@ -84,8 +93,10 @@ MAX_WINDOW_BYTES = 1 << 30
 MIN_HEARTBEAT_MS = 10
 MAX_HEARTBEAT_MS = 3_600_000
 MAX_DEADLINE_MS = 30 * 24 * 3_600_000
+MAX_PACK = MAX_WINDOW_MESSAGES  # items in one packed message
+_POS_DIGITS = 16
 
-_POS_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")
+_POS_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")  # _POS_DIGITS
 
 
 class HeaderError(ValueError):
@@ -152,6 +163,36 @@ def parse_pos(value: str | None) -> str | None:
     return value
 
 
+def pos_add(pos: str, k: int) -> str | None:
+    """The position ``k`` items after ``pos`` in one packed message: the last number
+    grows (``"7"`` -> ``"9"``, ``"3.4"`` -> ``"3.6"``); None when it would overflow."""
+    head, dot, last = pos.rpartition(".")
+    value = str(int(last) + k)
+    if len(value) > _POS_DIGITS:
+        return None
+    return f"{head}{dot}{value}"
+
+
+def pack_items(items: Sequence[bytes]) -> bytes:
+    """The payload of a packed message: each item's length (4 bytes, big-endian), then
+    the items, back to back. ``len(items)`` travels in the ``Ns-Pack`` header."""
+    return struct.pack(f">{len(items)}I", *map(len, items)) + b"".join(items)
+
+
+def unpack_items(payload: bytes, count: int) -> list[bytes] | None:
+    """The ``count`` items of a packed payload; None when it is not exactly that."""
+    if not 0 < count <= MAX_PACK:
+        return None
+    head = 4 * count
+    if len(payload) < head:
+        return None
+    lengths = struct.unpack_from(f">{count}I", payload)
+    offsets = list(accumulate(lengths, initial=head))
+    if offsets[-1] != len(payload):
+        return None
+    return [payload[a:b] for a, b in pairwise(offsets)]
+
+
 def parse_resume(value: str | None) -> Resume | None:
     if value is None:
         return None
@@ -176,6 +217,7 @@ class RequestOptions:
     heartbeat_ms: int = 0
     deadline_ms: int | None = None
     resume: Resume | None = None
+    pack: bool = False  # the requester unpacks packed messages (Ns-Pack: 1)
 
 
 def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
@@ -209,4 +251,5 @@ def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
         resume = parse_resume(headers[HDR_RESUME])
         if resume is None:
             raise HeaderError(f"malformed {HDR_RESUME} header {headers[HDR_RESUME][:40]!r}")
-    return RequestOptions(version, window[0], window[1], hb, deadline, resume)
+    pack = headers.get(HDR_PACK) == "1"
+    return RequestOptions(version, window[0], window[1], hb, deadline, resume, pack)

@@ -1,0 +1,164 @@
+"""Packed batches on a real nats-server: many items per NATS message, one per handler call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+import natstream
+from natstream import STREAM_END, Config, Pool, StreamOptions, Subscriber
+from natstream._connection import subscribe_live
+from natstream._protocol._wire import unpack_items
+from natstream.server import NatsServer
+
+V1 = {"Ns-V": "1", "Ns-Hb": "0"}
+
+
+def item(b: int, j: int) -> bytes:
+    return f"{b}-{j}|".encode() * (j % 7)  # sizes vary, some items are empty
+
+
+async def test_batches_arrive_whole_and_in_order(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [item(b, j) for j in range(500)], b < 199, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    seen: list[bytes] = []
+    await pool.stream_request(subject, b"", lambda m: seen.append(m.data) or True)
+    assert seen == [item(b, j) for b in range(200) for j in range(500)] + [STREAM_END]
+
+
+async def test_packs_stay_under_max_payload(
+    subscriber: Subscriber, pool: Pool, subject: str, server: NatsServer
+) -> None:
+    big = 400 * 1024  # max_payload is 1 MiB: at most two of these per message
+
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [bytes([j]) * big for j in range(5)], b < 3, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    seen: list[bytes] = []
+    await pool.stream_request(subject, b"", lambda m: seen.append(m.data) or True)
+    assert seen[:-1] == [bytes([j]) * big for _ in range(4) for j in range(5)]
+
+
+async def raw_stream(
+    nc: nats.NATS, subject: str, headers: dict[str, str] | None, count: int
+) -> list[Msg]:
+    """Request with raw nats-py and collect ``count`` replies (no acks sent)."""
+    got: list[Msg] = []
+    done = asyncio.Event()
+
+    async def on(msg: Msg) -> None:
+        got.append(msg)
+        if len(got) >= count:
+            done.set()
+
+    inbox = nc.new_inbox()
+    sub = await subscribe_live(nc, inbox, on)
+    await nc.publish(subject, b"", reply=inbox, headers=headers)
+    await asyncio.wait_for(done.wait(), 10)
+    await sub.unsubscribe()
+    return got
+
+
+async def test_wire_format_and_window(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    """A requester granting 16 items gets them packed (Ns-Seq first item, Ns-Pack
+    count, Ns-Pos first position), and nothing beyond the window until it acks."""
+
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [b"%d.%d" % (b, j) for j in range(10)], True, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    nc = await nats.connect(server.url)
+    try:
+        headers = {**V1, "Ns-Win": "16 1000000", "Ns-Pack": "1"}
+        got = await raw_stream(nc, subject, headers, 2)
+        await asyncio.sleep(0.3)  # anything past the window would arrive meanwhile
+        items: list[bytes] = []
+        for msg in got:
+            assert msg.headers is not None
+            assert int(msg.headers["Ns-Seq"]) == len(items) + 1
+            count = int(msg.headers["Ns-Pack"])
+            b, j = divmod(len(items), 10)
+            assert msg.headers["Ns-Pos"] == f"{b}.{j}"
+            unpacked = unpack_items(msg.data, count)
+            assert unpacked is not None
+            items.extend(unpacked)
+        assert items == [b"%d.%d" % divmod(i, 10) for i in range(16)]
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("headers", [None, {**V1, "Ns-Win": "100 1000000"}])
+async def test_requesters_that_do_not_unpack_get_one_message_per_item(
+    subscriber: Subscriber, server: NatsServer, subject: str, headers: dict[str, str] | None
+) -> None:
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [b"%d.%d" % (b, j) for j in range(3)], b < 1, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    nc = await nats.connect(server.url)
+    try:
+        got = await raw_stream(nc, subject, headers, 7)
+    finally:
+        await nc.close()
+    assert [m.data for m in got] == [b"0.0", b"0.1", b"0.2", b"1.0", b"1.1", b"1.2", STREAM_END]
+    assert all(m.headers is None or "Ns-Pack" not in m.headers for m in got)
+
+
+async def test_retry_resumes_inside_the_batches_without_gap_or_duplicate(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    calls: list[int] = []
+
+    def flaky(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        calls.append(b)
+        if b == 5 and calls.count(5) == 1:
+            return [], False, "flaky"
+        return [item(b, j) for j in range(100)], b < 9, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, flaky)
+    seen: list[bytes] = []
+
+    def take(msg: Msg) -> bool:
+        if not msg.data.startswith(b"__STREAM_"):
+            seen.append(msg.data)
+        return True
+
+    opts = StreamOptions(heartbeat=0.2, window_messages=64)
+    async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
+        await pool.stream_request_with_retry(subject, b"", 2, 0.0, take)
+    assert seen == [item(b, j) for b in range(10) for j in range(100)]
+    # The retry resumes after item 4.99: batch 4 is asked for again and skipped whole.
+    assert calls == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9]
+
+
+async def test_consumer_stopping_inside_a_pack_resumes_there(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    """The retry's resume point is the last item the caller took, even in mid-pack."""
+
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return [item(b, j) for j in range(50)], b < 3, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    async with Pool(Config([server.url], idle_per_server=1)) as pool:
+        async with pool.stream(subject) as s:
+            taken: list[bytes] = []
+            async for m in s:
+                taken.append(m.data)
+                if len(taken) == 73:
+                    break
+            assert s._attempt is not None
+            point = s._attempt.machine.resume_point()
+    assert taken == [item(b, j) for b in range(4) for j in range(50)][:73]
+    # Iteration counts a message as taken when the next one is asked for: 72 here.
+    assert point == natstream.Resume(72, "1.21")
