@@ -223,7 +223,15 @@ def _row(name: str, figures: dict[str, Any], prefix: str) -> dict[str, Any]:
 def _extra(name: str, figures: dict[str, Any]) -> str:
     """Figures worth a glance that the table has no column for."""
     keys = {
-        "concurrent": ("streams", "replies", "complete", "connections", "connections_lost"),
+        "concurrent": (
+            "streams",
+            "replies",
+            "complete",
+            "connections",
+            "connections_lost",
+            "health_checks_failed",
+            "server_pending_max_mb",
+        ),
         "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
     }.get(name, ())
     shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]

@@ -23,7 +23,10 @@ Every case also reports CPU microseconds per message (or per call) in this proce
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -33,12 +36,13 @@ from nats.aio.msg import Msg
 
 from natstream import Config, Pool
 from natstream._connection import subscribe_live
-from natstream.server import NatsServer
+from natstream.server import NatsServer, free_port
 
 from ._proc import CpuMeter, Responder, loop_name, percentile, run_loop
 
 _ROUNDS = 3
 _CONCURRENT_TIMEOUT = 600.0  # seconds; a case that hangs is reported, not waited for
+_PROBE_INTERVAL = 0.5  # seconds between two looks at the server's pending bytes
 
 
 async def _raw_round(nc: Client, n: int) -> float:
@@ -170,9 +174,55 @@ async def _first_reply(calls: int, uvloop: bool) -> dict[str, Any]:
     }
 
 
-async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> dict[str, Any]:
-    """``streams`` concurrent streams of ``replies`` each through one default pool."""
-    with NatsServer() as srv:
+class _PendingProbe:
+    """Polls the server's ``/connz`` every half second, from a thread, for the bytes it
+    holds for its clients (written to no socket yet): what per-stream flow control
+    lets pile up in front of the requester, ahead of its PONGs and heartbeats."""
+
+    def __init__(self, http_port: int) -> None:
+        self.url = f"http://127.0.0.1:{http_port}/connz?subs=0"
+        self.max_one = self.max_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="connz-probe")
+
+    def _run(self) -> None:
+        while not self._stop.wait(_PROBE_INTERVAL):
+            try:
+                with urllib.request.urlopen(self.url, timeout=_PROBE_INTERVAL) as r:
+                    conns = json.load(r).get("connections") or []
+            except (OSError, ValueError):
+                continue
+            pending = [c.get("pending_bytes", 0) for c in conns]
+            self.max_one = max(self.max_one, *pending, 0)
+            self.max_total = max(self.max_total, sum(pending))
+
+    def __enter__(self) -> _PendingProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _error_kinds(errors: list[BaseException | str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Counts by exception type, and one message of each type."""
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for err in errors:
+        kind = err if isinstance(err, str) else type(err).__name__
+        counts[kind] += 1
+        examples.setdefault(kind, str(err)[:200])
+    return dict(counts.most_common()), examples
+
+
+async def _concurrent(
+    streams: int, replies: int, size: int, iterate: bool, uvloop: bool
+) -> dict[str, Any]:
+    """``streams`` concurrent streams of ``replies`` each through one default pool,
+    received by ``stream_request`` with a sync handler that counts (as in case 1), or
+    with ``iterate`` by ``async for`` over ``pool.stream()``."""
+    with NatsServer(http_port=free_port()) as srv, _PendingProbe(srv.http_port or 0) as probe:
         async with Responder(srv.url, 1, size, uvloop=uvloop) as responder:
             pool = await Pool.connect(Config([srv.url]))
             firsts: list[float] = []
@@ -183,13 +233,26 @@ async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> di
                 nonlocal received
                 t0 = time.perf_counter()
                 got = 0
-                async with pool.stream("bench.many", request) as s:
-                    async for _msg in s:
-                        if got == 0:
-                            firsts.append(time.perf_counter() - t0)
-                        got += 1
-                        received += 1
-                return got
+                if iterate:
+                    async with pool.stream("bench.many", request) as s:
+                        async for _msg in s:
+                            if got == 0:
+                                firsts.append(time.perf_counter() - t0)
+                            got += 1
+                            received += 1
+                    return got
+
+                def on(msg: Msg) -> bool:  # as case 1's handler, plus the first reply's time
+                    nonlocal got, received
+                    if got == 0:
+                        firsts.append(time.perf_counter() - t0)
+                    got += 1
+                    received += 1
+                    return True
+
+                await pool.stream_request("bench.many", request, on)
+                received -= 1  # the end marker
+                return got - 1
 
             meter = CpuMeter(responder)
             await meter.start()
@@ -201,22 +264,19 @@ async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> di
             await asyncio.gather(*pending, return_exceptions=True)
             elapsed = time.perf_counter() - start
             await meter.stop()
-            errors: Counter[str] = Counter()
-            complete = 0
+            failures: list[BaseException | str] = []
             for task in tasks:
                 if task in pending:
-                    errors["timed out"] += 1
+                    failures.append("timed out")
                 elif task.exception() is not None:
-                    exc = task.exception()
-                    errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                    failures.append(task.exception() or "")
                 elif task.result() != replies:
-                    errors["short stream"] += 1
-                else:
-                    complete += 1
+                    failures.append("short stream")
+            complete = streams - len(failures)
             pool_stats = pool.stats()
             await pool.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
-            log_tail = responder.log_tail() if errors else ""
+            log_tail = responder.log_tail() if failures else ""
     req_us, resp_us = meter.per_message_us(max(received, 1))
     p50 = percentile(firsts, 0.5) if firsts else float("nan")
     p99 = percentile(firsts, 0.99) if firsts else float("nan")
@@ -224,6 +284,7 @@ async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> di
         "streams": streams,
         "replies": replies,
         "size": size,
+        "consumer": "async for" if iterate else "stream_request",
         "connections": pool_stats.slots,
         "connections_lost": pool_stats.connections_lost,
         "health_checks_failed": pool_stats.health_checks_failed,
@@ -236,10 +297,12 @@ async def _concurrent(streams: int, replies: int, size: int, uvloop: bool) -> di
         "fairness_p99_over_p50": p99 / p50,
         "natstream_cpu_req_us": req_us,
         "natstream_cpu_resp_us": resp_us,
+        "server_pending_max_mb": probe.max_one / 1e6,
+        "server_pending_total_max_mb": probe.max_total / 1e6,
         **loops,
     }
-    if errors:
-        figures["errors"] = dict(errors.most_common())
+    if failures:
+        figures["errors"], figures["error_examples"] = _error_kinds(failures)
         figures["responder_log_tail"] = log_tail
     return figures
 
@@ -257,10 +320,15 @@ def run_first_reply(calls: int = 5_000, *, uvloop: bool = False) -> dict[str, An
 
 
 def run_concurrent(
-    streams: int = 1_000, replies: int = 1_000, size: int = 128, *, uvloop: bool = False
+    streams: int = 1_000,
+    replies: int = 1_000,
+    size: int = 128,
+    *,
+    iterate: bool = False,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """Case 4: ``streams`` concurrent streams of ``replies`` through one pool."""
-    return run_loop(_concurrent(streams, replies, size, uvloop), uvloop)
+    return run_loop(_concurrent(streams, replies, size, iterate, uvloop), uvloop)
 
 
 def _show(figures: dict[str, Any]) -> None:
