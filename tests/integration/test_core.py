@@ -401,3 +401,20 @@ async def test_closed_pool_refuses(server: NatsServer) -> None:
 async def test_bad_request_subjects(pool: Pool, bad: str) -> None:
     with pytest.raises(natstream.InvalidSubjectError):
         await pool.stream_request(bad, b"", Collect())
+
+
+async def test_a_stream_error_raised_by_a_handler_is_sent_as_it_is(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    async def gen(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        yield b"a"
+        raise StreamError("out of stock", code=409, retryable=False)
+
+    await subscriber.stream_handler(subject, gen)
+    with pytest.raises(StreamError) as caught:
+        await pool.stream_request(subject, b"", lambda m: True)
+    assert (caught.value.message, caught.value.code, caught.value.retryable) == (
+        "out of stock",
+        409,
+        False,
+    )
