@@ -69,7 +69,10 @@ IndexResult = tuple[bytes | None, bool, ErrorValue]
 BatchResult = tuple[list[bytes], bool, ErrorValue]
 IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
 BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
-GeneratorHandler = Callable[["StreamRequest"], AsyncIterator[bytes]]
+GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes]"]]
+# What a handler form produces: a reply (or, from a generator, a list of replies to
+# send together) and its position (None: the default, seq - 1).
+_Item = tuple["bytes | list[bytes]", int | str | None]
 
 
 class StreamWriterLike(Protocol):
@@ -83,6 +86,10 @@ class StreamWriterLike(Protocol):
 # which on a busy machine dominates small messages, so not too often either.
 _YIELD_EVERY = 256
 _YIELD_MASK = _YIELD_EVERY - 1  # a power of two
+# Packing of index handler results (pack=True): at most this many items held back,
+# for at most this many seconds.
+_PACK_HOLD = 1024
+_PACK_LINGER = 0.005
 _CONNECTED = Client.CONNECTED
 _YIELD_BYTES = 256 * 1024
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
@@ -185,7 +192,7 @@ class StreamSubscription:
         subscriber: Subscriber,
         subject: str,
         queue: str,
-        make_items: Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]],
+        make_items: Callable[[StreamRequest], AsyncIterator[_Item]],
         max_concurrent_streams: int,
     ) -> None:
         self.subscriber = subscriber
@@ -194,6 +201,7 @@ class StreamSubscription:
         self._make_items = make_items
         self._sync_index: IndexHandler | None = None  # fast path for a sync index handler
         self._batch: BatchHandler | None = None  # packs its batches for requesters that unpack
+        self._pack = False  # pack consecutive results of a sync index handler
         self.max_concurrent_streams = max_concurrent_streams
         self._sub: Subscription | None = None
         self._streams: set[_ResponderStream] = set()
@@ -312,14 +320,17 @@ class _ResponderStream:
     async def run(self) -> None:
         m = self.machine
         owner = self.owner
-        items: AsyncIterator[tuple[bytes, int | str | None]] | None = None
+        items: AsyncIterator[_Item] | None = None
         outcome = "failed"
         try:
             # No separate accept: the first reply (data, end, error, or the first
             # heartbeat if the handler is slow) tells the requester our control subject.
             self._arm()
             if owner._sync_index is not None:
-                ended = await self._pump_index(owner._sync_index)
+                if owner._pack and m.pack:
+                    ended = await self._pump_index_packed(owner._sync_index)
+                else:
+                    ended = await self._pump_index(owner._sync_index)
             elif owner._batch is not None and m.pack:
                 ended = await self._pump_batch(owner._batch)
             else:
@@ -333,6 +344,9 @@ class _ResponderStream:
                 return
             outcome = "cancelled"
         except _HandlerError as e:
+            if not m.terminal:
+                await self._send_error(e.message, e.code, e.retryable)
+        except StreamError as e:  # raised by the handler on purpose: sent as it is
             if not m.terminal:
                 await self._send_error(e.message, e.code, e.retryable)
         except asyncio.CancelledError:
@@ -353,11 +367,14 @@ class _ResponderStream:
                 except Exception:
                     log.debug("closing a stream handler failed", exc_info=True)
 
-    async def _pump(self, items: AsyncIterator[tuple[bytes, int | str | None]]) -> bool:
+    async def _pump(self, items: AsyncIterator[_Item]) -> bool:
         """Send what ``items`` yields; True when it is exhausted (the stream may end)."""
         emit = self._emit
         async for data, pos in items:
-            if not await emit(data, pos):
+            if type(data) is list:
+                if not await self._send_items(data, 0, _default_position):
+                    return False
+            elif not await emit(data, pos):  # type: ignore[arg-type]
                 return False
         return True
 
@@ -403,25 +420,33 @@ class _ResponderStream:
             data, more, err = result
             if err is not None:
                 raise _error_from_value(err)
-            if not await self._send_batch(data, batch, skip):
+            if not await self._send_items(data, skip, _batch_positions(batch)):
                 return False
             skip = 0
             if not more:
                 return True
             batch += 1
 
-    async def _send_batch(self, items: list[bytes], batch: int, start: int) -> bool:
-        """Send ``items[start:]`` of ``batch``, packed; False when the stream must stop."""
+    async def _send_items(
+        self, items: list[bytes], start: int, pos: Callable[[int], int | str | None]
+    ) -> bool:
+        """Send ``items[start:]``, ``pos(i)`` being item ``i``'s position (None: the
+        default), packed when the requester unpacks; False when the stream must stop."""
         m = self.machine
+        n = len(items)
+        if not m.pack:
+            for i in range(start, n):
+                if not await self._emit(items[i], pos(i)):
+                    return False
+            return True
         limit = self._limit
-        for j in range(start, len(items)):
+        for j in range(start, n):
             item = items[j]
             if type(item) is not bytes:
                 if not isinstance(item, (bytes, bytearray, memoryview)):
                     raise TypeError(f"a handler produced {type(item).__name__}, not bytes")
                 items[j] = bytes(item)
         i = start
-        n = len(items)
         while i < n:
             if m.terminal:
                 return False
@@ -438,19 +463,69 @@ class _ResponderStream:
                 j += 1
             if j - i < 2:
                 # One item (or none fits): as a plain message, waiting for credit.
-                if not await self._emit(items[i], f"{batch}.{i}"):
+                if not await self._emit(items[i], pos(i)):
                     return False
                 i += 1
                 continue
-            chunk = items[i:j]
-            payload = pack_items(chunk)
+            payload = pack_items(items[i:j])
             seq = m.send_pack(j - i, len(payload) - 4 * (j - i), self.loop.time())
-            headers = {HDR_SEQ: str(seq), HDR_PACK: str(j - i), HDR_POS: f"{batch}.{i}"}
+            headers = {HDR_SEQ: str(seq), HDR_PACK: str(j - i)}
+            first = pos(i)
+            if first is not None and first != seq - 1:
+                headers[HDR_POS] = str(first)
             await self._send(payload, headers)
             self._sent += j - i
             i = j
             await asyncio.sleep(0)  # let other streams and the flusher in
         return True
+
+    async def _pump_index_packed(self, handler: IndexHandler) -> bool:
+        """:meth:`_pump_index` with packing (``pack=True``): results of consecutive
+        calls are sent together, once 1,024 are held, ``_PACK_LINGER`` seconds after
+        the first of them, before awaiting an async result, or at the end."""
+        request = self.request
+        resume = self.machine.resume
+        index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
+        loop = self.loop
+        held: list[bytes] = []
+        held_bytes = 0
+        first = index
+        since = 0.0
+
+        async def flush() -> bool:
+            nonlocal held, held_bytes
+            items, held, held_bytes = held, [], 0
+            base = first
+            return not items or await self._send_items(items, 0, lambda i: base + i)
+
+        while True:
+            result: Any = handler(request, index)
+            if type(result) is not tuple:
+                if not await flush():
+                    return False
+                result = await result
+            data, more, err = result
+            if err is not None:
+                if not await flush():
+                    return False
+                raise _error_from_value(err)
+            if data is not None:
+                if held and index != first + len(held) and not await flush():
+                    return False
+                if not held:
+                    first = index
+                    since = loop.time()
+                held.append(data)
+                held_bytes += len(data) + 4
+                if (
+                    len(held) >= _PACK_HOLD
+                    or held_bytes >= self._limit
+                    or loop.time() - since >= _PACK_LINGER
+                ) and not await flush():
+                    return False
+            if not more:
+                return await flush()
+            index += 1
 
     def _send_now(self, data: bytes, pos: int | str | None) -> bool:
         """Queue a data reply on the connection without awaiting, when the common case
@@ -626,10 +701,10 @@ async def _call(fn: Callable[..., Any], is_coro: bool, *args: Any) -> Any:
 
 def _index_items(
     handler: IndexHandler,
-) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
+) -> Callable[[StreamRequest], AsyncIterator[_Item]]:
     is_coro = inspect.iscoroutinefunction(handler)
 
-    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+    async def items(request: StreamRequest) -> AsyncIterator[_Item]:
         resume = request._machine.resume
         index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
         while True:
@@ -646,6 +721,16 @@ def _index_items(
     return items
 
 
+def _batch_positions(batch: int) -> Callable[[int], str]:
+    """Positions of a batch's items: ``"<batch>.<item>"``."""
+    prefix = f"{batch}."
+    return lambda i: prefix + str(i)
+
+
+def _default_position(i: int) -> None:
+    return None
+
+
 def _batch_start(resume: Resume | None) -> tuple[int, int]:
     """(batch, items of it to skip) where a batch handler's stream (re)starts."""
     if resume is None:
@@ -658,10 +743,10 @@ def _batch_start(resume: Resume | None) -> tuple[int, int]:
 
 def _batch_items(
     handler: BatchHandler,
-) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
+) -> Callable[[StreamRequest], AsyncIterator[_Item]]:
     is_coro = inspect.iscoroutinefunction(handler)
 
-    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+    async def items(request: StreamRequest) -> AsyncIterator[_Item]:
         batch, skip = _batch_start(request._machine.resume)
         while True:
             data, more, err = await _call(handler, is_coro, request, batch)
@@ -680,8 +765,8 @@ def _batch_items(
 
 def _generator_items(
     fn: GeneratorHandler,
-) -> Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]]:
-    async def items(request: StreamRequest) -> AsyncIterator[tuple[bytes, int | str | None]]:
+) -> Callable[[StreamRequest], AsyncIterator[_Item]]:
+    async def items(request: StreamRequest) -> AsyncIterator[_Item]:
         gen = fn(request)
         if not hasattr(gen, "__anext__"):
             raise TypeError("stream_handler needs an async generator function")
@@ -690,7 +775,14 @@ def _generator_items(
         try:
             async for item in gen:
                 if skip and not request._resume_read:
-                    skip -= 1
+                    if type(item) is list:
+                        if skip < len(item):
+                            item, skip = item[skip:], 0
+                            yield item, None
+                            continue
+                        skip -= len(item)
+                    else:
+                        skip -= 1
                     if skip % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # a huge (or forged) resume must not freeze us
                     continue
@@ -834,12 +926,13 @@ class Subscriber:
     async def _subscribe(
         self,
         subject: str,
-        make_items: Callable[[StreamRequest], AsyncIterator[tuple[bytes, int | str | None]]],
+        make_items: Callable[[StreamRequest], AsyncIterator[_Item]],
         queue: str | None,
         max_concurrent_streams: int | None,
         *,
         sync_index: IndexHandler | None = None,
         batch: BatchHandler | None = None,
+        pack: bool = False,
     ) -> StreamSubscription:
         nc = self._check_open()
         validate_subscribe_subject(subject)
@@ -849,6 +942,7 @@ class Subscriber:
         )
         handle._sync_index = sync_index
         handle._batch = batch
+        handle._pack = pack
         handle._sub = await subscribe_live(
             nc, subject, handle._on_request, queue=q, direct=handle._request_now
         )
@@ -862,6 +956,7 @@ class Subscriber:
         *,
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
+        pack: bool = False,
     ) -> StreamSubscription:
         """Serve ``subject`` with an index handler (sync or async).
 
@@ -870,12 +965,22 @@ class Subscriber:
         else ``data`` (when not None) is sent; when ``more`` is False the end marker
         follows. Returns once the subscription is live on the server.
 
+        ``pack=True`` (for many small replies): results of consecutive calls of a
+        sync handler are packed into few NATS messages for requesters that unpack
+        (natstream's do); a reply is held back at most 5 ms, or until an async
+        result is awaited. The requester still sees one message per reply.
+
         Cancellation: when the requester cancels or vanishes, or the deadline passes,
         the handler's task is cancelled (``CancelledError`` inside an async handler).
         """
         sync = None if inspect.iscoroutinefunction(handler) else handler
         return await self._subscribe(
-            subject, _index_items(handler), queue, max_concurrent_streams, sync_index=sync
+            subject,
+            _index_items(handler),
+            queue,
+            max_concurrent_streams,
+            sync_index=sync,
+            pack=pack,
         )
 
     async def batch_stream_subscribe_handler(
@@ -905,9 +1010,11 @@ class Subscriber:
     ) -> StreamSubscription:
         """Serve ``subject`` with an async generator: ``async def fn(request): yield b"..."``.
 
-        Each yielded bytes is one reply; returning ends the stream; an exception
-        ends it with an error marker (raise :class:`StreamError` to choose the
-        message, code and retryability sent).
+        Each yielded bytes is one reply; a yielded list of bytes is several replies
+        sent together (packed into few NATS messages for requesters that unpack:
+        the way to stream many small replies fast). Returning ends the stream; an
+        exception ends it with an error marker (raise :class:`StreamError` to choose
+        the message, code and retryability sent).
         """
         return await self._subscribe(subject, _generator_items(fn), queue, max_concurrent_streams)
 

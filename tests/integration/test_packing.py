@@ -162,3 +162,63 @@ async def test_consumer_stopping_inside_a_pack_resumes_there(
     assert taken == [item(b, j) for b in range(4) for j in range(50)][:73]
     # Iteration counts a message as taken when the next one is asked for: 72 here.
     assert point == natstream.Resume(72, "1.21")
+
+
+async def test_index_handler_opt_in_packing_with_a_retry(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    """pack=True: consecutive results go out together; a retry resumes at the index
+    after the last one taken, also when indices were skipped (positions kept)."""
+    failed = False
+
+    def numbers(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        nonlocal failed
+        if index == 3001 and not failed:
+            failed = True
+            return None, False, "flaky"
+        if index % 10 == 3:
+            return None, True, None  # skipped indices break a pack's positions
+        return str(index).encode(), index < 5000, None
+
+    await subscriber.stream_subscribe_handler(subject, numbers, pack=True)
+    seen: list[bytes] = []
+
+    def take(msg: Msg) -> bool:
+        if not msg.data.startswith(b"__STREAM_"):
+            seen.append(msg.data)
+        return True
+
+    opts = StreamOptions(heartbeat=0.2, window_messages=500)
+    async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
+        await pool.stream_request_with_retry(subject, b"", 1, 0.0, take)
+    assert failed
+    assert seen == [str(i).encode() for i in range(5001) if i % 10 != 3]
+
+
+async def test_generator_lists_are_sent_together_and_resumed_inside(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    runs = 0
+
+    async def lists(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        nonlocal runs
+        runs += 1
+        for b in range(30):
+            if runs == 1 and b == 12:
+                raise natstream.StreamError("flaky", code=503, retryable=True)
+            yield [item(b, j) for j in range(40)]
+        yield b"last"
+
+    await subscriber.stream_handler(subject, lists)
+    seen: list[bytes] = []
+
+    def take(msg: Msg) -> bool:
+        if not msg.data.startswith(b"__STREAM_"):
+            seen.append(msg.data)
+        return True
+
+    opts = StreamOptions(heartbeat=0.2, window_messages=100)  # packs end mid-list
+    async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
+        await pool.stream_request_with_retry(subject, b"", 1, 0.0, take)
+    assert runs == 2
+    assert seen == [item(b, j) for b in range(30) for j in range(40)] + [b"last"]
