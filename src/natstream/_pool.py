@@ -293,6 +293,15 @@ class _Slot:
         return self.conn is None or self.conn.state is ConnState.EXPIRING
 
 
+# Budget of flow-control windows per connection (see _Conn.window): half of
+# nats-server's default max_pending, leaving room for protocol overhead (about 100
+# bytes per message) and other traffic; every stream gets at least the minimum.
+CONN_WINDOW_BYTES = 32 << 20
+CONN_WINDOW_MESSAGES = 65_536
+MIN_STREAM_MESSAGES = 64
+MIN_STREAM_BYTES = 16 << 10
+
+
 @dataclass(eq=False)
 class _Conn:
     """One nats-py connection, pinned to ``slot.server``. Streams attach to it."""
@@ -306,13 +315,34 @@ class _Conn:
     attempts: set[_Attempt] = field(default_factory=set)
     rtt: float | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Flow-control windows granted by the attempts on this connection, in total.
+    granted_messages: int = 0
+    granted_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.idle.set()
 
+    def window(self, messages: int, nbytes: int) -> tuple[int, int]:
+        """The window a new stream on this connection may grant: what is configured,
+        cut down to what the connection's budget has left, but not below the minimum
+        (unless configured below it).
+
+        nats-server disconnects a client (as a slow consumer) whose undelivered
+        messages pass its ``max_pending`` (64 MiB by default). Every stream's window
+        may be in that backlog at once, so the windows of one connection's streams
+        add up to about ``CONN_WINDOW_BYTES`` at most (plus the minimum per stream).
+        """
+        return (
+            min(messages, max(MIN_STREAM_MESSAGES, CONN_WINDOW_MESSAGES - self.granted_messages)),
+            min(nbytes, max(MIN_STREAM_BYTES, CONN_WINDOW_BYTES - self.granted_bytes)),
+        )
+
     def add(self, attempt: _Attempt) -> None:
         """An attempt starts on this connection (called by the attempt)."""
         server = self.slot.server
+        if attempt not in self.attempts:
+            self.granted_messages += attempt.machine.window_messages
+            self.granted_bytes += attempt.machine.window_bytes
         self.attempts.add(attempt)
         server.live.add(attempt)
         self.idle.clear()
@@ -322,7 +352,10 @@ class _Conn:
     def discard(self, attempt: _Attempt) -> None:
         """The attempt is over (called by the attempt; idempotent)."""
         server = self.slot.server
-        self.attempts.discard(attempt)
+        if attempt in self.attempts:
+            self.attempts.discard(attempt)
+            self.granted_messages -= attempt.machine.window_messages
+            self.granted_bytes -= attempt.machine.window_bytes
         server.live.discard(attempt)
         if not self.attempts:
             self.idle.set()

@@ -385,11 +385,12 @@ class Stream:
         opts = self._options
         self.attempts += 1
         conn = self._pool._acquire()
+        window_messages, window_bytes = conn.window(opts.window_messages, opts.window_bytes)
         machine = RequesterMachine(
             self._loop.time(),
             subject=self.subject,
-            window_messages=opts.window_messages,
-            window_bytes=opts.window_bytes,
+            window_messages=window_messages,
+            window_bytes=window_bytes,
             heartbeat=opts.heartbeat,
             stall_factor=opts.stall_factor,
             request_timeout=self._request_timeout,
