@@ -166,16 +166,18 @@ async def _measured(coro: Any) -> int:
     before = _rss()
     hwm_reset = _reset_peak()
     with _Sampler(before, _result["limit"]) as sampler:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         count: int = await coro
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = sampler.peak
     hwm = _status_bytes("VmHWM")
     if hwm_reset and hwm is not None:
         peak = max(peak, hwm)
     elif hwm is None:  # no /proc: the process's lifetime peak (it is a fresh process)
         peak = max(peak, _rss())
-    _result.update(rss_before=before, rss_peak=peak, seconds=elapsed, peak_from_hwm=hwm_reset)
+    _result.update(
+        rss_before=before, rss_peak=peak, seconds=elapsed, cpu=cpu, peak_from_hwm=hwm_reset
+    )
     return count
 
 
@@ -232,15 +234,19 @@ async def _run(
     with NatsServer() as srv:
         async with Responder(srv.url, 1, 1, uvloop=uvloop) as responder:
             for kind in ("natstream", "raw"):
+                resp_cpu = await responder.cpu()
                 r = await asyncio.to_thread(
                     _requester, kind, srv.url, n, size, every, pause, limit, uvloop
                 )
+                resp_cpu = await responder.cpu() - resp_cpu
                 if r["received"] != n:
                     raise AssertionError(f"{kind}: received {r['received']} of {n}")
                 figures[f"{kind}_rss_growth_mb"] = (r["rss_peak"] - r["rss_before"]) / 1e6
                 figures[f"{kind}_rss_before_mb"] = r["rss_before"] / 1e6
                 figures[f"{kind}_msgs_per_s"] = n / r["seconds"]
                 figures[f"{kind}_mb_per_s"] = n * size / r["seconds"] / 1e6
+                figures[f"{kind}_cpu_req_us"] = r["cpu"] / n * 1e6
+                figures[f"{kind}_cpu_resp_us"] = resp_cpu / n * 1e6  # warm-up included
                 figures[f"{kind}_peak_from_hwm"] = r["peak_from_hwm"]
                 figures["requester_loop"] = r["loop"]
             figures["responder_loop"] = responder.loop
