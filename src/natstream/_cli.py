@@ -197,7 +197,7 @@ def bench(opts: Options, quick: bool, json_path: str | None, cases: tuple[str, .
 
     Starts its own nats-server on loopback; prints rates, MB/s, time to first reply,
     CPU per message (this process and the responder's) and ratios, and checks them
-    against issue 6's targets. With ``natstream --uvloop bench`` every event loop of
+    against issue 6's targets. With 'natstream --uvloop bench' every event loop of
     the run, the responder process's included, is uvloop's. Exit status 1 when a case
     fails to run (a missed target is reported, not an error).
     """
