@@ -191,8 +191,16 @@ _BENCH_CASES = (
     type=click.Choice(_BENCH_CASES),
     help="Run only this case (repeatable; default: all).",
 )
+@click.option(
+    "--uvloop",
+    "use_uvloop",
+    is_flag=True,
+    help="Run every event loop on uvloop (as 'natstream --uvloop bench').",
+)
 @click.pass_obj
-def bench(opts: Options, quick: bool, json_path: str | None, cases: tuple[str, ...]) -> None:
+def bench(
+    opts: Options, quick: bool, json_path: str | None, cases: tuple[str, ...], use_uvloop: bool
+) -> None:
     """Measure natstream against raw nats-py (and plain appends) in the same run.
 
     Starts its own nats-server on loopback; prints rates, MB/s, time to first reply,
@@ -201,7 +209,8 @@ def bench(opts: Options, quick: bool, json_path: str | None, cases: tuple[str, .
     the run, the responder process's included, is uvloop's. Exit status 1 when a case
     fails to run (a missed target is reported, not an error).
     """
-    if opts.uvloop:
+    use_uvloop = use_uvloop or opts.uvloop
+    if use_uvloop:
         try:
             import uvloop  # noqa: F401
         except ImportError:
@@ -210,7 +219,7 @@ def bench(opts: Options, quick: bool, json_path: str | None, cases: tuple[str, .
             ) from None
     from ._bench import main as run_bench
 
-    ok = run_bench(quick, json_path, click.echo, uvloop=opts.uvloop, cases=cases or _BENCH_CASES)
+    ok = run_bench(quick, json_path, click.echo, uvloop=use_uvloop, cases=cases or _BENCH_CASES)
     if not ok:
         raise click.ClickException("a bench case failed to run (see above)")
 

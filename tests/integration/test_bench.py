@@ -75,7 +75,7 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
 def test_uvloop_reaches_both_ends(tmp_path: Path) -> None:
     pytest.importorskip("uvloop")
     _, results = _bench(
-        tmp_path, "--uvloop", "bench", "--quick", "--case", "stream_128", "--case", "memory"
+        tmp_path, "bench", "--uvloop", "--quick", "--case", "stream_128", "--case", "memory"
     )
     assert set(results) == {"machine", "quick", "stream_128", "memory"}
     assert results["machine"]["event_loop"].startswith("uvloop")
@@ -86,6 +86,12 @@ def test_uvloop_reaches_both_ends(tmp_path: Path) -> None:
 
 def test_cli_offers_every_case() -> None:
     assert _BENCH_CASES == CASES  # the CLI lists them without importing the bench
+
+
+def test_uvloop_before_bench_is_the_same_option(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    _, results = _bench(tmp_path, "--uvloop", "bench", "--quick", "--case", "writer")
+    assert results["machine"]["event_loop"].startswith("uvloop")
 
 
 def test_bench_rejects_an_unknown_case() -> None:
