@@ -610,7 +610,7 @@ def test_malformed_position_fails_instead_of_poisoning_the_retry(pos: str) -> No
 # ---------------------------------------------------------------- hostile responder
 
 NAMES = [HDR_SEQ, HDR_POS, HDR_END, HDR_CONTROL, HDR_ACK, HDR_RETRYABLE, HDR_STATUS,
-         HDR_SERVICE_ERROR, HDR_SERVICE_ERROR_CODE, "X"]  # fmt: skip
+         HDR_SERVICE_ERROR, HDR_SERVICE_ERROR_CODE, "Ns-Pack", "X"]  # fmt: skip
 TRICKY = ["", "1", "0", "503", "hb", "cancel", "ack", "x", "9" * 21, "\u0663", "1 1", "1.2",
           str(MAX_SEQ), str(MAX_SEQ + 1)]  # fmt: skip
 values = st.one_of(
@@ -623,6 +623,7 @@ replies = st.tuples(
     st.one_of(
         st.sampled_from([b"", STREAM_END, STREAM_ERROR_PREFIX + b"e", b"x" * 40]),
         st.binary(max_size=64),
+        st.lists(st.binary(max_size=8), min_size=1, max_size=5).map(pack_items),
     ),
     st.sampled_from([CTL, CTL, OTHER, ""]),
 )
@@ -668,10 +669,17 @@ def test_fuzz_hostile_responder(
                 assert verdict is Reply.DROP
             if verdict is Reply.DELIVER:
                 seq = m.received_seq
-                if m.v1:
+                items = m.unpacked
+                m.unpacked = None
+                if items is not None:  # a packed message: its items, one by one
                     assert headers is not None
-                    assert int(headers[HDR_SEQ]) == seq
-                queue.append((headers, payload))
+                    assert int(headers[HDR_SEQ]) == seq - len(items) + 1
+                    queue.extend((None, it) for it in items)
+                else:
+                    if m.v1:
+                        assert headers is not None
+                        assert int(headers[HDR_SEQ]) == seq
+                    queue.append((headers, payload))
             elif verdict in (Reply.FAIL, Reply.ERROR):
                 assert m.state is RequesterState.FAILED
                 assert m.error is not None
