@@ -284,6 +284,9 @@ async def publish(
         PayloadTooLargeError: payload plus headers exceed the server's max_payload.
         ConnectionLostError: the connection is closed or draining.
     """
+    if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
+        await nc.kick_flusher()
+        return
     with _publish_errors(nc, subject, payload):
         await nc.publish(subject, payload, reply=reply, headers=headers)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -67,8 +68,27 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
             headers["Status"] = code.decode()
         if description:
             headers["Description"] = description.decode("utf-8", "replace")
-    headers.update(Client._parse_header_lines(raw[line_end + 2 :]))
+    headers.update(_parse_header_lines(raw[line_end + 2 :]))
     return headers or None
+
+
+def _parse_header_lines(raw: bytes) -> dict[str, str]:
+    """``Name: Value`` lines, exactly as nats-py's ``Client._parse_header_lines`` reads
+    them (names: ASCII without whitespace, else skipped; values: stripped, UTF-8 with
+    replacement), without its per-character check."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if len(key.split()) > 1:
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out
 
 
 class FastClient(Client):
@@ -123,6 +143,44 @@ class FastClient(Client):
         not block). An exception it raises is logged, never propagated."""
         self._direct[sid] = handler
 
+    def queue_publish(
+        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
+    ) -> bool:
+        """Queue a publish for the flusher, as nats-py's ``publish`` does, without its
+        per-call header encoding; the caller then awaits :meth:`kick_flusher`.
+
+        ``subject`` and ``reply`` must be valid (natstream checks or makes them).
+        Returns False, having done nothing, when nats-py must take it: not connected,
+        payload over max_payload, or headers :func:`encode_headers` leaves to it.
+        """
+        if self._status != Client.CONNECTED or len(payload) > self._max_payload:
+            return False
+        target = f"{subject} {reply}".encode() if reply else subject.encode()
+        if headers:
+            block = encode_headers(headers)
+            if block is None:
+                return False
+            hlen = len(block)
+            cmd = b"HPUB %s %d %d\r\n%s%s\r\n" % (target, hlen, hlen + len(payload), block, payload)
+        else:
+            cmd = b"PUB %s %d\r\n%s\r\n" % (target, len(payload), payload)
+        self._pending.append(cmd)
+        self._pending_data_size += len(cmd)
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        return True
+
+    async def kick_flusher(self) -> None:
+        """After :meth:`queue_publish`: wake the flusher, or wait for it when the
+        pending buffer is over nats-py's limit (as ``publish`` does)."""
+        if 0 < self._max_pending_size < self._pending_data_size:
+            await self._flush_pending(force_flush=True)
+        else:
+            queue = self._flush_queue
+            if queue is not None and queue.empty():
+                await self._flush_pending()
+
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         # nats-py calls this when a subscription ends (unsubscribe, drain).
         self._direct.pop(sid, None)
@@ -159,6 +217,21 @@ class FastClient(Client):
         # Always the tolerant parser: nats-py's raises on a status line that is not
         # UTF-8, inside its read loop, which then stops reading for good.
         return parse_headers(headers)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token
+
+
+def encode_headers(headers: dict[str, str]) -> bytes | None:
+    """A NATS header block, or None when a name is not a plain token or a value holds
+    a line break (nats-py then encodes, rejects or cleans it its own way)."""
+    lines = [b"NATS/1.0\r\n"]
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+            return None
+        lines.append(f"{name}: {value.strip()}\r\n".encode())
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 class _FastParser(Parser):

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from natstream._fastclient import _FastParser, hpub_prefix, hpub_seq_command, parse_headers
+from natstream._fastclient import (
+    _FastParser,
+    encode_headers,
+    hpub_prefix,
+    hpub_seq_command,
+    parse_headers,
+)
 
 MUX_SID = 7  # the sid the fake client dispatches synchronously
 
@@ -159,3 +165,33 @@ async def test_the_data_command_is_a_valid_hpub(seq: int, reply: str) -> None:
     [(_, _, _, got_reply, data, headers)] = client.events
     assert (got_reply, data) == (reply.encode(), b"payload")
     assert parse_headers(headers) == {"Ns-Seq": str(seq)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"\r\n")))
+def test_header_lines_read_as_nats_py_reads_them(raw: bytes) -> None:
+    from nats.aio.client import Client
+
+    from natstream._fastclient import _parse_header_lines
+
+    assert _parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+names = st.text(alphabet="abcXYZ-_.019!#", min_size=1, max_size=12)
+values = st.text(max_size=20).filter(lambda v: "\r" not in v and "\n" not in v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(names, values, max_size=6))
+def test_encoded_headers_read_back(headers: dict[str, str]) -> None:
+    block = encode_headers(headers)
+    assert block is not None
+    expected = {k: v.strip() for k, v in headers.items()}
+    assert (parse_headers(block) or {}) == expected
+
+
+@pytest.mark.parametrize(
+    "headers", [{"a b": "x"}, {"": "x"}, {"k": "line\r\nInjected: 1"}, {"k:": "x"}, {"é": "x"}]
+)
+def test_headers_we_do_not_encode_are_left_to_nats_py(headers: dict[str, str]) -> None:
+    assert encode_headers(headers) is None
