@@ -63,12 +63,15 @@ from natstream._protocol._wire import (
     CTL_CANCEL,
     HDR_ACK,
     HDR_CONTROL,
+    HDR_PACK,
+    HDR_POS,
     HDR_RETRYABLE,
     HDR_SEQ,
     HDR_SERVICE_ERROR,
     HDR_SERVICE_ERROR_CODE,
     HDR_STATUS,
     HDR_WINDOW,
+    pack_items,
 )
 
 from .conftest import PROFILE, at_least
@@ -144,6 +147,7 @@ class Scenario:
     max_duration: float | None = None
     plain: bool = False  # the (first) responder speaks only the seed's in-band protocol
     second_responder: bool = False  # a second v1 responder answers too (no queue group)
+    packing: bool = True  # batch items go packed (up to three a message) when credit allows
     outcome: tuple[Any, ...] = ("end",)  # or ("error", after_n_items, code, retryable)
     r2q: Faults = field(default_factory=Faults)
     q2r: Faults = field(default_factory=Faults)
@@ -214,6 +218,13 @@ class Responder:
             if not m.has_credit(size):
                 self.blocked += 1
                 return
+            if (
+                sc.kind == "batch"
+                and sc.packing
+                and m.pack
+                and self._send_pack(min(stop, len(sc.items)))
+            ):
+                return
             pos: str | None
             if sc.kind == "index":
                 pos = None if item.pos == m.sent_seq else str(item.pos)
@@ -235,6 +246,34 @@ class Responder:
             message = f"failed after {stop}"
             headers = m.error_headers(message, code, retryable, self.sim.now)
             self._send(STREAM_ERROR_PREFIX + message.encode(), headers, ("error", self.rid))
+
+    def _send_pack(self, stop: int) -> bool:
+        """``_send_items``: up to three items of the current batch in one packed
+        message, as credit allows; False when fewer than two fit."""
+        m, items = self.m, self.sim.sc.items
+        credit_items, credit_bytes = m.credit()
+        batch = items[self.next].pos[0]
+        j, used = self.next, 0
+        while (
+            j < stop
+            and j - self.next < min(credit_items, 3)
+            and items[j].pos[0] == batch
+            and used + len(items[j].payload) <= credit_bytes
+        ):
+            used += len(items[j].payload)
+            j += 1
+        count = j - self.next
+        if count < 2:
+            return False
+        chunk = items[self.next : j]
+        seq = m.send_pack(count, used, self.sim.now)
+        headers = {HDR_SEQ: str(seq), HDR_PACK: str(count), HDR_POS: "{}.{}".format(*chunk[0].pos)}
+        payload = pack_items([it.payload for it in chunk])
+        self._send(payload, headers, ("pack", self.rid, self.next, count))
+        self.next = j
+        assert m.sent_seq - m.acked_seq <= m.limits.window_messages
+        assert m.sent_bytes - m.acked_bytes <= m.limits.window_bytes
+        return True
 
     def receive(self, w: Wire) -> None:
         if self.dead:
@@ -351,8 +390,17 @@ class Sim:
         elif self.m.v1 is False and (w.headers is None or HDR_SEQ not in w.headers):
             self.last_bound_rx = self.now
         if verdict is Reply.DELIVER:
-            self.buffer.append(w)
-            self.replies += 1
+            items = self.m.unpacked
+            if items is None:
+                self.buffer.append(w)
+                self.replies += 1
+            else:  # ``_Attempt._unpack``: one message per item, no headers
+                self.m.unpacked = None
+                _, rid, first, count = w.origin
+                assert len(items) == count
+                for k, data in enumerate(items):
+                    self.buffer.append(Wire(None, data, w.reply, ("data", rid, first + k)))
+                self.replies += count
         elif verdict is Reply.CANCEL_FOREIGN:
             assert w.reply
             assert w.reply != self.m.control_subject
@@ -655,6 +703,7 @@ def scenarios(draw: st.DrawFn, faults: bool = True) -> Scenario:
         max_duration=draw(st.one_of(st.none(), st.just(15.0))),
         plain=plain,
         second_responder=draw(st.integers(0, 3)) == 0,
+        packing=draw(st.booleans()),
         outcome=outcome,
         # A plain responder's replies carry no sequence: nothing could detect loss,
         # duplication or reordering (which NATS does not cause on a healthy connection).
@@ -1057,7 +1106,7 @@ def test_gap_then_resume(kind: str) -> None:
     """A data message lost (a reconnect): the requester fails at the next message,
     never delivers past the gap, tells the responder to stop; the retry resumes."""
     items = [Item(bytes([i]) * 5, (i // 3, i % 3) if kind == "batch" else 2 * i) for i in range(12)]
-    sc = Scenario(items, kind=kind, r2q=Faults(drop=True))
+    sc = Scenario(items, kind=kind, r2q=Faults(drop=True), packing=False)
     sim = Sim(sc)
     r = sim.responders[0]
     r.paused = True
