@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -24,15 +23,42 @@ class _Writer(Protocol):
     def flush(self) -> None: ...
 
 
+_time: Final = time.time
+_MILLIS: Final = tuple(b"%03d] " % ms for ms in range(1000))
+# The rendered "[YYYY-MM-DD HH:MM:SS.mmm] " of the last millisecond and the
+# "[YYYY-MM-DD HH:MM:SS." of the last second, keyed by milliseconds or seconds since the
+# epoch; each a tuple replaced whole, so threads sharing them at worst render twice.
+_last_ms: tuple[int, bytes] = (-1, b"")
+_last_s: tuple[int, bytes] = (-1, b"")
+
+
+def _render_stamp(millis: int) -> bytes:
+    global _last_ms, _last_s
+    seconds, ms = divmod(millis, 1000)
+    key, head = _last_s
+    if key != seconds:
+        head = time.strftime("[%Y-%m-%d %H:%M:%S.", time.localtime(seconds)).encode()
+        _last_s = (seconds, head)
+    stamp = head + _MILLIS[ms]
+    _last_ms = (millis, stamp)
+    return stamp
+
+
 def default_formatter(msg: Msg) -> bytes:
     """The seed's line format: ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data\\n`` (local time).
 
-    Newlines inside the payload are escaped so that one message is one line.
+    The time is when the formatter runs, truncated to the millisecond. Backslashes,
+    newlines and carriage returns in the payload are escaped (``\\\\``, ``\\n``,
+    ``\\r``), so one message is one line.
     """
-    now = _dt.datetime.now()
-    stamp = now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
-    data = msg.data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
-    return b"[" + stamp.encode() + b"] " + msg.subject.encode() + b": " + data + b"\n"
+    millis = int(_time() * 1000)
+    key, stamp = _last_ms
+    if key != millis:
+        stamp = _render_stamp(millis)  # once per millisecond at most
+    data = msg.data
+    if 92 in data or 10 in data or 13 in data:  # b"\\", b"\n", b"\r"; int needles: 5x faster
+        data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return b"".join((stamp, msg.subject.encode(), b": ", data, b"\n"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +91,7 @@ class Recording:
         self.subject = subject
         self.writer = writer
         self.formatter = formatter
+        self._write = writer.write
         self._sub: Subscription | None = None
         self.messages = 0
         self.bytes = 0
@@ -74,11 +101,20 @@ class Recording:
         self._done = asyncio.Event()
 
     async def _on_msg(self, msg: Msg) -> None:
+        """nats-py's callback for the subscription."""
+        self._deliver(msg)
+
+    def _deliver(self, msg: Msg) -> None:
+        """Format and write one message; never raises (an error stops the recording).
+
+        Synchronous and quick unless the writer's buffer is full, so it may also be
+        called straight from the protocol parser.
+        """
         if self.error is not None:
             return
         try:
             line = self.formatter(msg)
-            self.writer.write(line)
+            self._write(line)
         except Exception as exc:
             self.error = exc
             log.error("recording of %r stopped: %s", self.subject, exc)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -11,7 +15,7 @@ from nats.aio.msg import Msg
 
 from natstream import Subscriber
 from natstream._connection import flush_ordered
-from natstream._recorder import default_formatter
+from natstream._recorder import Recording, default_formatter
 from natstream.server import NatsServer
 
 
@@ -81,6 +85,63 @@ def test_default_formatter_one_line_per_message() -> None:
     line = default_formatter(msg)
     assert line.endswith(b"] logs.app: a\\nb\n")
     assert line.count(b"\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "escaped"),
+    [
+        (b"plain", b"plain"),
+        (b"back\\slash", b"back\\\\slash"),
+        (b"cr\rlf\r\n", b"cr\\rlf\\r\\n"),
+        (b"\\n is not a newline", b"\\\\n is not a newline"),
+        (b"", b""),
+    ],
+)
+def test_default_formatter_escapes_the_payload(data: bytes, escaped: bytes) -> None:
+    msg = Msg(_client=None, subject="a.b", data=data)  # type: ignore[arg-type]
+    assert default_formatter(msg).split(b"] ", 1)[1] == b"a.b: " + escaped + b"\n"
+
+
+@pytest.fixture
+def berlin_local_time() -> Iterator[None]:
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    yield
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+@pytest.mark.usefixtures("berlin_local_time")
+def test_default_formatter_stamp_is_local_time_to_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cached stamp matches ``datetime.fromtimestamp`` at every step, DST included."""
+    msg = Msg(_client=None, subject="s", data=b"x")  # type: ignore[arg-type]
+    fall_back = datetime(2026, 10, 25, 0, 59, 59, tzinfo=UTC).timestamp()  # 02:59:59 CEST
+    instants = [fall_back + step / 7 for step in range(-30, 30)]  # ~143 ms steps
+    instants += [fall_back + 3600 + k / 1000 for k in (0, 1, 1, 999, 1000, 1001)]
+    instants += [fall_back + 0.0004, fall_back + 0.9996, 1_700_000_000.0]
+    for now in instants:
+        monkeypatch.setattr("natstream._recorder._time", lambda now=now: now)
+        millis = int(now * 1000)
+        local = datetime.fromtimestamp(millis / 1000 + 0.0005)
+        expected = local.strftime("[%Y-%m-%d %H:%M:%S.") + f"{local.microsecond // 1000:03d}] "
+        assert default_formatter(msg) == expected.encode() + b"s: x\n", now
+
+
+def test_deliver_writes_and_counts_and_stops_on_a_writer_error() -> None:
+    writer = MemoryWriter(fail_after=2)
+    rec = Recording("s", writer, raw)
+    for i in range(4):
+        rec._deliver(Msg(_client=None, subject="s", data=b"%d" % i))  # type: ignore[arg-type]
+    assert writer.chunks == [b"s 0\n", b"s 1\n"]
+    stats = rec.stats()
+    assert (stats.messages, stats.bytes) == (2, 8)
+    assert stats.error == "OSError: [Errno 28] No space left on device"
 
 
 async def test_100k_messages_into_hourly_files(
