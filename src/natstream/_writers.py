@@ -24,9 +24,10 @@ Guarantees, in one place:
   is not cut; the file is reopened as after a crash, below.)
 * When ``fsync`` fails, the records were already handed to the OS: they are not written
   again, and whether they reached the disk is unknown (the error says so).
-* Errors are never swallowed: a failure in the caller's ``flush()``/``close()`` is raised
-  there; a failure of the background threads (flush, link, compression, retention) is
-  stored and raised once, from the next ``write()``, ``flush()`` or ``close()``.
+* Errors are never swallowed: a failure in the caller's ``flush()``/``close()``, or in
+  ``write()`` writing out a full buffer, is raised there; a failure of the background
+  threads (flush, link, compression, retention) is stored and raised once, from the
+  next ``write()``, ``flush()`` or ``close()``.
 * ``close()`` always closes; records it cannot write are dropped, counted in
   ``stats().bytes_dropped`` and reported in the exception's notes.
 * A file that does not end in ``b"\\n"`` when opened (a crash cut its last line) first
@@ -218,11 +219,13 @@ class HourlyFileWriter:
     blocks the loop for that time, typically well under a millisecond, longer only if the
     disk stalls). ``flush()`` writes on the caller's thread: from asyncio,
     ``await asyncio.to_thread(writer.flush)``. The writer is thread-safe; with the
-    default clock, ``write()`` takes no lock except at an hour change or a full buffer.
+    default clock, ``write()`` takes no lock except at an hour change or as the buffer
+    fills (this relies on the GIL: CPython's free-threaded build is not supported).
 
     Errors: see the module docstring. In short: the file is cut back to the last whole
     record, unwritten records stay buffered for the next flush, and the error is raised
-    from ``flush()``/``close()``, or, if the flush thread hit it, once from the next
+    from ``flush()``/``close()`` (or ``write()`` writing out a full buffer), or, if the
+    flush thread hit it, once from the next
     ``write()``/``flush()``/``close()``. A ``write()`` that raises did not accept its
     record. ``close()`` always closes; records it cannot write are dropped and counted in
     :attr:`WriterStats.bytes_dropped`.

@@ -396,6 +396,23 @@ def test_full_buffer_on_a_full_disk_raises_instead_of_blocking() -> None:
     assert writer.stats().bytes_dropped == 10 * accepted
 
 
+@needs_dev_full
+def test_write_raises_when_writing_out_a_full_buffer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(HourlyFileWriter, "_background_tick", lambda self: self._live)
+    writer = dev_full_writer(buffer_size=10)
+    assert writer.write(b"123456789\n") == 10
+    with pytest.raises(WriterError) as caught:
+        writer.write(b"refused\n")  # the buffer is full: write() writes it out, and fails
+    assert caught.value.errno == errno.ENOSPC
+    stats = writer.stats()
+    assert (stats.records, stats.bytes_buffered) == (1, 10)  # kept, for the next flush
+    with pytest.raises(WriterError):
+        writer.close()
+    assert writer.stats().bytes_dropped == 10
+
+
 def test_failed_fsync_is_raised_and_not_retried(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
