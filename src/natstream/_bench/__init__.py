@@ -55,7 +55,11 @@ _ALIASES = {
         "natstream_mb_per_s": "mb_per_s",
         "raw_msgs_per_s": "plain_lines_per_s",
     },
-    "record": {"natstream_msgs_per_s": "recorder_msgs_per_s"},
+    "record": {
+        "natstream_msgs_per_s": "recorder_msgs_per_s",
+        "natstream_cpu_req_us": "recorder_cpu_us_per_msg",
+        "raw_cpu_req_us": "raw_cpu_us_per_msg",
+    },
 }
 _BASELINE = {"writer": "plain file", "record": "nats-py", "memory": "nats-py, no fc"}
 
