@@ -266,6 +266,7 @@ def _publish_errors(nc: Client, subject: str, payload: bytes) -> Iterator[None]:
         nats.errors.ConnectionClosedError,
         nats.errors.ConnectionDrainingError,
         nats.errors.OutboundBufferLimitError,
+        OSError,  # from the socket, when nats-py writes inline (its flusher is gone)
     ) as exc:
         raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
 
@@ -284,11 +285,11 @@ async def publish(
         PayloadTooLargeError: payload plus headers exceed the server's max_payload.
         ConnectionLostError: the connection is closed or draining.
     """
-    if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
-        await nc.kick_flusher()
-        return
     with _publish_errors(nc, subject, payload):
-        await nc.publish(subject, payload, reply=reply, headers=headers)
+        if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
+            await nc.kick_flusher()
+        else:
+            await nc.publish(subject, payload, reply=reply, headers=headers)
 
 
 def check_payload(nc: Client, payload: bytes) -> None:

@@ -181,6 +181,17 @@ class FastClient(Client):
             if queue is not None and queue.empty():
                 await self._flush_pending()
 
+    async def _process_pong(self) -> None:
+        # nats-py sets the result of the oldest PING's future even when its waiter was
+        # cancelled (a timed-out flush() or rtt()): InvalidStateError then ends the
+        # read loop for good while the connection still looks connected.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         # nats-py calls this when a subscription ends (unsubscribe, drain).
         self._direct.pop(sid, None)

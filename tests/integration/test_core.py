@@ -442,3 +442,26 @@ async def test_windows_of_one_connection_share_a_budget(
         async with pool.stream(subject) as again:
             assert again._attempt is not None
             assert again._attempt.machine.window_bytes == 8 << 20
+
+
+async def test_a_timed_out_round_trip_does_not_stop_the_connection(server: NatsServer) -> None:
+    """nats-py resolves a cancelled PING future when its PONG comes late, which ended
+    its read loop: the connection looked connected and delivered nothing more."""
+    from natstream._connection import connect
+
+    nc = await connect([server.url], {}, allow_reconnect=False)
+    try:
+        got = asyncio.Event()
+
+        async def on(msg: Msg) -> None:
+            got.set()
+
+        await subscribe_live(nc, "probe", on)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0):
+                await nc.rtt()
+        await nc.flush()  # the late PONG has been read by now
+        await nc.publish("probe", b"x")
+        await asyncio.wait_for(got.wait(), 5)
+    finally:
+        await nc.close()
