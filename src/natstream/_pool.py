@@ -293,13 +293,24 @@ class _Slot:
         return self.conn is None or self.conn.state is ConnState.EXPIRING
 
 
-# Budget of flow-control windows per connection (see _Conn.window): half of
-# nats-server's default max_pending, leaving room for protocol overhead (about 100
-# bytes per message) and other traffic; every stream gets at least the minimum.
-CONN_WINDOW_BYTES = 32 << 20
-CONN_WINDOW_MESSAGES = 65_536
-MIN_STREAM_MESSAGES = 64
+# Budget of flow-control windows per pool (see _Conn.window). What streams may have
+# in flight waits in socket buffers and in nats-server, whose max_pending (64 MiB by
+# default) cuts a connection off; and messages queued ahead of a stream's heartbeats
+# make them late (false stalls, failed health checks). The pool's requester handles
+# roughly 50,000-200,000 small messages/s, so this many in flight is well under a
+# second of work. Every stream gets at least the minimum.
+POOL_WINDOW_BYTES = 32 << 20
+POOL_WINDOW_MESSAGES = 16_384
+MIN_STREAM_MESSAGES = 16
 MIN_STREAM_BYTES = 16 << 10
+
+
+@dataclass(eq=False)
+class WindowBudget:
+    """Flow-control windows granted by the pool's open stream attempts, in total."""
+
+    messages: int = 0
+    nbytes: int = 0
 
 
 @dataclass(eq=False)
@@ -315,34 +326,33 @@ class _Conn:
     attempts: set[_Attempt] = field(default_factory=set)
     rtt: float | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    # Flow-control windows granted by the attempts on this connection, in total.
-    granted_messages: int = 0
-    granted_bytes: int = 0
+    budget: WindowBudget = field(default_factory=WindowBudget)  # shared by the pool
 
     def __post_init__(self) -> None:
         self.idle.set()
 
     def window(self, messages: int, nbytes: int) -> tuple[int, int]:
-        """The window a new stream on this connection may grant: what is configured,
-        cut down to what the connection's budget has left, but not below the minimum
-        (unless configured below it).
+        """The window a new stream may grant: what is configured, cut down to what the
+        pool's budget has left, but not below the minimum (unless configured below).
 
         nats-server disconnects a client (as a slow consumer) whose undelivered
-        messages pass its ``max_pending`` (64 MiB by default). Every stream's window
-        may be in that backlog at once, so the windows of one connection's streams
-        add up to about ``CONN_WINDOW_BYTES`` at most (plus the minimum per stream).
+        messages pass its ``max_pending`` (64 MiB by default), and a long backlog
+        delays heartbeats and health checks. Every stream's window may be in that
+        backlog at once, so the windows of the pool's streams add up to about
+        ``POOL_WINDOW_*`` at most (plus the minimum per stream).
         """
+        budget = self.budget
         return (
-            min(messages, max(MIN_STREAM_MESSAGES, CONN_WINDOW_MESSAGES - self.granted_messages)),
-            min(nbytes, max(MIN_STREAM_BYTES, CONN_WINDOW_BYTES - self.granted_bytes)),
+            min(messages, max(MIN_STREAM_MESSAGES, POOL_WINDOW_MESSAGES - budget.messages)),
+            min(nbytes, max(MIN_STREAM_BYTES, POOL_WINDOW_BYTES - budget.nbytes)),
         )
 
     def add(self, attempt: _Attempt) -> None:
         """An attempt starts on this connection (called by the attempt)."""
         server = self.slot.server
         if attempt not in self.attempts:
-            self.granted_messages += attempt.machine.window_messages
-            self.granted_bytes += attempt.machine.window_bytes
+            self.budget.messages += attempt.machine.window_messages
+            self.budget.nbytes += attempt.machine.window_bytes
         self.attempts.add(attempt)
         server.live.add(attempt)
         self.idle.clear()
@@ -354,8 +364,8 @@ class _Conn:
         server = self.slot.server
         if attempt in self.attempts:
             self.attempts.discard(attempt)
-            self.granted_messages -= attempt.machine.window_messages
-            self.granted_bytes -= attempt.machine.window_bytes
+            self.budget.messages -= attempt.machine.window_messages
+            self.budget.nbytes -= attempt.machine.window_bytes
         server.live.discard(attempt)
         if not self.attempts:
             self.idle.set()
@@ -388,6 +398,7 @@ class Pool:
         self._servers = [_Server(url, safe_server(url)) for url in config.servers]
         self._slots: list[_Slot] = []
         self._rr = 0
+        self._budget = WindowBudget()  # windows granted by all streams of this pool
         self._tasks: set[asyncio.Task[None]] = set()  # health loop, connects, drains
         self._closers: set[asyncio.Task[None]] = set()  # never cancelled; close() awaits
         self._closed = asyncio.Event()
@@ -574,6 +585,7 @@ class Pool:
             expires_at=lifetime_deadline(now, self.config.max_lifetime, self._rand),
             clock=self._clock,
             last_used=now,
+            budget=self._budget,
         )
         holder.append(conn)
         return conn
@@ -750,11 +762,17 @@ class Pool:
             await asyncio.gather(*(self._check(c) for c in conns))
 
     async def _check(self, conn: _Conn) -> None:
-        """Measure ``conn``'s round trip; on failure or timeout it is lost."""
+        """Measure ``conn``'s round trip; on failure or timeout it is lost, unless
+        messages kept arriving meanwhile (the PONG is queued behind them: busy, not
+        dead)."""
+        received = conn.nc.stats["in_msgs"]
         try:
             async with asyncio.timeout(self.config.health_check_timeout):
                 rtt = await conn.nc.rtt()
         except Exception as exc:
+            busy = isinstance(exc, TimeoutError) and conn.nc.stats["in_msgs"] > received
+            if busy and conn.nc.is_connected:
+                return
             if conn.state in _IN_ROTATION:
                 conn.slot.server.health_failed += 1
                 self._lost(conn, f"health check failed: {type(exc).__name__}")

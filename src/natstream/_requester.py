@@ -27,7 +27,6 @@ from ._errors import (
 )
 from ._fastclient import SEQ_AT, SEQ_PREFIX, FastClient, parse_headers
 from ._protocol import Reply, RequesterMachine, RequesterState, Resume, cancel_headers
-from ._protocol._wire import HDR_SEQ
 from ._subjects import validate_publish_subject
 from ._timer import LazyTimer
 
@@ -41,6 +40,9 @@ Handler = Callable[[Msg], "bool | Awaitable[bool | None] | None"]
 # A peer without flow control can outrun us: past these we fail loudly instead of
 # growing without bound (nats-py's own per-subscription defaults).
 _PLAIN_MAX_BUFFERED = 512 * 1024
+
+
+_new = object.__new__
 
 
 def _item_type(client: FastClient, subject: str, reply: str) -> type[Msg]:
@@ -128,7 +130,8 @@ class _Attempt:
         """A reply straight from the parser (FastClient): build the message, handle it.
 
         Data from the bound responder with a lone ``Ns-Seq`` header, in order and
-        within the window, takes a short path (:meth:`RequesterMachine.on_data`).
+        within the window, takes a short path (:meth:`RequesterMachine.on_data`) and
+        becomes a message without headers, as packed items do (see :meth:`_unpack`).
         """
         if (
             headers is not None
@@ -143,9 +146,12 @@ class _Attempt:
                 and seq_b.isdigit()
                 and self.machine.on_data(self.loop.time(), int(seq_b), len(data))
             ):
-                self.buffer.append(
-                    Msg(self.nc, self.inbox, self._control_str, data, {HDR_SEQ: seq_b.decode()})
-                )
+                cls = self._item_type
+                if cls is None or cls.reply != self._control_str:
+                    cls = self._item_type = _item_type(self.nc, self.inbox, self._control_str)
+                msg = _new(cls)
+                msg.data = data
+                self.buffer.append(msg)
                 self.replies += 1
                 self.bytes += len(data)
                 w = self._waiter

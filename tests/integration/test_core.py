@@ -420,22 +420,22 @@ async def test_a_stream_error_raised_by_a_handler_is_sent_as_it_is(
     )
 
 
-async def test_windows_of_one_connection_share_a_budget(
+async def test_windows_of_a_pool_share_a_budget(
     subscriber: Subscriber, server: NatsServer, subject: str
 ) -> None:
     """Many concurrent streams must not let nats-server see a slow consumer: the
-    windows granted on one connection add up to the connection's budget (plus a
-    small minimum per stream), and come back when the streams end."""
-    from natstream._pool import CONN_WINDOW_BYTES, MIN_STREAM_BYTES
+    windows granted by a pool add up to its budget (plus a small minimum per
+    stream), and come back when the streams end."""
+    from natstream._pool import MIN_STREAM_BYTES, POOL_WINDOW_BYTES
 
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", True, None))
-    async with Pool(Config([server.url], idle_per_server=1)) as pool:
+    async with Pool(Config([server.url], idle_per_server=2)) as pool:
         streams = [pool.stream(subject) for _ in range(40)]
         for s in streams:
             await s.__aenter__()
         windows = [s._attempt.machine.window_bytes for s in streams]  # type: ignore[union-attr]
         assert windows[0] == 8 << 20
-        assert sum(windows) <= CONN_WINDOW_BYTES + 40 * MIN_STREAM_BYTES
+        assert sum(windows) <= POOL_WINDOW_BYTES + 40 * MIN_STREAM_BYTES
         assert min(windows) == MIN_STREAM_BYTES
         for s in streams:
             await s.aclose()

@@ -107,6 +107,7 @@ class TimerAction:
 
 
 _TERMINAL = frozenset({RequesterState.ENDED, RequesterState.FAILED, RequesterState.CANCELLED})
+_STREAMING = RequesterState.STREAMING  # Enum member lookup is slow in Python 3.11
 
 
 class RequesterMachine:
@@ -335,7 +336,7 @@ class RequesterMachine:
         if (
             seq != self.received_seq + 1
             or seq > MAX_SEQ
-            or self.state is not RequesterState.STREAMING
+            or self.state is not _STREAMING
             or not self.v1
             or self.control_subject is None
         ):

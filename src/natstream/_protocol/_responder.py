@@ -74,6 +74,7 @@ class _Limits:
 
 
 _TERMINAL = frozenset({ResponderState.ENDED, ResponderState.FAILED, ResponderState.CANCELLED})
+_OPEN = ResponderState.OPEN  # Enum member lookup is slow in Python 3.11
 
 
 class ResponderMachine:
@@ -174,7 +175,7 @@ class ResponderMachine:
         Returns 0, counting nothing, when it may not go this way (no credit, a plain
         requester, or the stream is over); the driver then takes the general path.
         """
-        if self.state is not ResponderState.OPEN or not self.v1:
+        if self.state is not _OPEN or not self.v1:
             return 0
         in_flight = self.sent_seq - self.acked_seq
         limits = self.limits
