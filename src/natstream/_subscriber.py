@@ -91,6 +91,7 @@ _YIELD_MASK = _YIELD_EVERY - 1  # a power of two
 _PACK_HOLD = 1024
 _PACK_LINGER = 0.005
 _CONNECTED = Client.CONNECTED
+_NOTHING: Any = object()
 _YIELD_BYTES = 256 * 1024
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
 
@@ -300,6 +301,8 @@ class _ResponderStream:
         self._limit = nc.max_payload - HEADER_ALLOWANCE
         self._too_large = False
         self._sent = 0
+        self._first: Any = _NOTHING  # see start_now
+        self._first_sent = False
         # The fast path (_send_now) needs a v1 requester and our own control subject.
         self._prefix = (
             hpub_prefix(self.reply, control_subject) if control_subject and machine.v1 else None
@@ -378,24 +381,55 @@ class _ResponderStream:
                 return False
         return True
 
+    def start_now(self, handler: IndexHandler) -> None:
+        """Call a sync index handler for the first reply at once, in the request's
+        dispatch, and queue that reply if it can go the fast way: the stream's task
+        starts an event-loop iteration later, which would delay the first reply.
+        :meth:`_pump_index` takes the result (or the exception) from there."""
+        index = self._first_index()
+        try:
+            result: Any = handler(self.request, index)
+        except Exception as exc:
+            self._first = exc
+            return
+        self._first = result
+        if type(result) is tuple and len(result) == 3 and result[2] is None:
+            data = result[0]
+            if data is not None and self._send_now(data, index):
+                self._first_sent = True
+                queue = self.nc._flush_queue
+                if queue is not None and queue.empty():
+                    queue.put_nowait(self.loop.create_future())  # nats-py's flusher kick
+
+    def _first_index(self) -> int:
+        resume = self.machine.resume
+        return int(resume.pos.partition(".")[0]) + 1 if resume else 0
+
     async def _pump_index(self, handler: IndexHandler) -> bool:
         """:meth:`_pump` for a sync index handler, without an async generator per item."""
         request = self.request
-        resume = self.machine.resume
-        index = int(resume.pos.partition(".")[0]) + 1 if resume else 0
+        index = self._first_index()
         emit = self._emit
         send_now = self._send_now
         nc = self.nc
         queue = nc._flush_queue
+        first, self._first = self._first, _NOTHING
         while True:
-            result: Any = handler(request, index)
+            if first is _NOTHING:
+                result: Any = handler(request, index)
+            else:
+                result, first = first, _NOTHING
+                if isinstance(result, Exception):
+                    raise result
             if type(result) is not tuple:
                 result = await result
             data, more, err = result
             if err is not None:
                 raise _error_from_value(err)
             if data is not None:
-                if send_now(data, index):
+                if self._first_sent:
+                    self._first_sent = False  # start_now sent it
+                elif send_now(data, index):
                     if (
                         not self._sent & _YIELD_MASK
                         or nc._pending_data_size > _YIELD_BYTES
@@ -1090,6 +1124,8 @@ class Subscriber:
         if control is not None:
             self._controls[token] = stream
         handle._add(stream)
+        if handle._sync_index is not None and not handle._pack:
+            stream.start_now(handle._sync_index)
         stream.task = asyncio.create_task(
             stream.run(), name=f"natstream-stream-{handle.subject}-{handle._started}"
         )

@@ -465,3 +465,29 @@ async def test_a_timed_out_round_trip_does_not_stop_the_connection(server: NatsS
         await asyncio.wait_for(got.wait(), 5)
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_the_first_reply_sent_from_the_request_dispatch(
+    subscriber: Subscriber, pool: Pool, subject: str, fails: bool
+) -> None:
+    """A sync index handler's first call runs as the request arrives; what it returns
+    or raises reaches the requester as from any other call."""
+    calls: list[int] = []
+
+    def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        calls.append(index)
+        if fails:
+            raise RuntimeError("no")
+        return b"only", False, None
+
+    await subscriber.stream_subscribe_handler(subject, handler)
+    seen = Collect()
+    if fails:
+        with pytest.raises(StreamError, match="internal error"):
+            await pool.stream_request(subject, b"", seen)
+        assert seen.data[-1].startswith(STREAM_ERROR_PREFIX)
+    else:
+        await pool.stream_request(subject, b"", seen)
+        assert seen.data == [b"only", STREAM_END]
+    assert calls == [0]
