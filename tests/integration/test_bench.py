@@ -72,6 +72,22 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_quick_packed_case(tmp_path: Path) -> None:
+    proc, results = _bench(tmp_path, "bench", "--quick", "--case", "packed")
+    assert set(results) == {"machine", "quick", "packed"}
+    packed = results["packed"]
+    assert "error" not in packed, packed
+    assert packed["items"] == 20_000
+    assert packed["items_per_s"] > 0
+    assert packed["raw_msgs_per_s"] > 0
+    assert packed["ratio_to_raw"] == pytest.approx(packed["items_per_s"] / packed["raw_msgs_per_s"])
+    for key in ("natstream_cpu_req_us", "natstream_cpu_resp_us", "raw_cpu_req_us"):
+        assert packed[key] > 0, key
+    assert len(packed["targets"]) == len(TARGETS["packed"])
+    assert "\npacked       natstream items" in proc.stdout
+
+
+@pytest.mark.slow
 def test_uvloop_reaches_both_ends(tmp_path: Path) -> None:
     pytest.importorskip("uvloop")
     _, results = _bench(

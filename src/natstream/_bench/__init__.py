@@ -2,8 +2,9 @@
 
 Each case measures natstream and its baseline in the same run and reports the ratio,
 because this kind of machine is shared and noisy: absolute figures move, ratios less.
-Cases (issue 6's numbering): ``stream_128`` and ``stream_1k`` (1), ``first_reply``
-(3), ``concurrent`` (4), ``memory`` (5), then ``writer`` and ``record`` (issue 4).
+Cases (issue 6's numbering): ``stream_128`` and ``stream_1k`` (1), ``packed`` (2),
+``first_reply`` (3), ``concurrent`` (4), ``memory`` (5), then ``writer`` and ``record``
+(issue 4).
 With ``uvloop`` every event loop of the run is uvloop's: this process's and the
 responder's and requesters' processes (the record case's publisher process excepted).
 """
@@ -28,6 +29,7 @@ __all__ = ["CASES", "TARGETS", "run_all"]
 TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
     "stream_128": [("ratio", ">=", 0.9)],
     "stream_1k": [("ratio", ">=", 0.9)],
+    "packed": [("items_per_s", ">=", 1_000_000), ("ratio_to_raw", ">=", 5.0)],
     "first_reply": [("first_reply_ratio", "<=", 1.2)],
     "concurrent": [
         ("all_complete", "==", True),
@@ -55,6 +57,7 @@ _ALIASES = {
         "natstream_mb_per_s": "mb_per_s",
         "raw_msgs_per_s": "plain_lines_per_s",
     },
+    "packed": {"natstream_msgs_per_s": "items_per_s"},
     "record": {
         "natstream_msgs_per_s": "recorder_msgs_per_s",
         "natstream_cpu_req_us": "recorder_cpu_us_per_msg",
@@ -62,6 +65,7 @@ _ALIASES = {
     },
 }
 _BASELINE = {"writer": "plain file", "record": "nats-py", "memory": "nats-py, no fc"}
+_LABEL = {"packed": "natstream items"}
 
 
 def _version(package: str) -> str | None:
@@ -103,13 +107,17 @@ def _loop_policy(uvloop: bool) -> Iterator[None]:
 
 
 def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from . import memory, record, stream, writer
+    from . import memory, packed, record, stream, writer
 
     n = 5_000 if quick else 100_000
     rounds = 1 if quick else 3
     return {
         "stream_128": lambda: stream.run(n, 128, rounds, uvloop=uvloop),
         "stream_1k": lambda: stream.run(n, 1024, rounds, uvloop=uvloop),
+        # 1,000,000 x 128 B items, 1,000 a batch; baseline: stream_128's raw round
+        "packed": lambda: packed.run(
+            20_000 if quick else 1_000_000, 128, raw_messages=n, rounds=rounds, uvloop=uvloop
+        ),
         "first_reply": lambda: stream.run_first_reply(200 if quick else 5_000, uvloop=uvloop),
         "concurrent": lambda: stream.run_concurrent(
             *((50, 100) if quick else (1_000, 1_000)), 128, uvloop=uvloop
@@ -197,7 +205,10 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"{name:<12} failed: {figures['error']}")
             targets.append(f"{name:<12} failed")
             continue
-        for label, prefix in (("natstream", "natstream"), (_BASELINE.get(name, "nats-py"), "raw")):
+        for label, prefix in (
+            (_LABEL.get(name, "natstream"), "natstream"),
+            (_BASELINE.get(name, "nats-py"), "raw"),
+        ):
             row = _row(name, figures, prefix)
             if row["msgs_per_s"] is None and row["first_p50_us"] is None:
                 continue
@@ -237,6 +248,7 @@ def _extra(name: str, figures: dict[str, Any]) -> str:
             "server_pending_max_mb",
         ),
         "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
+        "packed": ("items", "per_batch", "raw_messages"),
     }.get(name, ())
     shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]
     if "errors" in figures:

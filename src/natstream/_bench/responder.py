@@ -10,6 +10,8 @@ baseline:
   stream of one reply.
 * ``bench.rawmany`` / ``bench.many``: like raw/ns, but the request's data says how
   many replies and how large: ``b"COUNT"`` or ``b"COUNT SIZE"``.
+* ``bench.pack``: a natstream batch handler (packed for natstream requesters);
+  ``b"COUNT SIZE PER"``: COUNT items of SIZE bytes, PER a batch.
 
 Prints ``ready <event loop class>`` once everything is subscribed. Then each ``cpu``
 line on stdin is answered with this process's CPU seconds; end of stdin stops it.
@@ -30,6 +32,18 @@ from natstream import StreamRequest, Subscriber
 from ._proc import loop_name, run_loop
 
 _MANY_LIMIT = 4096  # concurrent streams per subject (the bench runs up to 1,000)
+
+
+_Batches = tuple[int, int, list[bytes]]
+
+
+def _batches(data: bytes, cache: dict[bytes, _Batches]) -> _Batches:
+    """(count, per, one full batch) from ``b"COUNT SIZE PER"``, built once per distinct data."""
+    got = cache.get(data)
+    if got is None:
+        count, size, per = (int(w) for w in data.split())
+        got = cache[data] = (count, per, [b"x" * size] * per)
+    return got
 
 
 def _params(
@@ -95,9 +109,19 @@ async def serve(url: str, n: int, size: int) -> None:
         count, data = _params(request.data, size, many_cache)
         return (data, True, None) if index < count else (None, False, None)
 
+    pack_cache: dict[bytes, _Batches] = {}
+
+    def packed(request: StreamRequest, batch: int) -> tuple[list[bytes], bool, None]:
+        count, per, items = _batches(request.data, pack_cache)
+        left = count - batch * per
+        if left > per:
+            return items, True, None
+        return items[: max(left, 0)], False, None
+
     await sub.stream_subscribe_handler("bench.ns", handler)
     await sub.stream_subscribe_handler("bench.first", first)
     await sub.stream_subscribe_handler("bench.many", many, max_concurrent_streams=_MANY_LIMIT)
+    await sub.batch_stream_subscribe_handler("bench.pack", packed)
     await nc.flush()
 
     print(f"ready {loop_name()}", flush=True)
