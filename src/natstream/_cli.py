@@ -173,6 +173,7 @@ def record(
 _BENCH_CASES = (
     "stream_128",
     "stream_1k",
+    "packed",
     "first_reply",
     "concurrent",
     "memory",
