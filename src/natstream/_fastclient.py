@@ -209,7 +209,10 @@ class FastClient(Client):
             stats["in_bytes"] += len(data)
             handler = self._mux.get(subject[self._mux_at :])
             if handler is not None:
-                handler(subject, reply, data, headers)
+                try:
+                    handler(subject, reply, data, headers)
+                except Exception:  # a bug, or input no check foresaw: never the read loop
+                    _log.exception("a stream reply could not be handled; message dropped")
             return True
         direct = self._direct.get(sid)
         if direct is None:
@@ -217,8 +220,16 @@ class FastClient(Client):
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        msg = Msg(self, subject.decode(), reply.decode(), data, parse_headers(headers), _sid=sid)
         try:
+            # Anyone allowed to publish here picks the reply subject: it may not be UTF-8.
+            msg = Msg(
+                self,
+                subject.decode(errors="replace"),
+                reply.decode(errors="replace"),
+                data,
+                parse_headers(headers),
+                _sid=sid,
+            )
             direct(msg)
         except Exception:
             _log.exception("a direct subscription handler raised; message dropped")
@@ -261,12 +272,16 @@ class _FastParser(Parser):
     def reset(self) -> None:
         super().reset()
         self._generation = getattr(self, "_generation", 0) + 1
+        self._wanted = 0  # length the buffered bytes must reach before parsing again
 
     async def parse(self, data: bytes = b"") -> None:
         if self.buf:
             self.buf.extend(data)
+            if len(self.buf) < self._wanted:
+                return  # a large message still arriving: do not copy and rescan it yet
             data = bytes(self.buf)
             self.buf.clear()
+        self._wanted = 0
         generation = self._generation
         nc = self.nc
         dispatch = nc._dispatch
@@ -313,6 +328,7 @@ class _FastParser(Parser):
             start = line_end + 2
             stop = start + total
             if stop + 2 > size:
+                self._wanted = stop + 2 - pos  # bytes this message needs from ``pos``
                 break  # the payload has not all arrived
             if hlen:
                 headers: bytes | None = data[start : start + hlen]

@@ -165,8 +165,8 @@ class _Attempt:
         self._handle(
             Msg(
                 _client=self.nc,
-                subject=subject.decode(),
-                reply=reply.decode(),
+                subject=subject.decode(errors="replace"),
+                reply=reply.decode(errors="replace"),  # a hostile responder chooses it
                 data=data,
                 headers=parse_headers(headers),
             )
@@ -617,8 +617,10 @@ class Stream:
                 result = handler(msg)
                 if result is not None and result is not True:
                     if inspect.isawaitable(result):
-                        m.on_delivered_many(count, nbytes)  # before anything can arrive
+                        ack = m.on_delivered_many(count, nbytes)  # before anything arrives
                         count = nbytes = 0
+                        if ack is not None:
+                            await attempt.send_ack(ack)
                         msgs_left, bytes_left = m.ack_budget()
                         result = await result
                     if result is False:

@@ -1120,3 +1120,77 @@ async def test_absurd_resume_does_not_freeze_a_generator_responder(server: NatsS
         await nc.close()
         proc.kill()
         await proc.wait()
+
+
+async def _raw_client(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("nats://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+    return reader, writer
+
+
+@pytest.mark.parametrize("target", ["request subject", "control subject"])
+async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
+    server: NatsServer, target: str
+) -> None:
+    """Anyone allowed to publish on the service subject picks the reply subject, and
+    the server passes any bytes on: decoding it must not stop the read loop."""
+    sub = await Subscriber.connect(server.url, close_grace=0.5)
+    try:
+        await sub.stream_subscribe_handler("sec.utf8", ten)
+        subject = "sec.utf8"
+        if target == "control subject":
+            subject = f"{sub._control_prefix}.{secrets.token_hex(12)}"
+        reader, writer = await _raw_client(server.url)
+        try:
+            writer.write(b"PUB " + subject.encode() + b" in\xffbox 1\r\nx\r\nPING\r\n")
+            await writer.drain()
+            async with asyncio.timeout(5):
+                while not (await reader.readline()).startswith(b"PONG"):
+                    pass
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        async with Pool(cfg(server.url)) as pool:
+            await pool.stream_request_with_timeout("sec.utf8", b"", 1.0, 3.0, _true)
+    finally:
+        await sub.close()
+
+
+async def test_a_non_utf8_reply_from_a_hostile_responder_does_not_deafen_the_requester(
+    server: NatsServer,
+) -> None:
+    reader, writer = await _raw_client(server.url)
+    writer.write(b"SUB sec.hostile 1\r\nPING\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while not (await reader.readline()).startswith(b"PONG"):
+            pass
+
+    async def hostile() -> None:
+        while line := await reader.readline():
+            if line.startswith((b"MSG", b"HMSG")):
+                parts = line.split()
+                await reader.readexactly(int(parts[-1]) + 2)
+                writer.write(b"PUB " + parts[3] + b" bad\xffreply 2\r\nhi\r\n")
+                await writer.drain()
+            elif line.startswith(b"PING"):
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+
+    task = asyncio.create_task(hostile())
+    sub = await Subscriber.connect(server.url, close_grace=0.5)
+    try:
+        await sub.stream_subscribe_handler("sec.fine", ten)
+        async with Pool(cfg(server.url)) as pool:
+            with pytest.raises(natstream.StreamFailure):
+                await pool.stream_request_with_timeout("sec.hostile", b"", 0.5, 2.0, _true)
+            # The same connection still reads: a normal stream completes.
+            seen: list[bytes] = []
+            await pool.stream_request("sec.fine", b"", lambda m: seen.append(m.data) or True)
+            assert len(seen) == 11
+    finally:
+        task.cancel()
+        writer.close()
+        await sub.close()
