@@ -1192,5 +1192,7 @@ async def test_a_non_utf8_reply_from_a_hostile_responder_does_not_deafen_the_req
             assert len(seen) == 11
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         writer.close()
+        await writer.wait_closed()
         await sub.close()
