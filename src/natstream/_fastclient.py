@@ -85,7 +85,7 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
             key = name.strip().decode("ascii")
         except UnicodeDecodeError:
             continue
-        if len(key.split()) > 1:
+        if key and key.split() != [key]:  # whitespace in the name (str.isspace's sense)
             continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
@@ -169,6 +169,8 @@ async def test_the_data_command_is_a_valid_hpub(seq: int, reply: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"\r\n")))
+@example(b"\x1c:")  # str.isspace() whitespace that bytes.strip() keeps
+@example(b"a\x1c: v\r\n: empty name\r\nk\x85: x")
 def test_header_lines_read_as_nats_py_reads_them(raw: bytes) -> None:
     from nats.aio.client import Client
 
