@@ -329,7 +329,8 @@ class _Attempt:
 class Stream:
     """One streamed request, with retries; created by :meth:`Pool.stream`.
 
-    Use ``async with pool.stream(...) as s: async for msg in s: ...``. Iteration
+    Use ``async with pool.stream(...) as s: async for msg in s: ...`` (iterating
+    outside the block raises ``TypeError``: nothing would end the stream). Iteration
     yields data replies only and ends at the end marker; an error marker raises
     :class:`StreamError`, timeouts raise :class:`RequestTimeoutError` /
     :class:`StreamTimeoutError`. Leaving the block early (``break``, an exception, or
@@ -382,6 +383,7 @@ class Stream:
         self._to_ack: Msg | None = None
         self.attempts = 0
         self._closed = False
+        self._entered = False  # by ``async with``: leaving the block ends the stream
 
     # ------------------------------------------------------------ lifecycle
 
@@ -416,6 +418,7 @@ class Stream:
         return attempt
 
     async def __aenter__(self) -> Stream:
+        self._entered = True
         await self._open()
         return self
 
@@ -440,6 +443,13 @@ class Stream:
     # ------------------------------------------------------------ iteration
 
     def __aiter__(self) -> Stream:
+        if not self._entered:
+            # Iterating alone, nothing would end the stream after a ``break``: the
+            # responder would keep sending and heartbeats would flow until exit.
+            raise TypeError(
+                "iterate a stream inside its block: "
+                "`async with pool.stream(...) as s: async for msg in s: ...`"
+            )
         return self
 
     async def __anext__(self) -> Msg:

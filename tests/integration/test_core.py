@@ -491,3 +491,10 @@ async def test_the_first_reply_sent_from_the_request_dispatch(
         await pool.stream_request(subject, b"", seen)
         assert seen.data == [b"only", STREAM_END]
     assert calls == [0]
+
+
+async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
+    """Outside ``async with`` nothing would end the stream after a ``break``."""
+    with pytest.raises(TypeError, match="async with"):
+        async for _msg in pool.stream(subject):
+            pass
