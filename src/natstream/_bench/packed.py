@@ -23,7 +23,7 @@ from natstream import Config, Pool
 from natstream.server import NatsServer
 
 from ._proc import CpuMeter, Responder, loop_name, run_loop
-from .stream import _cpu_figures, _raw_round
+from .stream import _raw_round, alternate_rounds
 
 __all__ = ["run"]
 
@@ -54,19 +54,14 @@ async def _packed(
         async with Responder(srv.url, raw_messages, size, uvloop=uvloop) as responder:
             nc = await nats.connect(srv.url)
             pool = await Pool.connect(Config([srv.url], idle_per_server=1))
-            meter = CpuMeter(responder)
-            raw_best = ns_best = float("inf")
-            raw_cpu: list[tuple[float, float]] = []
-            ns_cpu: list[tuple[float, float]] = []
-            for _ in range(rounds):
-                await meter.start()
-                raw_best = min(raw_best, await _raw_round(nc, raw_messages))
-                await meter.stop()
-                raw_cpu.append(meter.per_message_us(raw_messages))
-                await meter.start()
-                ns_best = min(ns_best, await _packed_round(pool, count, size, per))
-                await meter.stop()
-                ns_cpu.append(meter.per_message_us(count))
+            raw_best, ns_best, cpu = await alternate_rounds(
+                CpuMeter(responder),
+                rounds,
+                lambda: _raw_round(nc, raw_messages),
+                raw_messages,
+                lambda: _packed_round(pool, count, size, per),
+                count,
+            )
             await pool.close()
             await nc.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
@@ -81,8 +76,7 @@ async def _packed(
         "ratio_to_raw": items_rate / raw_rate,
         "natstream_mb_per_s": items_rate * size / 1e6,
         "raw_mb_per_s": raw_rate * size / 1e6,
-        **_cpu_figures("raw", raw_cpu),
-        **_cpu_figures("natstream", ns_cpu),
+        **cpu,
         **loops,
     }
 

@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -90,24 +91,44 @@ def _cpu_figures(prefix: str, cpu: list[tuple[float, float]]) -> dict[str, float
     }
 
 
+async def alternate_rounds(
+    meter: CpuMeter,
+    rounds: int,
+    raw: Callable[[], Awaitable[float]],
+    raw_messages: int,
+    ours: Callable[[], Awaitable[float]],
+    our_messages: int,
+) -> tuple[float, float, dict[str, float]]:
+    """Run the baseline and natstream rounds alternately; return the least elapsed
+    seconds of each (raw, ours) and their CPU figures (``_cpu_figures``)."""
+    raw_best = ns_best = float("inf")
+    raw_cpu: list[tuple[float, float]] = []
+    ns_cpu: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        await meter.start()
+        raw_best = min(raw_best, await raw())
+        await meter.stop()
+        raw_cpu.append(meter.per_message_us(raw_messages))
+        await meter.start()
+        ns_best = min(ns_best, await ours())
+        await meter.stop()
+        ns_cpu.append(meter.per_message_us(our_messages))
+    return raw_best, ns_best, {**_cpu_figures("raw", raw_cpu), **_cpu_figures("natstream", ns_cpu)}
+
+
 async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
     with NatsServer() as srv:
         async with Responder(srv.url, n, size, uvloop=uvloop) as responder:
             nc = await nats.connect(srv.url)
             pool = await Pool.connect(Config([srv.url], idle_per_server=1))
-            meter = CpuMeter(responder)
-            raw_best = ns_best = float("inf")
-            raw_cpu: list[tuple[float, float]] = []
-            ns_cpu: list[tuple[float, float]] = []
-            for _ in range(rounds):
-                await meter.start()
-                raw_best = min(raw_best, await _raw_round(nc, n))
-                await meter.stop()
-                raw_cpu.append(meter.per_message_us(n))
-                await meter.start()
-                ns_best = min(ns_best, await _ns_round(pool, n))
-                await meter.stop()
-                ns_cpu.append(meter.per_message_us(n))
+            raw_best, ns_best, cpu = await alternate_rounds(
+                CpuMeter(responder),
+                rounds,
+                lambda: _raw_round(nc, n),
+                n,
+                lambda: _ns_round(pool, n),
+                n,
+            )
             await pool.close()
             await nc.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
@@ -120,8 +141,7 @@ async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any
         "ratio": ns_rate / raw_rate,
         "raw_mb_per_s": raw_rate * size / 1e6,
         "natstream_mb_per_s": ns_rate * size / 1e6,
-        **_cpu_figures("raw", raw_cpu),
-        **_cpu_figures("natstream", ns_cpu),
+        **cpu,
         **loops,
     }
 
