@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._errors import ConnectionLostError, NatstreamError, PayloadTooLargeError
-from ._fastclient import FastClient
+from ._fastclient import FastClient, kick_flusher
 
 __all__ = [
     "connect",
@@ -287,7 +287,7 @@ async def publish(
     """
     with _publish_errors(nc, subject, payload):
         if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
-            await nc.kick_flusher()
+            await kick_flusher(nc)
         else:
             await nc.publish(subject, payload, reply=reply, headers=headers)
 

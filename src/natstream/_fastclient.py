@@ -28,6 +28,7 @@ __all__ = [
     "FastClient",
     "hpub_prefix",
     "hpub_seq_command",
+    "kick_flusher",
     "parse_headers",
 ]
 
@@ -147,7 +148,7 @@ class FastClient(Client):
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
     ) -> bool:
         """Queue a publish for the flusher, as nats-py's ``publish`` does, without its
-        per-call header encoding; the caller then awaits :meth:`kick_flusher`.
+        per-call header encoding; the caller then awaits :func:`kick_flusher`.
 
         ``subject`` and ``reply`` must be valid (natstream checks or makes them).
         Returns False, having done nothing, when nats-py must take it: not connected,
@@ -170,16 +171,6 @@ class FastClient(Client):
         stats["out_msgs"] += 1
         stats["out_bytes"] += len(payload)
         return True
-
-    async def kick_flusher(self) -> None:
-        """After :meth:`queue_publish`: wake the flusher, or wait for it when the
-        pending buffer is over nats-py's limit (as ``publish`` does)."""
-        if 0 < self._max_pending_size < self._pending_data_size:
-            await self._flush_pending(force_flush=True)
-        else:
-            queue = self._flush_queue
-            if queue is not None and queue.empty():
-                await self._flush_pending()
 
     async def _process_pong(self) -> None:
         # nats-py sets the result of the oldest PING's future even when its waiter was
@@ -388,3 +379,15 @@ def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
         seq,
         payload,
     )
+
+
+async def kick_flusher(nc: Client) -> None:
+    """After queueing commands on ``nc._pending`` (:meth:`FastClient.queue_publish`,
+    the responder's data fast path): wake nats-py's flusher, or wait for it when the
+    pending buffer is over nats-py's limit (as its ``publish`` does)."""
+    if 0 < nc._max_pending_size < nc._pending_data_size:
+        await nc._flush_pending(force_flush=True)
+    else:
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            await nc._flush_pending()

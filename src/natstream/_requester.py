@@ -105,7 +105,8 @@ class _Attempt:
         # The bound responder's control subject, once known (the fast path compares bytes).
         self._control: bytes | None = None
         self._control_str = ""
-        self._item_type: type[Msg] | None = None  # see _unpack
+        # Class of the bound responder's header-less messages (see _bind, _unpack).
+        self._item_type: type[Msg] = Msg
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self.loop, self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,6 +120,7 @@ class _Attempt:
         self.conn.add(self)
         inbox, self._token = await nc.stream_inbox(self._on_raw)
         self.inbox = inbox
+        self._item_type = _item_type(nc, inbox, "")  # a responder without a control subject
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(nc, self.subject, data, reply=inbox, headers=headers)
@@ -146,15 +148,12 @@ class _Attempt:
                 and seq_b.isdigit()
                 and self.machine.on_data(self.loop.time(), int(seq_b), len(data))
             ):
-                cls = self._item_type
-                if cls is None or cls.reply != self._control_str:
-                    cls = self._item_type = _item_type(self.nc, self.inbox, self._control_str)
-                msg = _new(cls)
+                msg = _new(self._item_type)
                 msg.data = data
                 self.buffer.append(msg)
                 self.replies += 1
                 self.bytes += len(data)
-                w = self._waiter
+                w = self._waiter  # _wake, inlined: once per message
                 if w is not None:
                     self._waiter = None
                     if not w.done():
@@ -171,13 +170,12 @@ class _Attempt:
                 headers=parse_headers(headers),
             )
         )
-        if self._control is None and self.machine.control_subject is not None:
-            self._control_str = self.machine.control_subject
-            self._control = self._control_str.encode()
 
     def _handle(self, msg: Msg) -> None:
         m = self.machine
         verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
+        if self._control is None and m.control_subject is not None:
+            self._bind(m.control_subject)
         if verdict is Reply.DELIVER:
             items = m.unpacked
             if items is None:
@@ -203,13 +201,15 @@ class _Attempt:
             return
         elif verdict is Reply.END or verdict is Reply.ERROR:
             self.marker = msg
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
+        self._wake()
         if self.replies == 1 or not self._timer.armed or verdict is not Reply.DELIVER:
             self._arm()
+
+    def _bind(self, control_subject: str) -> None:
+        """The machine bound its responder: prepare the fast path for its messages."""
+        self._control_str = control_subject
+        self._control = control_subject.encode()
+        self._item_type = _item_type(self.nc, self.inbox, control_subject)
 
     def _unpack(self, msg: Msg, items: list[bytes]) -> None:
         """Queue the items of a packed message, as one buffer entry; each becomes a
@@ -219,10 +219,7 @@ class _Attempt:
         headers. They are made as instances of a per-attempt subclass of ``Msg``
         whose class holds those shared fields, so each costs one small object.
         """
-        cls = self._item_type
-        if cls is None or cls.reply != msg.reply:
-            cls = self._item_type = _item_type(self.nc, msg.subject, msg.reply)
-        self.buffer.append(_Pack(cls, items))
+        self.buffer.append(_Pack(self._item_type, items))
         self.replies += len(items)
         self.bytes += len(msg.data) - 4 * len(items)
 

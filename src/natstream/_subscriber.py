@@ -39,7 +39,7 @@ from ._errors import (
     StreamError,
     SubscriberClosedError,
 )
-from ._fastclient import hpub_prefix, hpub_seq_command
+from ._fastclient import hpub_prefix, hpub_seq_command, kick_flusher
 from ._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -244,7 +244,7 @@ class StreamSubscription:
         )
 
     async def _on_request(self, msg: Msg) -> None:
-        self.subscriber._serve(self, msg)
+        self._request_now(msg)
 
     def _request_now(self, msg: Msg) -> None:
         self.subscriber._serve(self, msg)
@@ -593,14 +593,8 @@ class _ResponderStream:
         """Kick the connection's flusher if idle, bound its buffer, and yield now and
         then so concurrent streams interleave."""
         nc = self.nc
-        queue = nc._flush_queue
-        if queue is not None and queue.empty():
-            await nc._flush_pending()
-        pending = nc._pending_data_size
-        if 0 < nc._max_pending_size < pending:
-            # As nats-py's publish does: wait for the flusher rather than grow.
-            await nc._flush_pending(force_flush=True)
-        elif not self._sent & _YIELD_MASK or pending > _YIELD_BYTES:
+        await kick_flusher(nc)
+        if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
             await asyncio.sleep(0)
 
     async def _emit(self, data: bytes, pos: int | str | None) -> bool:
