@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -19,6 +20,17 @@ V1 = {"Ns-V": "1", "Ns-Hb": "0"}
 
 def item(b: int, j: int) -> bytes:
     return f"{b}-{j}|".encode() * (j % 7)  # sizes vary, some items are empty
+
+
+def data_into(seen: list[bytes]) -> Callable[[Msg], bool]:
+    """A requester handler that keeps data replies in ``seen`` and skips the markers."""
+
+    def take(msg: Msg) -> bool:
+        if not msg.data.startswith(b"__STREAM_"):
+            seen.append(msg.data)
+        return True
+
+    return take
 
 
 async def test_batches_arrive_whole_and_in_order(
@@ -128,14 +140,9 @@ async def test_retry_resumes_inside_the_batches_without_gap_or_duplicate(
     await subscriber.batch_stream_subscribe_handler(subject, flaky)
     seen: list[bytes] = []
 
-    def take(msg: Msg) -> bool:
-        if not msg.data.startswith(b"__STREAM_"):
-            seen.append(msg.data)
-        return True
-
     opts = StreamOptions(heartbeat=0.2, window_messages=64)
     async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
-        await pool.stream_request_with_retry(subject, b"", 2, 0.0, take)
+        await pool.stream_request_with_retry(subject, b"", 2, 0.0, data_into(seen))
     assert seen == [item(b, j) for b in range(10) for j in range(100)]
     # The retry resumes after item 4.99: batch 4 is asked for again and skipped whole.
     assert calls == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9]
@@ -183,14 +190,9 @@ async def test_index_handler_opt_in_packing_with_a_retry(
     await subscriber.stream_subscribe_handler(subject, numbers, pack=True)
     seen: list[bytes] = []
 
-    def take(msg: Msg) -> bool:
-        if not msg.data.startswith(b"__STREAM_"):
-            seen.append(msg.data)
-        return True
-
     opts = StreamOptions(heartbeat=0.2, window_messages=500)
     async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
-        await pool.stream_request_with_retry(subject, b"", 1, 0.0, take)
+        await pool.stream_request_with_retry(subject, b"", 1, 0.0, data_into(seen))
     assert failed
     assert seen == [str(i).encode() for i in range(5001) if i % 10 != 3]
 
@@ -212,13 +214,8 @@ async def test_generator_lists_are_sent_together_and_resumed_inside(
     await subscriber.stream_handler(subject, lists)
     seen: list[bytes] = []
 
-    def take(msg: Msg) -> bool:
-        if not msg.data.startswith(b"__STREAM_"):
-            seen.append(msg.data)
-        return True
-
     opts = StreamOptions(heartbeat=0.2, window_messages=100)  # packs end mid-list
     async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
-        await pool.stream_request_with_retry(subject, b"", 1, 0.0, take)
+        await pool.stream_request_with_retry(subject, b"", 1, 0.0, data_into(seen))
     assert runs == 2
     assert seen == [item(b, j) for b in range(30) for j in range(40)] + [b"last"]

@@ -748,13 +748,27 @@ RAW_HEADER_BLOCKS = [
 ]
 
 
-async def raw_publish(url: str, subject: str, reply: str, blocks: list[bytes]) -> None:
-    """Publish with hand-made header blocks (HPUB), bypassing every client check."""
+async def _raw_client(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = url.removeprefix("nats://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+    return reader, writer
+
+
+async def _round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """PING, and wait for the PONG: the server has processed what was written before."""
+    writer.write(b"PING\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while (line := await reader.readline()) and not line.startswith(b"PONG"):
+            assert not line.startswith(b"-ERR"), line
+
+
+async def raw_publish(url: str, subject: str, reply: str, blocks: list[bytes]) -> None:
+    """Publish with hand-made header blocks (HPUB), bypassing every client check."""
+    reader, writer = await _raw_client(url)
     try:
-        await reader.readline()  # INFO
-        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
         for block in blocks:
             payload = b"req"
             size = len(block) + len(payload)
@@ -762,11 +776,7 @@ async def raw_publish(url: str, subject: str, reply: str, blocks: list[bytes]) -
                 f"HPUB {subject} {reply} {len(block)} {size}\r\n".encode() + block + payload
             )
             writer.write(b"\r\n")
-        writer.write(b"PING\r\n")
-        await writer.drain()
-        async with asyncio.timeout(5):
-            while (line := await reader.readline()) and not line.startswith(b"PONG"):
-                assert not line.startswith(b"-ERR"), line
+        await _round_trip(reader, writer)
     finally:
         writer.close()
         await writer.wait_closed()
@@ -1122,14 +1132,6 @@ async def test_absurd_resume_does_not_freeze_a_generator_responder(server: NatsS
         await proc.wait()
 
 
-async def _raw_client(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = url.removeprefix("nats://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    await reader.readline()  # INFO
-    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
-    return reader, writer
-
-
 @pytest.mark.parametrize("target", ["request subject", "control subject"])
 async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
     server: NatsServer, target: str
@@ -1144,11 +1146,8 @@ async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
             subject = f"{sub._control_prefix}.{secrets.token_hex(12)}"
         reader, writer = await _raw_client(server.url)
         try:
-            writer.write(b"PUB " + subject.encode() + b" in\xffbox 1\r\nx\r\nPING\r\n")
-            await writer.drain()
-            async with asyncio.timeout(5):
-                while not (await reader.readline()).startswith(b"PONG"):
-                    pass
+            writer.write(b"PUB " + subject.encode() + b" in\xffbox 1\r\nx\r\n")
+            await _round_trip(reader, writer)
         finally:
             writer.close()
             await writer.wait_closed()
@@ -1162,11 +1161,8 @@ async def test_a_non_utf8_reply_from_a_hostile_responder_does_not_deafen_the_req
     server: NatsServer,
 ) -> None:
     reader, writer = await _raw_client(server.url)
-    writer.write(b"SUB sec.hostile 1\r\nPING\r\n")
-    await writer.drain()
-    async with asyncio.timeout(5):
-        while not (await reader.readline()).startswith(b"PONG"):
-            pass
+    writer.write(b"SUB sec.hostile 1\r\n")
+    await _round_trip(reader, writer)
 
     async def hostile() -> None:
         while line := await reader.readline():
