@@ -858,8 +858,13 @@ async def test_forged_control_messages_cannot_touch_another_stream(server: NatsS
             async with pool.stream("sec.victim", b"q", request_timeout=5) as stream:
                 it = aiter(stream)
                 got = [(await anext(it)).data]
-                await asyncio.sleep(0.3)  # the responder is now blocked on credit
-                (victim,) = [s for s in sub._controls.values() if s.token != own_token]
+                async with asyncio.timeout(5):  # until the responder is blocked on credit
+                    while True:
+                        (victim,) = [s for s in sub._controls.values() if s.token != own_token]
+                        if victim.machine.sent_seq == 4:
+                            break
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # and stays there: the window is 4
                 assert victim.machine.sent_seq == 4
                 forged = [
                     {"Ns-Ctl": "cancel"},
