@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -64,19 +65,23 @@ def _item_type(client: FastClient, subject: str, reply: str) -> type[Msg]:
 
 
 class _Pack:
-    """The items of one packed message not taken yet: one buffer entry."""
+    """The items of one packed message not taken yet: one buffer entry. Item ``k`` is
+    ``payload[offsets[k]:offsets[k + 1]]``, sliced when taken."""
 
-    __slots__ = ("cls", "items", "next")
+    __slots__ = ("cls", "next", "offsets", "payload", "size")
 
-    def __init__(self, cls: type[Msg], items: list[bytes]) -> None:
+    def __init__(self, cls: type[Msg], payload: bytes, offsets: list[int]) -> None:
         self.cls = cls
-        self.items = items
+        self.payload = payload
+        self.offsets = offsets
+        self.size = len(offsets) - 1  # items
         self.next = 0  # index of the next item to take
 
     def take(self) -> Msg:
         msg = object.__new__(self.cls)
-        msg.data = self.items[self.next]
-        self.next += 1
+        i = self.next
+        msg.data = self.payload[self.offsets[i] : self.offsets[i + 1]]
+        self.next = i + 1
         return msg
 
 
@@ -177,14 +182,14 @@ class _Attempt:
         if self._control is None and m.control_subject is not None:
             self._bind(m.control_subject)
         if verdict is Reply.DELIVER:
-            items = m.unpacked
-            if items is None:
+            offsets = m.pack_offsets
+            if offsets is None:
                 self.buffer.append(msg)
                 self.replies += 1
                 self.bytes += len(msg.data)
             else:
-                m.unpacked = None
-                self._unpack(msg, items)
+                m.pack_offsets = None
+                self._unpack(msg, offsets)
             if len(self.buffer) > _PLAIN_MAX_BUFFERED:
                 m.on_connection_lost(
                     ProtocolViolationError(
@@ -211,7 +216,7 @@ class _Attempt:
         self._control = control_subject.encode()
         self._item_type = _item_type(self.nc, self.inbox, control_subject)
 
-    def _unpack(self, msg: Msg, items: list[bytes]) -> None:
+    def _unpack(self, msg: Msg, offsets: list[int]) -> None:
         """Queue the items of a packed message, as one buffer entry; each becomes a
         message when taken.
 
@@ -219,9 +224,10 @@ class _Attempt:
         headers. They are made as instances of a per-attempt subclass of ``Msg``
         whose class holds those shared fields, so each costs one small object.
         """
-        self.buffer.append(_Pack(self._item_type, items))
-        self.replies += len(items)
-        self.bytes += len(msg.data) - 4 * len(items)
+        count = len(offsets) - 1
+        self.buffer.append(_Pack(self._item_type, msg.data, offsets))
+        self.replies += count
+        self.bytes += len(msg.data) - 4 * count
 
     # ------------------------------------------------------------ consumer
 
@@ -243,7 +249,7 @@ class _Attempt:
         entry = buf[0]
         if type(entry) is _Pack:
             msg = entry.take()
-            if entry.next == len(entry.items):
+            if entry.next == entry.size:
                 buf.popleft()
             return msg
         return buf.popleft()  # type: ignore[return-value]
@@ -587,7 +593,7 @@ class Stream:
             entry = buf[0]
             if type(entry) is _Pack:
                 if await self._drain_pack(attempt, entry, handler):
-                    if entry.next == len(entry.items):
+                    if entry.next == entry.size:
                         buf.popleft()
                     return True
                 buf.popleft()
@@ -608,44 +614,49 @@ class Stream:
         """:meth:`_drain_sync` for the items of one packed message: the machine counts
         them in runs that end where an ack may fall due (see ``on_delivered_many``)."""
         m = attempt.machine
-        items = pack.items
+        payload = pack.payload
+        offsets = pack.offsets
         cls = pack.cls
         new = object.__new__
-        i = pack.next
-        n = len(items)
-        msgs_left, bytes_left = m.ack_budget()
-        count = nbytes = 0
+        n = pack.size
+        i = j = pack.next  # items before i are counted; items before j are taken
         try:
             while i < n:
-                data = items[i]
-                msg = new(cls)
-                msg.data = data
-                i += 1
-                result = handler(msg)
-                if result is not None and result is not True:
-                    if inspect.isawaitable(result):
-                        ack = m.on_delivered_many(count, nbytes)  # before anything arrives
-                        count = nbytes = 0
-                        if ack is not None:
-                            await attempt.send_ack(ack)
-                        msgs_left, bytes_left = m.ack_budget()
-                        result = await result
-                    if result is False:
-                        return True
-                count += 1
-                nbytes += len(data)
-                if count >= msgs_left or nbytes >= bytes_left:
-                    ack = m.on_delivered_many(count, nbytes)
-                    count = nbytes = 0
+                msgs_left, bytes_left = m.ack_budget()
+                a = offsets[i]
+                # The run: items i to stop - 1, the last one where an ack may fall due.
+                stop = min(n, i + msgs_left, bisect_left(offsets, a + bytes_left, i + 1))
+                for j in range(i + 1, stop + 1):
+                    b = offsets[j]
+                    msg = new(cls)
+                    msg.data = payload[a:b]
+                    a = b
+                    result = handler(msg)
+                    if result is not None and result is not True:
+                        if inspect.isawaitable(result):
+                            # Count the items before this one before anything arrives,
+                            # and this one once its result is in; then a new run.
+                            ack = m.on_delivered_many(j - 1 - i, offsets[j - 1] - offsets[i])
+                            i = j - 1
+                            if ack is not None:
+                                await attempt.send_ack(ack)
+                            result = await result
+                            if result is False:
+                                return True
+                            ack = m.on_delivered_many(1, b - offsets[i])
+                            i = j
+                            if ack is not None:
+                                await attempt.send_ack(ack)
+                            break
+                        if result is False:
+                            return True
+                else:
+                    ack = m.on_delivered_many(stop - i, offsets[stop] - offsets[i])
+                    i = stop
                     if ack is not None:
                         await attempt.send_ack(ack)
-                    msgs_left, bytes_left = m.ack_budget()
-            ack = m.on_delivered_many(count, nbytes)
-            count = 0
-            if ack is not None:
-                await attempt.send_ack(ack)
             return False
         finally:
-            pack.next = i
-            if count:  # the handler raised or stopped the stream: count what it took
-                m.on_delivered_many(count, nbytes)
+            pack.next = j
+            if j - 1 > i:  # the handler raised or stopped the stream: count what it took
+                m.on_delivered_many(j - 1 - i, offsets[j - 1] - offsets[i])

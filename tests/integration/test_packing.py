@@ -219,3 +219,50 @@ async def test_generator_lists_are_sent_together_and_resumed_inside(
         await pool.stream_request_with_retry(subject, b"", 1, 0.0, data_into(seen))
     assert runs == 2
     assert seen == [item(b, j) for b in range(30) for j in range(40)] + [b"last"]
+
+
+@pytest.mark.parametrize("stop", ["false", "raise"])
+@pytest.mark.parametrize("window", [(64, 3000), (4096, 8 << 20)])
+async def test_sync_handler_returning_awaitables_and_stopping_inside_a_pack(
+    subscriber: Subscriber, server: NatsServer, subject: str, stop: str, window: tuple[int, int]
+) -> None:
+    """Items are counted exactly once across awaitable results, small windows (an
+    ack run ends every few items, by count or by bytes) and a stop in mid-pack:
+    the item that stops the stream is taken but not counted. With the large window
+    every batch is one pack (items 1,500 to 1,599 for the stop)."""
+    expected = [item(b, j) for b in range(20) for j in range(100)]
+
+    def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
+        return expected[100 * b : 100 * b + 100], b < 19, None
+
+    await subscriber.batch_stream_subscribe_handler(subject, batches)
+    taken: list[bytes] = []
+    awaited = 0
+    opts = StreamOptions(heartbeat=0.2, window_messages=window[0], window_bytes=window[1])
+    async with Pool(Config([server.url], idle_per_server=1, stream=opts)) as pool:
+        async with pool.stream(subject) as s:
+
+            async def later() -> None:
+                nonlocal awaited
+                await asyncio.sleep(0)
+                awaited += 1
+
+            def handler(msg: Msg) -> object:
+                taken.append(msg.data)
+                if len(taken) == 1550:
+                    if stop == "raise":
+                        raise LookupError("handler failed")
+                    return False
+                return later() if len(taken) % 17 == 0 else True
+
+            attempt = s._attempt
+            assert attempt is not None
+            if stop == "raise":
+                with pytest.raises(LookupError):
+                    await s.run_handler(handler)
+            else:
+                await s.run_handler(handler)
+    assert taken == expected[:1550]
+    assert awaited == 1549 // 17
+    assert attempt.machine.delivered_seq == 1549
+    assert attempt.machine.delivered_bytes == sum(map(len, expected[:1549]))

@@ -390,12 +390,13 @@ class Sim:
         elif self.m.v1 is False and (w.headers is None or HDR_SEQ not in w.headers):
             self.last_bound_rx = self.now
         if verdict is Reply.DELIVER:
-            items = self.m.unpacked
-            if items is None:
+            offsets = self.m.pack_offsets
+            if offsets is None:
                 self.buffer.append(w)
                 self.replies += 1
             else:  # ``_Attempt._unpack``: one message per item, no headers
-                self.m.unpacked = None
+                self.m.pack_offsets = None
+                items = [w.payload[a:b] for a, b in itertools.pairwise(offsets)]
                 _, rid, first, count = w.origin
                 assert len(items) == count
                 for k, data in enumerate(items):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -372,6 +373,12 @@ def test_pack_then_unpack_gives_the_items_back(items: list[bytes]) -> None:
     assert _wire.unpack_items(payload, len(items)) == items
     assert _wire.unpack_items(payload, len(items) + 1) is None
     assert _wire.unpack_items(payload + b"x", len(items)) is None
+    unpacked = _wire.unpack_offsets(payload, len(items))
+    assert unpacked is not None
+    offsets, largest = unpacked
+    assert [payload[a:b] for a, b in itertools.pairwise(offsets)] == items
+    assert offsets[0] == 4 * len(items)
+    assert largest == max(map(len, items))
 
 
 @pytest.mark.fuzz

@@ -63,7 +63,7 @@ from ._wire import (
     parse_int,
     parse_pos,
     pos_add,
-    unpack_items,
+    unpack_offsets,
 )
 
 __all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction"]
@@ -178,7 +178,8 @@ class RequesterMachine:
         # Packed messages received: (first seq, last seq, position of the first item or
         # None for the default), while the consumer may still stop inside one.
         self._packs: deque[tuple[int, int, str | None]] = deque()
-        self.unpacked: list[bytes] | None = None  # items of the last packed DELIVER
+        # Item offsets of the last packed DELIVER's payload (see _wire.unpack_offsets).
+        self.pack_offsets: list[int] | None = None
         self._responder_done = False  # it sent its end or error marker, or was told to stop
         self.duplicates = 0
 
@@ -288,10 +289,10 @@ class RequesterMachine:
 
     def _on_pack(self, seq: int, count_s: str, pos: str | None, payload: bytes) -> Reply:
         """A packed data message: items ``seq`` to ``seq + count - 1``, counted and
-        flow-controlled one by one; their payloads are left in :attr:`unpacked`."""
+        flow-controlled one by one; where they lie is left in :attr:`pack_offsets`."""
         count = parse_int(count_s, 1, MAX_PACK)
-        items = None if count is None else unpack_items(payload, count)
-        if count is None or items is None:
+        unpacked = None if count is None else unpack_offsets(payload, count)
+        if count is None or unpacked is None:
             return self._fail(
                 ProtocolViolationError(f"malformed packed message ({HDR_PACK} {count_s[:40]!r})")
             )
@@ -317,12 +318,14 @@ class RequesterMachine:
             )
         self.received_seq = last
         self._received_bytes += nbytes
-        self._largest = max(self._largest, *map(len, items))
+        offsets, largest = unpacked
+        if largest > self._largest:
+            self._largest = largest
         packs = self._packs
         while packs and packs[0][1] < self.delivered_seq:
             packs.popleft()  # the consumer is past it: no position will come from it
         packs.append((seq, last, pos))
-        self.unpacked = items
+        self.pack_offsets = offsets
         return Reply.DELIVER
 
     def on_data(self, now: float, seq: int, size: int) -> bool:

@@ -52,6 +52,7 @@ __all__ = [
     "parse_window",
     "pos_add",
     "unpack_items",
+    "unpack_offsets",
 ]
 
 STREAM_END = b"__STREAM_END__"
@@ -179,8 +180,11 @@ def pack_items(items: Sequence[bytes]) -> bytes:
     return struct.pack(f">{len(items)}I", *map(len, items)) + b"".join(items)
 
 
-def unpack_items(payload: bytes, count: int) -> list[bytes] | None:
-    """The ``count`` items of a packed payload; None when it is not exactly that."""
+def unpack_offsets(payload: bytes, count: int) -> tuple[list[int], int] | None:
+    """Where the ``count`` items of a packed payload lie: ``(offsets, largest)``, item
+    ``k`` being ``payload[offsets[k]:offsets[k + 1]]`` (``count + 1`` offsets, the last
+    ``len(payload)``) and ``largest`` the longest item's length; None when the payload
+    is not exactly ``count`` items. Items are sliced only when taken."""
     if not 0 < count <= MAX_PACK:
         return None
     head = 4 * count
@@ -190,7 +194,15 @@ def unpack_items(payload: bytes, count: int) -> list[bytes] | None:
     offsets = list(accumulate(lengths, initial=head))
     if offsets[-1] != len(payload):
         return None
-    return [payload[a:b] for a, b in pairwise(offsets)]
+    return offsets, max(lengths)
+
+
+def unpack_items(payload: bytes, count: int) -> list[bytes] | None:
+    """The ``count`` items of a packed payload; None when it is not exactly that."""
+    unpacked = unpack_offsets(payload, count)
+    if unpacked is None:
+        return None
+    return [payload[a:b] for a, b in pairwise(unpacked[0])]
 
 
 def parse_resume(value: str | None) -> Resume | None:
