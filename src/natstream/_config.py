@@ -19,8 +19,11 @@ class StreamOptions:
 
     Attributes:
         window_messages: data messages the responder may have in flight unacknowledged
-            (4,096: small messages keep streaming while an ack travels, and the
-            requester holds at most about 1 KiB of bookkeeping per message on top).
+            (16,384: small messages and packed items keep streaming while an ack
+            travels and while the other processes of a busy machine wait for a core;
+            the requester holds at most about 1 KiB of bookkeeping per unpacked
+            message on top). Packed items count one by one. A pool grants each new
+            stream at most half of what its budget has left (``docs/operations.md``).
         window_bytes: payload bytes the responder may have in flight (a single message
             larger than this still moves, alone). Memory held for one stream on the
             requester is bounded by the window.
@@ -32,7 +35,7 @@ class StreamOptions:
             duplicates, no gap); False restarts from the beginning (the seed's behaviour).
     """
 
-    window_messages: int = 4096
+    window_messages: int = 16384
     window_bytes: int = 8 << 20
     heartbeat: float = 1.0
     stall_factor: float = 3.0

@@ -297,10 +297,11 @@ class _Slot:
 # in flight waits in socket buffers and in nats-server, whose max_pending (64 MiB by
 # default) cuts a connection off; and messages queued ahead of a stream's heartbeats
 # make them late (false stalls, failed health checks). The pool's requester handles
-# roughly 50,000-200,000 small messages/s, so this many in flight is well under a
-# second of work. Every stream gets at least the minimum.
+# roughly 50,000-200,000 small messages/s, so this many in flight (plus the minimum
+# per stream) is well under a second of work. A new stream gets at most half of what
+# is left, so the streams after it still get a useful share.
 POOL_WINDOW_BYTES = 32 << 20
-POOL_WINDOW_MESSAGES = 16_384
+POOL_WINDOW_MESSAGES = 32_768
 MIN_STREAM_MESSAGES = 16
 MIN_STREAM_BYTES = 16 << 10
 
@@ -332,8 +333,10 @@ class _Conn:
         self.idle.set()
 
     def window(self, messages: int, nbytes: int) -> tuple[int, int]:
-        """The window a new stream may grant: what is configured, cut down to what the
-        pool's budget has left, but not below the minimum (unless configured below).
+        """The window a new stream may grant: what is configured, cut down to half of
+        what the pool's budget has left, but not below the minimum (unless configured
+        below). The first stream gets the default window (16,384 messages, 8 MiB), the
+        second 8,192 messages, and so on down to the minimum.
 
         nats-server disconnects a client (as a slow consumer) whose undelivered
         messages pass its ``max_pending`` (64 MiB by default), and a long backlog
@@ -343,8 +346,8 @@ class _Conn:
         """
         budget = self.budget
         return (
-            min(messages, max(MIN_STREAM_MESSAGES, POOL_WINDOW_MESSAGES - budget.messages)),
-            min(nbytes, max(MIN_STREAM_BYTES, POOL_WINDOW_BYTES - budget.nbytes)),
+            min(messages, max(MIN_STREAM_MESSAGES, (POOL_WINDOW_MESSAGES - budget.messages) // 2)),
+            min(nbytes, max(MIN_STREAM_BYTES, (POOL_WINDOW_BYTES - budget.nbytes) // 2)),
         )
 
     def add(self, attempt: _Attempt) -> None:
