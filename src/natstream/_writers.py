@@ -54,7 +54,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Literal, NoReturn, Protocol, Self, runtime_checkable
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    NoReturn,
+    Protocol,
+    Self,
+    runtime_checkable,
+)
 
 from ._errors import ConfigError, WriterError
 from ._rotation import (
@@ -193,7 +203,102 @@ class _Signal:
 Compression = Literal["gzip", "zstd"]
 
 
-class HourlyFileWriter:
+class WriterCore:
+    """The lock-free part of :class:`HourlyFileWriter`: its fields and ``write()``.
+
+    ``HourlyFileWriter``'s base is this pure-Python class or its C twin
+    ``natstream._cwriter.WriterCore`` (same name, attributes and ``write``; built at
+    install when a compiler is available, unused when the environment variable
+    ``NATSTREAM_NO_EXTENSIONS`` is set): :data:`WRITER_IMPL` says which. Everything
+    beyond the fast path is the subclass's: ``_write_locked`` and ``_settle_late``.
+    """
+
+    __slots__ = ("_chunks", "_fill", "_gate", "_hi", "_live", "_lo")
+
+    _chunks: list[bytes]
+    _fill: int
+    _gate: int
+    _hi: float
+    _live: bool
+    _lo: float
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # The C type's starting state: shut (an empty hour range), empty, not live.
+        self = super().__new__(cls)
+        self._lo = math.inf
+        self._hi = -math.inf
+        self._fill = 0
+        self._gate = 0
+        self._chunks = []
+        self._live = False
+        return self
+
+    def write(self, data: bytes) -> int:
+        """Accept one record (bytes); return ``len(data)``.
+
+        The record is appended to the buffer for the current hour's file, never split and
+        never mixed with other records. No disk I/O happens here unless the buffer is
+        full: then the buffer is written out on this thread first.
+
+        Raises:
+            WriterError: the writer is closed, or the flush thread stored an error (raised
+                once), or writing out a full buffer failed (as in :meth:`flush`); the
+                record was not accepted.
+            TypeError: ``data`` is not bytes-like.
+        """
+        # Fast path, without the lock: default clock, inside the current hour, open, no
+        # stored error, buffer below the gate. It relies on the GIL (CPython 3.11+ with
+        # the GIL; the free-threaded build is not supported): list.append is atomic, so
+        # a record enters _chunks whole and in one place, and a take (under the lock)
+        # removes whole records from the front. A rotation marks the record number
+        # where the new hour starts before it moves _lo/_hi, so a record appended after
+        # the mark goes to the new hour: one the clock showed during this call. The
+        # rest (clock, rotation, backpressure, errors, close) is _write_locked's.
+        # The C fast path (_cwriter.c) takes the same steps and relies on the GIL the
+        # same way (it holds it throughout and calls no Python code); the free-threaded
+        # build is not supported there either.
+        if type(data) is bytes and self._lo <= _time() < self._hi:
+            size = len(data)
+            fill = self._fill + size
+            if fill < self._gate:
+                self._chunks.append(data)
+                self._fill = fill  # may lose a racing writer's update: see _fill
+                if self._live:
+                    return size
+                return self._settle_late(data)
+        return self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> int:
+        raise NotImplementedError  # HourlyFileWriter's
+
+    def _settle_late(self, data: bytes) -> int:
+        raise NotImplementedError  # HourlyFileWriter's
+
+
+WriterImpl = Literal["c", "python"]
+
+
+def _select_core() -> tuple[type[Any], WriterImpl]:
+    if os.environ.get("NATSTREAM_NO_EXTENSIONS"):
+        return WriterCore, "python"
+    try:
+        cwriter = importlib.import_module("natstream._cwriter")
+    except ImportError:  # not built (no compiler at install): the Python fallback
+        return WriterCore, "python"
+    return cwriter.WriterCore, "c"
+
+
+_core, _impl = _select_core()
+WRITER_IMPL: Final[WriterImpl] = _impl
+"""``"c"`` when ``HourlyFileWriter.write`` runs the C fast path, else ``"python"``."""
+
+if TYPE_CHECKING:
+    _Core = WriterCore
+else:
+    _Core = _core
+
+
+class HourlyFileWriter(_Core):
     """Append records to one file per wall-clock hour, buffered, from any thread.
 
     Files are named ``{base_dir}/{filename}_YYYY-MM-DD_HH.log`` (for example
@@ -220,7 +325,10 @@ class HourlyFileWriter:
     disk stalls). ``flush()`` writes on the caller's thread: from asyncio,
     ``await asyncio.to_thread(writer.flush)``. The writer is thread-safe; with the
     default clock, ``write()`` takes no lock except at an hour change or as the buffer
-    fills (this relies on the GIL: CPython's free-threaded build is not supported).
+    fills (this relies on the GIL: CPython's free-threaded build is not supported). That
+    lock-free path runs in C when natstream's optional extension was built at install
+    (``WRITER_IMPL == "c"``; set ``NATSTREAM_NO_EXTENSIONS=1`` to use the Python one);
+    both behave the same.
 
     Errors: see the module docstring. In short: the file is cut back to the last whole
     record, unwritten records stay buffered for the next flush, and the error is raised
@@ -266,13 +374,14 @@ class HourlyFileWriter:
         ConfigError: an argument is invalid (the message names it).
     """
 
+    # Besides WriterCore's (_chunks, _fill, _gate, _hi, _live, _lo), never repeated here:
+    # a slot of the same name would hide the C core's field from Python code.
     __slots__ = (
         "__weakref__",
         "_base",
         "_bytes_dropped",
         "_bytes_written",
         "_changed",
-        "_chunks",
         "_clock",
         "_close_lock",
         "_compiled",
@@ -286,20 +395,15 @@ class HourlyFileWriter:
         "_files_compressed",
         "_files_opened",
         "_files_removed",
-        "_fill",
         "_flush_interval",
         "_flusher",
         "_flushes",
         "_fsync",
-        "_gate",
         "_half",
-        "_hi",
         "_inflight",
         "_io_lock",
         "_limit",
         "_link",
-        "_live",
-        "_lo",
         "_lock",
         "_maintainer",
         "_marks",
@@ -461,38 +565,6 @@ class HourlyFileWriter:
         return f"<HourlyFileWriter {self._name!r} in {self._base!r} {self._state.value}>"
 
     # -- the public surface ---------------------------------------------------------
-
-    def write(self, data: bytes) -> int:
-        """Accept one record (bytes); return ``len(data)``.
-
-        The record is appended to the buffer for the current hour's file, never split and
-        never mixed with other records. No disk I/O happens here unless the buffer is
-        full: then the buffer is written out on this thread first.
-
-        Raises:
-            WriterError: the writer is closed, or the flush thread stored an error (raised
-                once), or writing out a full buffer failed (as in :meth:`flush`); the
-                record was not accepted.
-            TypeError: ``data`` is not bytes-like.
-        """
-        # Fast path, without the lock: default clock, inside the current hour, open, no
-        # stored error, buffer below the gate. It relies on the GIL (CPython 3.11+ with
-        # the GIL; the free-threaded build is not supported): list.append is atomic, so
-        # a record enters _chunks whole and in one place, and a take (under the lock)
-        # removes whole records from the front. A rotation marks the record number
-        # where the new hour starts before it moves _lo/_hi, so a record appended after
-        # the mark goes to the new hour: one the clock showed during this call. The
-        # rest (clock, rotation, backpressure, errors, close) is _write_locked's.
-        if type(data) is bytes and self._lo <= _time() < self._hi:
-            size = len(data)
-            fill = self._fill + size
-            if fill < self._gate:
-                self._chunks.append(data)
-                self._fill = fill  # may lose a racing writer's update: see _fill
-                if self._live:
-                    return size
-                return self._settle_late(data)
-        return self._write_locked(data)
 
     def _write_locked(self, data: bytes) -> int:
         """``write()`` under the lock: the exact path, and the only one with a clock."""

@@ -2,6 +2,10 @@
 
 No test sleeps to wait: time is a FakeClock, background work is awaited through the
 writer's change notifications (``_wait_for``) or driven directly (``_background_tick``).
+
+Every test runs once per implementation of the writer's core (its lock-free
+``write()``): the C extension ``natstream._cwriter`` when it is in use, and the
+pure-Python fallback (see the ``core`` fixture).
 """
 
 from __future__ import annotations
@@ -9,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import gc
 import gzip
 import importlib.util
+import inspect
 import io
 import itertools
 import json
+import math
 import os
 import stat
 import subprocess
@@ -21,9 +28,11 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,8 +41,10 @@ from natstream._errors import ConfigError, NatstreamError, WriterError
 from natstream._rotation import Retention
 from natstream._writers import (
     _PIECE,
+    WRITER_IMPL,
     HourlyFileWriter,
     StreamWriter,
+    WriterCore,
     WriterStats,
     _pieces,
     parse_retention,
@@ -41,6 +52,71 @@ from natstream._writers import (
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
+
+CORE_FIELDS = {"_chunks", "_fill", "_gate", "_hi", "_live", "_lo"}
+
+if WRITER_IMPL == "c":
+    import natstream._cwriter as cwriter
+
+    NO_C_REASON = ""
+elif os.environ.get("NATSTREAM_NO_EXTENSIONS"):
+    NO_C_REASON = "the C core is turned off (NATSTREAM_NO_EXTENSIONS is set)"
+else:
+    NO_C_REASON = "natstream._cwriter is not built (no compiler at install): pure Python only"
+needs_c = pytest.mark.skipif(WRITER_IMPL != "c", reason=NO_C_REASON)
+
+
+def on_core(core: type) -> type[HourlyFileWriter]:
+    """HourlyFileWriter's own code on ``core``: the class in use, or the same methods
+    and slots on the other core (to test the Python fallback when the C one is in use).
+    """
+    if core is HourlyFileWriter.__base__:
+        return HourlyFileWriter
+    skip = {*HourlyFileWriter.__slots__, "__dict__"}  # slot descriptors: type() makes its own
+    namespace = {k: v for k, v in vars(HourlyFileWriter).items() if k not in skip}
+    return type(HourlyFileWriter.__name__, (core,), namespace)
+
+
+CORES = {"python": WriterCore}
+if WRITER_IMPL == "c":
+    CORES = {"c": cwriter.WriterCore, **CORES}
+WRITERS = {name: on_core(core) for name, core in CORES.items()}
+
+
+def run_once(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Run this test once, with the core in use (it compares the cores itself)."""
+    test.run_once = True  # type: ignore[attr-defined]
+    return test
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not getattr(metafunc.function, "run_once", False):
+        metafunc.parametrize("core", list(CORES), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
+    """Run the test on each core: the module's ``HourlyFileWriter`` is that core's class
+    for the test's duration (tests and helpers look the name up when they run)."""
+    name = getattr(request, "param", WRITER_IMPL)
+    monkeypatch.setitem(globals(), "HourlyFileWriter", WRITERS[name])
+    return CORES[name]
+
+
+@pytest.fixture
+def system_time() -> Iterator[Callable[[Callable[[], float]], None]]:
+    """Replace the default clock (``time.time``) for the Python code and the C core."""
+    patch = pytest.MonkeyPatch()
+
+    def install(fake: Callable[[], float]) -> None:
+        patch.setattr("natstream._writers._time", fake)
+        if WRITER_IMPL == "c":
+            cwriter._set_time(fake)
+
+    yield install
+    patch.undo()
+    if WRITER_IMPL == "c":
+        cwriter._set_time(None)
 
 
 class FakeClock:
@@ -137,6 +213,40 @@ def test_rotation_at_the_hour_boundary(tmp_path: Path, clock: FakeClock) -> None
     assert read_dir(tmp_path) == {
         "stream_data_2026-11-26_21.log": b"last of 21\n",
         "stream_data_2026-11-26_22.log": b"first of 22\nsecond of 22\n",
+    }
+
+
+def test_rotation_at_the_hour_boundary_with_the_default_clock(
+    tmp_path: Path,
+    system_time: Callable[[Callable[[], float]], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock-free path decides the hour on its own clock read: it takes the records
+    inside the hour and leaves the boundary (and a step back) to ``_write_locked``."""
+    now = datetime(2026, 11, 26, 21, 59, 59, 999999, tzinfo=UTC).timestamp()
+    system_time(lambda: now)
+    locked: list[bytes] = []
+    write_locked = HourlyFileWriter._write_locked
+
+    def counting(self: HourlyFileWriter, data: bytes) -> int:
+        locked.append(data)
+        return write_locked(self, data)
+
+    monkeypatch.setattr(HourlyFileWriter, "_write_locked", counting)
+    with HourlyFileWriter(tmp_path, "s", utc=True) as writer:
+        assert writer.write(b"last of 21\n") == 11
+        assert locked == []  # the lock-free path took it
+        now = datetime(2026, 11, 26, 22, tzinfo=UTC).timestamp()  # exactly the end of 21
+        assert writer.write(b"first of 22\n") == 12
+        assert writer.write(b"second of 22\n") == 13
+        assert locked == [b"first of 22\n"]  # rotated under the lock, then lock-free again
+        now -= 0.5  # the clock steps back into hour 21
+        assert writer.write(b"late 21\n") == 8
+        assert locked[-1] == b"late 21\n"
+        assert writer.stats().current_path == tmp_path / "s_2026-11-26_21.log"
+    assert read_dir(tmp_path) == {
+        "s_2026-11-26_21.log": b"last of 21\nlate 21\n",
+        "s_2026-11-26_22.log": b"first of 22\nsecond of 22\n",
     }
 
 
@@ -319,10 +429,35 @@ def test_write_takes_bytes(tmp_path: Path, clock: FakeClock) -> None:
     with utc_writer(tmp_path, clock) as writer:
         with pytest.raises(TypeError, match="str"):
             writer.write("text\n")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="int"):
+            writer.write(7)  # type: ignore[arg-type]
         buffer = bytearray(b"copied\n")
-        writer.write(buffer)  # type: ignore[arg-type]
+        assert writer.write(buffer) == 7  # type: ignore[arg-type]
         buffer[:] = b"changed"
-    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"copied\n"}
+        view = memoryview(bytearray(b"viewed\n"))
+        assert writer.write(view) == 7  # type: ignore[arg-type]
+        view[:1] = b"V"
+        assert writer.stats().records == 2
+    assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"copied\nviewed\n"}
+
+
+def test_default_clock_write_takes_bytes_only(
+    tmp_path: Path, system_time: Callable[[Callable[[], float]], None]
+) -> None:
+    """The lock-free path takes exact bytes; the rest goes through ``_write_locked``."""
+    system_time(lambda: datetime(2026, 11, 26, 21, 15, tzinfo=UTC).timestamp())
+    with HourlyFileWriter(tmp_path, "s", utc=True, flush_interval=3600) as writer:
+        assert writer._hi > writer._lo  # the lock-free path is open
+        with pytest.raises(TypeError, match="str"):
+            writer.write("text\n")  # type: ignore[arg-type]
+        source = bytearray(b"array\n")
+        assert writer.write(source) == 6  # type: ignore[arg-type]
+        source[:1] = b"A"  # the writer kept a copy
+        assert writer.write(memoryview(b"view\n")) == 5  # type: ignore[arg-type]
+        assert writer.write(b"") == 0
+        assert writer._chunks == [b"array\n", b"view\n", b""]
+        assert all(type(chunk) is bytes for chunk in writer._chunks)
+    assert read_dir(tmp_path) == {"s_2026-11-26_21.log": b"array\nview\n"}
 
 
 def test_closed_writer_refuses_writes_and_close_is_idempotent(
@@ -818,7 +953,7 @@ async def run_producers(
 
 @pytest.mark.usefixtures("frequent_switches")
 async def test_lock_free_writes_land_in_an_hour_the_clock_showed_during_the_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, system_time: Callable[[Callable[[], float]], None]
 ) -> None:
     """The default clock's path (no lock) with hour boundaries crossed mid-run.
 
@@ -833,7 +968,7 @@ async def test_lock_free_writes_land_in_an_hour_the_clock_showed_during_the_call
     def fake_time() -> float:
         return start + next(ticks) / 10
 
-    monkeypatch.setattr("natstream._writers._time", fake_time)
+    system_time(fake_time)
     writer = HourlyFileWriter(tmp_path, "s", utc=True, buffer_size=4096)
     assert writer._hi > writer._lo  # the lock-free path is open
     after: dict[tuple[bytes, int], float] = {}
@@ -1010,6 +1145,225 @@ def test_pieces_join_records_without_cutting_them() -> None:
     assert max(map(len, _pieces(lines))) <= _PIECE  # the size aimed at, for even records
     assert _pieces([]) == []
     assert _pieces([b"one"]) == [b"one"]
+
+
+# -- the core: C and Python ------------------------------------------------------------
+
+
+class Recording:
+    """A core with the slow paths replaced by recorders (what the subclass provides)."""
+
+    calls: list[tuple[str, bytes]]
+
+    def _write_locked(self, data: bytes) -> int:
+        self.calls.append(("locked", data))
+        return -1
+
+    def _settle_late(self, data: bytes) -> int:
+        self.calls.append(("late", data))
+        return -2
+
+
+def recording(core: type, *, lo: float, hi: float, gate: int, live: bool) -> Recording:
+    class Core(Recording, core):  # type: ignore[misc, valid-type]
+        __slots__ = ("calls",)
+
+    obj = Core()
+    obj.calls = []
+    obj._lo, obj._hi, obj._gate, obj._live = lo, hi, gate, live
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("data", "lo", "hi", "gate", "live", "result", "path", "appended"),
+    [
+        (b"abc", -math.inf, math.inf, 10, True, 3, None, True),  # the fast path
+        (b"abc", -math.inf, math.inf, 3, True, -1, "locked", False),  # fill + size == gate
+        (b"abc", -math.inf, math.inf, 4, False, -2, "late", True),  # close began
+        (b"abc", math.inf, -math.inf, 10, True, -1, "locked", False),  # shut
+        (b"abc", -math.inf, 0.0, 10, True, -1, "locked", False),  # past the hour
+        (b"abc", 4e9, math.inf, 10, True, -1, "locked", False),  # before the hour
+        (bytearray(b"abc"), -math.inf, math.inf, 10, True, -1, "locked", False),
+        ("abc", -math.inf, math.inf, 10, True, -1, "locked", False),
+    ],
+)
+def test_core_write_takes_the_fast_path_only_when_every_condition_holds(
+    core: type,
+    data: object,
+    lo: float,
+    hi: float,
+    gate: int,
+    live: bool,
+    result: int,
+    path: str | None,
+    appended: bool,
+) -> None:
+    obj = recording(core, lo=lo, hi=hi, gate=gate, live=live)
+    obj._fill = 0
+    assert obj.write(data) == result  # type: ignore[attr-defined]
+    assert obj.calls == ([] if path is None else [(path, data)])
+    assert obj._chunks == ([data] if appended else [])  # type: ignore[attr-defined]
+    assert obj._fill == (3 if appended else 0)  # type: ignore[attr-defined]
+
+
+def test_core_starts_shut_and_its_fields_are_plain_attributes(core: type) -> None:
+    obj = core()
+    assert (obj._lo, obj._hi, obj._fill, obj._gate, obj._chunks, obj._live) == (
+        math.inf,
+        -math.inf,
+        0,
+        0,
+        [],
+        False,
+    )
+    chunks: list[bytes] = [b"x"]
+    obj._lo, obj._hi, obj._fill, obj._gate, obj._chunks, obj._live = 1.5, 2, 7, 9, chunks, True
+    assert (obj._lo, obj._hi, obj._fill, obj._gate, obj._live) == (1.5, 2.0, 7, 9, True)
+    assert obj._chunks is chunks
+    with pytest.raises(AttributeError):
+        obj.other = 1
+
+
+@needs_c
+@run_once
+def test_c_core_has_the_python_core_fields_and_write() -> None:
+    members = {
+        name
+        for name, value in vars(cwriter.WriterCore).items()
+        if type(value).__name__ == "member_descriptor"
+    }
+    assert members == set(WriterCore.__slots__) == CORE_FIELDS
+    public = {name for name in dir(cwriter.WriterCore) if not name.startswith("__")}
+    assert public == CORE_FIELDS | {"write"}
+    assert cwriter.WriterCore.__name__ == WriterCore.__name__
+    # The same documentation: help(HourlyFileWriter.write) reads the same either way.
+    assert cwriter.WriterCore.write.__doc__ == inspect.cleandoc(WriterCore.write.__doc__ or "")
+    with pytest.raises(TypeError, match="callable"):
+        cwriter._set_time(3)  # type: ignore[arg-type]
+
+
+def test_writer_fields_are_the_cores_not_shadowed(core: type) -> None:
+    """HourlyFileWriter declares no slot of its own for the core's fields (a shadowing
+    slot would leave the C fast path reading fields that Python never sets)."""
+    assert not CORE_FIELDS & set(HourlyFileWriter.__slots__)
+    for name in CORE_FIELDS:
+        assert getattr(HourlyFileWriter, name) is vars(core)[name]
+    assert HourlyFileWriter.write is core.write
+
+
+@pytest.mark.parametrize("injected", [False, True], ids=["default-clock", "injected-clock"])
+def test_write_returns_the_length_and_holds_one_reference(
+    tmp_path: Path,
+    clock: FakeClock,
+    system_time: Callable[[Callable[[], float]], None],
+    injected: bool,
+) -> None:
+    """Fast path (default clock) and slow path (injected clock, through
+    ``_write_locked``): one reference while buffered, none once written."""
+    system_time(lambda: clock().timestamp())
+    data = b"%d refcounted\n" % os.getpid()  # a fresh object: no other holder
+    options: dict[str, Any] = {"flush_interval": 3600, "utc": True}
+    if injected:
+        options["clock"] = clock
+    with HourlyFileWriter(tmp_path, "s", **options) as writer:
+        assert (writer._hi > writer._lo) is not injected  # which path write() takes
+        before = sys.getrefcount(data)
+        assert writer.write(data) == len(data)
+        assert sys.getrefcount(data) == before + 1  # in _chunks once
+        writer.flush()
+        assert sys.getrefcount(data) == before  # written and released
+        assert writer.write(data) == len(data)
+    assert sys.getrefcount(data) == before
+    assert read_dir(tmp_path) == {"s_2026-11-26_21.log": data * 2}
+
+
+def test_core_in_a_reference_cycle_is_collected(core: type) -> None:
+    class Core(core):  # type: ignore[misc, valid-type]
+        __slots__ = ("__weakref__",)
+
+    obj = Core()
+    obj._chunks = [obj]  # a cycle through the core's own field
+    ref = weakref.ref(obj)
+    del obj
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_late_append_through_write_is_settled(
+    tmp_path: Path,
+    system_time: Callable[[Callable[[], float]], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``write()`` appending lock-free after close() began calls ``_settle_late``: the
+    record is refused, unless close's final take got it (then it was written)."""
+    system_time(lambda: datetime(2026, 11, 26, 21, 15, tzinfo=UTC).timestamp())
+    writer = HourlyFileWriter(tmp_path, "s", utc=True, flush_interval=3600)
+    lo, hi, gate = writer._lo, writer._hi, writer._gate
+    assert writer.write(b"before close\n") == 13
+    writer.close()
+    assert (writer._lo, writer._hi, writer._live) == (math.inf, -math.inf, False)
+    writer._lo, writer._hi, writer._gate = lo, hi, gate  # as a racing write() saw them
+    with pytest.raises(WriterError, match="closed"):
+        writer.write(b"refused\n")
+    assert writer._chunks == []
+    settle_late = HourlyFileWriter._settle_late
+    settled: list[bytes] = []
+
+    def taken_by_close(self: HourlyFileWriter, data: bytes) -> int:
+        settled.append(data)
+        self._chunks.clear()  # as if close's final take had got it first
+        return settle_late(self, data)
+
+    monkeypatch.setattr(HourlyFileWriter, "_settle_late", taken_by_close)
+    assert writer.write(b"taken\n") == 6
+    assert settled == [b"taken\n"]
+    assert read_dir(tmp_path) == {"s_2026-11-26_21.log": b"before close\n"}
+
+
+def test_the_lock_free_clock_reads_as_time_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock-free path reads the clock time.time() reads (the C core: CLOCK_REALTIME,
+    in seconds): an hour starting at a time.time() read already includes a read made
+    after it; one starting a minute later does not."""
+    locked: list[bytes] = []
+    write_locked = HourlyFileWriter._write_locked
+
+    def counting(self: HourlyFileWriter, data: bytes) -> int:
+        locked.append(data)
+        return write_locked(self, data)
+
+    monkeypatch.setattr(HourlyFileWriter, "_write_locked", counting)
+    with HourlyFileWriter(tmp_path, "s", utc=True, flush_interval=3600) as writer:
+        start = time.time()
+        writer._lo, writer._hi = start, start + 3600
+        assert writer.write(b"now\n") == 4
+        assert locked == []  # lock-free: the C read was inside [start, start + 3600)
+        writer._lo, writer._hi = time.time() + 60, math.inf
+        assert writer.write(b"later\n") == 6
+        assert locked == [b"later\n"]  # not yet in that range: the locked path
+        writer._lo, writer._hi = -math.inf, time.time() - 60
+        assert writer.write(b"earlier\n") == 8
+        assert locked == [b"later\n", b"earlier\n"]
+
+
+@run_once
+@pytest.mark.parametrize("disabled", ["1", ""])
+def test_natstream_no_extensions_selects_the_python_core(disabled: str) -> None:
+    script = (
+        "import natstream._writers as w; "
+        "print(w.WRITER_IMPL, w.HourlyFileWriter.__base__.__module__)"
+    )
+    env = {**os.environ, "NATSTREAM_NO_EXTENSIONS": disabled}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    if disabled:
+        assert done.stdout.split() == ["python", "natstream._writers"]
+    elif importlib.util.find_spec("natstream._cwriter") is not None:
+        assert done.stdout.split() == ["c", "natstream._cwriter"]
+    else:
+        assert done.stdout.split() == ["python", "natstream._writers"]
 
 
 # -- protocol ---------------------------------------------------------------------------
