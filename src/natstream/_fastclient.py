@@ -92,6 +92,27 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+def _light_msg_type(client: Client) -> type[Msg]:
+    """A ``Msg`` subclass for header-less stream replies and packed items: ``data``,
+    ``subject`` and ``reply`` in slots, every other field a class attribute
+    (``headers`` None, ``_client`` the connection). Instances are ``Msg`` instances and
+    print as such; setting another field on one sets it on that instance only.
+
+    One class per connection: a class per stream would cost about 10 us to make and
+    leave a reference cycle for the garbage collector at every stream's end.
+    """
+    return type(
+        "Msg",
+        (Msg,),
+        {
+            "__slots__": ("data", "subject", "reply"),
+            "__module__": Msg.__module__,
+            "__qualname__": Msg.__qualname__,
+            "_client": client,
+        },
+    )
+
+
 class FastClient(Client):
     """nats-py's client, with fast paths for natstream's hot messages.
 
@@ -111,6 +132,7 @@ class FastClient(Client):
         self._mux_prefix = b""
         self._mux_at = 0
         self._mux_lock = asyncio.Lock()
+        self.item_type = _light_msg_type(self)
 
     async def stream_inbox(self, handler: DirectHandler) -> tuple[str, bytes]:
         """A fresh reply subject whose messages go to ``handler``, straight from the

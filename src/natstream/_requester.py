@@ -46,33 +46,18 @@ _PLAIN_MAX_BUFFERED = 512 * 1024
 _new = object.__new__
 
 
-def _item_type(client: FastClient, subject: str, reply: str) -> type[Msg]:
-    """A ``Msg`` subclass for items of packed messages: ``data`` in a slot, every other
-    field a class attribute (``headers`` None). Instances are ``Msg`` instances and
-    print as such; setting another field on one sets it on that instance only."""
-    return type(
-        "Msg",
-        (Msg,),
-        {
-            "__slots__": ("data",),
-            "__module__": Msg.__module__,
-            "__qualname__": Msg.__qualname__,
-            "_client": client,
-            "subject": subject,
-            "reply": reply,
-        },
-    )
-
-
 class _Pack:
     """The items of one packed message not taken yet: one buffer entry. Item ``k`` is
-    ``payload[offsets[k]:offsets[k + 1]]``, sliced when taken."""
+    ``payload[offsets[k]:offsets[k + 1]]``, sliced when taken, and becomes a message
+    with the packed message's subject and reply and no headers."""
 
-    __slots__ = ("cls", "next", "offsets", "payload", "size")
+    __slots__ = ("cls", "next", "offsets", "payload", "reply", "size", "subject")
 
-    def __init__(self, cls: type[Msg], payload: bytes, offsets: list[int]) -> None:
-        self.cls = cls
-        self.payload = payload
+    def __init__(self, cls: type[Msg], msg: Msg, offsets: list[int]) -> None:
+        self.cls = cls  # FastClient.item_type
+        self.payload = msg.data
+        self.subject = msg.subject
+        self.reply = msg.reply
         self.offsets = offsets
         self.size = len(offsets) - 1  # items
         self.next = 0  # index of the next item to take
@@ -81,6 +66,8 @@ class _Pack:
         msg = object.__new__(self.cls)
         i = self.next
         msg.data = self.payload[self.offsets[i] : self.offsets[i + 1]]
+        msg.subject = self.subject
+        msg.reply = self.reply
         self.next = i + 1
         return msg
 
@@ -110,8 +97,8 @@ class _Attempt:
         # The bound responder's control subject, once known (the fast path compares bytes).
         self._control: bytes | None = None
         self._control_str = ""
-        # Class of the bound responder's header-less messages (see _bind, _unpack).
-        self._item_type: type[Msg] = Msg
+        # Class of header-less messages (see FastClient.item_type, _on_raw, _unpack).
+        self._item_type: type[Msg] = nc.item_type
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self.loop, self._on_timer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,7 +112,6 @@ class _Attempt:
         self.conn.add(self)
         inbox, self._token = await nc.stream_inbox(self._on_raw)
         self.inbox = inbox
-        self._item_type = _item_type(nc, inbox, "")  # a responder without a control subject
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(nc, self.subject, data, reply=inbox, headers=headers)
@@ -155,6 +141,8 @@ class _Attempt:
             ):
                 msg = _new(self._item_type)
                 msg.data = data
+                msg.subject = self.inbox
+                msg.reply = self._control_str
                 self.buffer.append(msg)
                 self.replies += 1
                 self.bytes += len(data)
@@ -214,18 +202,17 @@ class _Attempt:
         """The machine bound its responder: prepare the fast path for its messages."""
         self._control_str = control_subject
         self._control = control_subject.encode()
-        self._item_type = _item_type(self.nc, self.inbox, control_subject)
 
     def _unpack(self, msg: Msg, offsets: list[int]) -> None:
         """Queue the items of a packed message, as one buffer entry; each becomes a
         message when taken.
 
         Item messages share the packed message's subject and reply and have no
-        headers. They are made as instances of a per-attempt subclass of ``Msg``
-        whose class holds those shared fields, so each costs one small object.
+        headers: each is one small object of the connection's ``Msg`` subclass
+        (:attr:`FastClient.item_type`).
         """
         count = len(offsets) - 1
-        self.buffer.append(_Pack(self._item_type, msg.data, offsets))
+        self.buffer.append(_Pack(self._item_type, msg, offsets))
         self.replies += count
         self.bytes += len(msg.data) - 4 * count
 
@@ -617,6 +604,8 @@ class Stream:
         payload = pack.payload
         offsets = pack.offsets
         cls = pack.cls
+        subject = pack.subject
+        reply = pack.reply
         new = object.__new__
         n = pack.size
         i = j = pack.next  # items before i are counted; items before j are taken
@@ -630,6 +619,8 @@ class Stream:
                     b = offsets[j]
                     msg = new(cls)
                     msg.data = payload[a:b]
+                    msg.subject = subject
+                    msg.reply = reply
                     a = b
                     result = handler(msg)
                     if result is not None and result is not True:

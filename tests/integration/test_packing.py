@@ -266,3 +266,35 @@ async def test_sync_handler_returning_awaitables_and_stopping_inside_a_pack(
     assert awaited == 1549 // 17
     assert attempt.machine.delivered_seq == 1549
     assert attempt.machine.delivered_bytes == sum(map(len, expected[:1549]))
+
+
+async def test_header_less_messages_are_full_msgs_of_one_class_per_connection(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    """Fast-path replies and packed items: ``Msg`` instances with the inbox as subject,
+    the responder's control subject as reply and no headers; their class is the
+    connection's (not one per stream), and a field set on one message stays on it.
+    (A stream's first reply binds the responder: it comes the general way.)"""
+    await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"%d" % i, i < 2, None))
+    await subscriber.batch_stream_subscribe_handler(
+        subject + ".b", lambda r, b: ([b"p", b"q"], b < 1, None)
+    )
+    got: list[tuple[str, Msg, str, str]] = []
+    async with Pool(Config([server.url], idle_per_server=1)) as pool:
+        for subj in (subject, subject, subject + ".b"):
+            async with pool.stream(subj) as s:
+                async for m in s:
+                    assert s._attempt is not None
+                    got.append((subj, m, s._attempt.inbox, s._attempt.machine.control_subject))
+    assert [m.data for _, m, _, _ in got] == [b"0", b"1", b"2"] * 2 + [b"p", b"q"] * 2
+    light = [g for g in got if type(g[1]) is not Msg]
+    assert [m.data for _, m, _, _ in light] == [b"1", b"2"] * 2 + [b"p", b"q"] * 2
+    assert len({type(m) for _, m, _, _ in light}) == 1
+    for _, m, inbox, control in light:
+        assert isinstance(m, Msg)
+        assert (m.subject, m.reply, m.headers) == (inbox, control, None)
+        assert m._client is not None
+    first, second = light[0][1], light[1][1]
+    first.subject = "changed"
+    assert second.subject == light[1][2]
+    assert len({inbox for _, _, inbox, _ in light}) == 3
