@@ -39,7 +39,7 @@ from ._errors import (
     StreamError,
     SubscriberClosedError,
 )
-from ._fastclient import hpub_prefix, hpub_seq_command, kick_flusher
+from ._fastclient import FastClient, hpub_prefix, hpub_seq_command, kick_flusher
 from ._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -381,25 +381,57 @@ class _ResponderStream:
                 return False
         return True
 
-    def start_now(self, handler: IndexHandler) -> None:
+    def start_now(self, handler: IndexHandler) -> bool:
         """Call a sync index handler for the first reply at once, in the request's
         dispatch, and queue that reply if it can go the fast way: the stream's task
         starts an event-loop iteration later, which would delay the first reply.
-        :meth:`_pump_index` takes the result (or the exception) from there."""
+        :meth:`_pump_index` takes the result (or the exception) from there.
+
+        Returns True when that was the whole stream (the handler said no more): the
+        end marker is queued too, the stream is finished, and no task is needed.
+        """
         index = self._first_index()
         try:
             result: Any = handler(self.request, index)
         except Exception as exc:
             self._first = exc
-            return
+            return False
         self._first = result
-        if type(result) is tuple and len(result) == 3 and result[2] is None:
-            data = result[0]
-            if data is not None and self._send_now(data, index):
-                self._first_sent = True
-                queue = self.nc._flush_queue
-                if queue is not None and queue.empty():
-                    queue.put_nowait(self.loop.create_future())  # nats-py's flusher kick
+        if type(result) is not tuple or len(result) != 3 or result[2] is not None:
+            return False
+        data, more, _ = result
+        if data is not None:
+            if not self._send_now(data, index):
+                return False
+            self._first_sent = True
+        if not more and self._prefix is not None:
+            self._end_now()
+        elif data is None:
+            return False
+        queue = self.nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(self.loop.create_future())  # nats-py's flusher kick
+        return not more and self._prefix is not None
+
+    def _end_now(self) -> None:
+        """Finish a stream whose handler is done from :meth:`start_now`: queue the end
+        marker behind its reply (one write for both), count it, let it go."""
+        m = self.machine
+        headers = m.end_headers(self.loop.time())
+        nc = self.nc
+        if not (
+            isinstance(nc, FastClient)
+            and nc.queue_publish(self.reply, self.control_subject or "", STREAM_END, headers)
+        ):
+            self.owner.subscriber._spawn(self._send_end(headers))
+        self.owner._sent += m.sent_seq - (m.resume.seq if m.resume else 0)
+        self._finish("completed")
+
+    async def _send_end(self, headers: dict[str, str] | None) -> None:
+        try:
+            await self._send(STREAM_END, headers)
+        except ConnectionLostError:
+            log.debug("stream on %r: connection lost", self.owner.subject)
 
     def _first_index(self) -> int:
         resume = self.machine.resume
@@ -1119,7 +1151,8 @@ class Subscriber:
             self._controls[token] = stream
         handle._add(stream)
         if handle._sync_index is not None and not handle._pack:
-            stream.start_now(handle._sync_index)
+            if stream.start_now(handle._sync_index):
+                return  # a one-reply stream, already finished
         stream.task = asyncio.create_task(
             stream.run(), name=f"natstream-stream-{handle.subject}-{handle._started}"
         )

@@ -493,6 +493,33 @@ async def test_the_first_reply_sent_from_the_request_dispatch(
     assert calls == [0]
 
 
+@pytest.mark.parametrize("first", [b"only", None])
+async def test_streams_finished_in_the_request_dispatch(
+    subscriber: Subscriber, pool: Pool, subject: str, server: NatsServer, first: bytes | None
+) -> None:
+    """A sync index handler whose first call says "no more" is finished as the request
+    arrives (reply and end marker queued together, no task): requesters see the same
+    stream, plain requesters included, and the subscription counts it as completed."""
+
+    def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        return first, False, None
+
+    handle = await subscriber.stream_subscribe_handler(subject, handler)
+    for _ in range(20):
+        seen = Collect()
+        await pool.stream_request(subject, b"", seen)
+        assert seen.data == ([first] if first else []) + [STREAM_END]
+    nc = await nats.connect(server.url)
+    try:
+        plain = await nc.request(subject, b"", timeout=5)  # no headers: the task's way
+    finally:
+        await nc.close()
+    assert plain.data == (first or STREAM_END)
+    stats = handle.stats()
+    assert (stats.streams_active, stats.streams_started, stats.streams_completed) == (0, 21, 21)
+    assert stats.replies_sent == (21 if first else 0)
+
+
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
     """Outside ``async with`` nothing would end the stream after a ``break``."""
     with pytest.raises(TypeError, match="async with"):
