@@ -278,8 +278,12 @@ async def publish(
     *,
     reply: str = "",
     headers: dict[str, str] | None = None,
+    now: bool = False,
 ) -> None:
     """Publish, translating nats-py's errors into natstream's.
+
+    ``now`` writes the message to the socket before returning when it can
+    (:meth:`FastClient.write_now`), instead of at the flusher's next turn.
 
     Raises:
         PayloadTooLargeError: payload plus headers exceed the server's max_payload.
@@ -287,7 +291,8 @@ async def publish(
     """
     with _publish_errors(nc, subject, payload):
         if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
-            await kick_flusher(nc)
+            if not (now and nc.write_now()):
+                await kick_flusher(nc)
         else:
             await nc.publish(subject, payload, reply=reply, headers=headers)
 

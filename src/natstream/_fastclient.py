@@ -35,8 +35,10 @@ __all__ = [
 
 _log = logging.getLogger("natstream")
 
-DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
-"""Receives (subject, reply, payload, raw header block) straight from the parser."""
+DirectHandler = Callable[[bytes, bytes, bytes, "bytes | None"], "bool | None"]
+"""Receives (subject, reply, payload, raw header block) straight from the parser;
+returns True when it woke a consumer that should run before the parser goes on (a
+stream's first reply), else None or False."""
 
 SEQ_PREFIX = b"NATS/1.0\r\nNs-Seq: "
 SEQ_AT = len(SEQ_PREFIX)
@@ -56,6 +58,11 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
             value = raw[SEQ_AT:end]
             if value.isdigit():
                 return {"Ns-Seq": value.decode()}
+    small = len(raw) <= _PARSED_SIZE
+    if small:
+        known = _parsed.get(raw)
+        if known is not None:
+            return dict(known) if known else None
     if not raw.startswith(_HDR_LINE):
         return None
     line_end = raw.find(b"\r\n")
@@ -70,7 +77,18 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
         if description:
             headers["Description"] = description.decode("utf-8", "replace")
     headers.update(_parse_header_lines(raw[line_end + 2 :]))
+    if small:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[raw] = dict(headers)
     return headers or None
+
+
+# Header blocks that recur (a natstream request's, end markers, status replies) are
+# parsed once: small blocks and their result, a copy of which each caller gets.
+_PARSED_SIZE = 128  # bytes
+_PARSED_MAX = 512  # blocks; then forgotten all at once
+_parsed: dict[bytes, dict[str, str]] = {}
 
 
 def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -132,6 +150,7 @@ class FastClient(Client):
         self._mux_prefix = b""
         self._mux_at = 0
         self._mux_lock = asyncio.Lock()
+        self.yield_soon = False  # the parser yields once after the current message
         self.item_type = _light_msg_type(self)
 
     async def stream_inbox(self, handler: DirectHandler) -> tuple[str, bytes]:
@@ -194,6 +213,28 @@ class FastClient(Client):
         stats["out_bytes"] += len(payload)
         return True
 
+    def write_now(self) -> bool:
+        """Hand the queued commands to the transport now, from this call, instead of at
+        the flusher's next turn (a stream's request: the caller has more to do before
+        it awaits, and the reply cannot come sooner than the request leaves).
+
+        Returns False, having done nothing, when the flusher must take them: not
+        connected, or the queue over nats-py's pending limit (the flusher then waits
+        for the transport to drain; this does not).
+        """
+        transport = self._transport
+        if (
+            self._status != Client.CONNECTED
+            or transport is None
+            or not self._pending
+            or 0 < self._max_pending_size < self._pending_data_size
+        ):
+            return False
+        transport.writelines(self._pending)
+        self._pending = []
+        self._pending_data_size = 0
+        return True
+
     async def _process_pong(self) -> None:
         # nats-py sets the result of the oldest PING's future even when its waiter was
         # cancelled (a timed-out flush() or rtt()): InvalidStateError then ends the
@@ -223,7 +264,8 @@ class FastClient(Client):
             handler = self._mux.get(subject[self._mux_at :])
             if handler is not None:
                 try:
-                    handler(subject, reply, data, headers)
+                    if handler(subject, reply, data, headers):
+                        self.yield_soon = True
                 except Exception:  # a bug, or input no check foresaw: never the read loop
                     _log.exception("a stream reply could not be handled; message dropped")
             return True
@@ -261,12 +303,25 @@ def encode_headers(headers: dict[str, str]) -> bytes | None:
     """A NATS header block, or None when a name is not a plain token or a value holds
     a line break (nats-py then encodes, rejects or cleans it its own way)."""
     lines = [b"NATS/1.0\r\n"]
-    for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
-            return None
-        lines.append(f"{name}: {value.strip()}\r\n".encode())
+    for item in headers.items():
+        line = _encoded.get(item)
+        if line is None:
+            name, value = item
+            if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+                return None
+            line = f"{name}: {value.strip()}\r\n".encode()
+            if len(_encoded) >= _ENCODED_MAX:
+                _encoded.clear()
+            _encoded[item] = line
+        lines.append(line)
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+# Header lines recur too (Ns-V: 1, Ns-Win: ..., Ns-End: 1): each is checked and
+# encoded once.
+_ENCODED_MAX = 1024  # lines; then forgotten all at once
+_encoded: dict[tuple[str, str], bytes] = {}
 
 
 class _FastParser(Parser):
@@ -352,6 +407,13 @@ class _FastParser(Parser):
             pos = stop + 2
             if not dispatch(sid, subject, reply, payload, headers):
                 await nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
+                if generation != self._generation:
+                    return
+            elif nc.yield_soon:
+                # A consumer waits for this message (a stream's first reply): let it
+                # have it before the rest of this read is parsed.
+                nc.yield_soon = False
+                await asyncio.sleep(0)
                 if generation != self._generation:
                     return
         if pos < size:

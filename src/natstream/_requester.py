@@ -114,12 +114,12 @@ class _Attempt:
         self.inbox = inbox
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
-        await publish(nc, self.subject, data, reply=inbox, headers=headers)
+        await publish(nc, self.subject, data, reply=inbox, headers=headers, now=True)
         self._arm()
 
     # ------------------------------------------------------------ nats callback
 
-    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """A reply straight from the parser (FastClient): build the message, handle it.
 
         Data from the bound responder with a lone ``Ns-Seq`` header, in order and
@@ -153,8 +153,8 @@ class _Attempt:
                         w.set_result(None)
                 if not self._timer.armed:
                     self._arm()
-                return
-        self._handle(
+                return False
+        return self._handle(
             Msg(
                 _client=self.nc,
                 subject=subject.decode(errors="replace"),
@@ -164,8 +164,11 @@ class _Attempt:
             )
         )
 
-    def _handle(self, msg: Msg) -> None:
+    def _handle(self, msg: Msg) -> bool:
+        """Classify a reply and queue what the consumer gets; True when it woke the
+        consumer for the stream's first reply (the parser then lets it run first)."""
         m = self.machine
+        first = self.replies == 0 and self.marker is None
         verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
         if self._control is None and m.control_subject is not None:
             self._bind(m.control_subject)
@@ -188,15 +191,17 @@ class _Attempt:
                 )
         elif verdict is Reply.DROP:
             self._arm()  # a heartbeat or the first reply may bring a deadline forward
-            return
+            return False
         elif verdict is Reply.CANCEL_FOREIGN:
             self._spawn(self._send(msg.reply, cancel_headers()))
-            return
+            return False
         elif verdict is Reply.END or verdict is Reply.ERROR:
             self.marker = msg
+        woke = self._waiter is not None
         self._wake()
         if self.replies == 1 or not self._timer.armed or verdict is not Reply.DELIVER:
             self._arm()
+        return first and woke
 
     def _bind(self, control_subject: str) -> None:
         """The machine bound its responder: prepare the fast path for its messages."""

@@ -30,12 +30,22 @@ def validate_publish_subject(subject: str) -> str:
     Raises:
         InvalidSubjectError: empty, whitespace, empty token, or ``*`` / ``>``.
     """
+    if type(subject) is str and subject in _valid_publish:
+        return subject
     for token in _tokens(subject):
         if "*" in token or ">" in token:
             raise InvalidSubjectError(
                 subject, "wildcards are not allowed in a request subject; name one subject"
             )
+    if len(_valid_publish) >= _VALID_MAX:
+        _valid_publish.clear()
+    _valid_publish.add(subject)
     return subject
+
+
+# Subjects already found valid (requests go to few subjects, again and again).
+_VALID_MAX = 1024
+_valid_publish: set[str] = set()
 
 
 def validate_subscribe_subject(subject: str) -> str:

@@ -520,6 +520,18 @@ async def test_streams_finished_in_the_request_dispatch(
     assert stats.replies_sent == (21 if first else 0)
 
 
+async def test_the_request_is_on_the_socket_when_the_stream_is_open(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    """The request is written as the stream opens, not at the flusher's next turn."""
+    await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", False, None))
+    async with pool.stream(subject) as s:
+        assert s._attempt is not None
+        nc = s._attempt.nc
+        assert (nc._pending, nc._pending_data_size) == ([], 0)
+        assert [m.data async for m in s] == [b"x"]
+
+
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
     """Outside ``async with`` nothing would end the stream after a ``break``."""
     with pytest.raises(TypeError, match="async with"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from typing import Any
@@ -28,6 +29,8 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.yield_soon = False
+        self.wakes: set[bytes] = set()  # payloads that wake a consumer (see yield_soon)
 
     def _dispatch(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -35,6 +38,8 @@ class FakeClient:
         if sid != MUX_SID:
             return False
         self.events.append(("msg", sid, subject, reply, data, headers))
+        if data in self.wakes:
+            self.yield_soon = True
         return True
 
     async def _process_msg(
@@ -117,6 +122,59 @@ async def test_a_partial_message_waits_for_the_rest() -> None:
     await parser.parse(b"NG\r\n")
     assert client.events[-1] == ("ping",)
     assert not parser.buf
+
+
+def test_recurring_header_blocks_are_parsed_once_and_each_caller_gets_a_copy() -> None:
+    from natstream import _fastclient
+
+    block = b"NATS/1.0\r\nNs-End: 1\r\nNs-Seq: 42\r\n\r\n"
+    first = parse_headers(block)
+    assert first == {"Ns-End": "1", "Ns-Seq": "42"}
+    assert block in _fastclient._parsed
+    first["Ns-Seq"] = "changed"  # a caller may change its message's headers
+    assert parse_headers(block) == {"Ns-End": "1", "Ns-Seq": "42"}
+    assert parse_headers(block) is not parse_headers(block)
+    long = b"NATS/1.0\r\nX: " + b"v" * 200 + b"\r\n\r\n"  # too long to remember
+    assert parse_headers(long) == {"X": "v" * 200}
+    assert long not in _fastclient._parsed
+    for i in range(2 * _fastclient._PARSED_MAX):
+        parse_headers(b"NATS/1.0\r\nN: %d\r\n\r\n" % i)
+    assert len(_fastclient._parsed) <= _fastclient._PARSED_MAX
+
+
+def test_header_lines_are_checked_and_encoded_once() -> None:
+    from natstream import _fastclient
+
+    headers = {"Ns-V": "1", "Ns-Pack": "1"}
+    block = encode_headers(headers)
+    assert block == b"NATS/1.0\r\nNs-V: 1\r\nNs-Pack: 1\r\n\r\n"
+    assert ("Ns-V", "1") in _fastclient._encoded
+    assert encode_headers(headers) == block
+    assert encode_headers({"Ns-V": "1", "Bad Name": "x"}) is None  # still checked
+    assert encode_headers({"Ns-V": "1", "X": "a\r\nb"}) is None
+    for i in range(2 * _fastclient._ENCODED_MAX):
+        encode_headers({"N": str(i)})
+    assert len(_fastclient._encoded) <= _fastclient._ENCODED_MAX
+
+
+async def test_a_woken_consumer_runs_before_the_rest_of_the_read() -> None:
+    """A stream's first reply (its handler asks for it with ``yield_soon``) reaches a
+    waiting task before the parser handles the messages behind it in the same read."""
+    client = FakeClient()
+    client.wakes = {b"first"}
+    parser = _FastParser(client)  # type: ignore[arg-type]
+    # Ready before the parse starts: runs when (and only if) the parser yields.
+    asyncio.get_running_loop().call_soon(client.events.append, ("other",))
+    await parser.parse(
+        b"MSG i.1 %d 5\r\nfirst\r\nMSG i.1 %d 3\r\nend\r\n" % (MUX_SID, MUX_SID)
+    )
+    await asyncio.sleep(0)
+    assert [e[0] if e[0] != "msg" else e[4] for e in client.events] == [
+        b"first",
+        "other",
+        b"end",
+    ]
+    assert not client.yield_soon
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,21 @@ def test_request_subject_validation(subject: str) -> None:
         validate_publish_subject(subject)
 
 
+def test_request_subjects_found_valid_are_remembered_not_the_others() -> None:
+    from natstream import _subjects
+
+    for _ in range(2):  # the second round answers from what the first remembered
+        assert _subjects.validate_publish_subject("orders.eu") == "orders.eu"
+        with pytest.raises(natstream.InvalidSubjectError):
+            _subjects.validate_publish_subject("orders.*")
+        with pytest.raises(natstream.InvalidSubjectError):
+            _subjects.validate_publish_subject(["orders.eu"])  # type: ignore[arg-type]
+    assert "orders.eu" in _subjects._valid_publish
+    for i in range(2 * _subjects._VALID_MAX):
+        _subjects.validate_publish_subject(f"s.{i}")
+    assert len(_subjects._valid_publish) <= _subjects._VALID_MAX
+
+
 @pytest.mark.parametrize("subject", ["a.*", "a.>", "*.b", ">"])
 def test_subscribe_subjects_allow_wildcards(subject: str) -> None:
     from natstream._subjects import validate_subscribe_subject
