@@ -275,7 +275,8 @@ async def _finish_streams(streams: list[_ResponderStream], grace: float) -> None
 
 
 class _ResponderStream:
-    """One stream being served: the task that runs the handler and sends replies."""
+    """One stream being served: the task that runs the handler and sends replies (none
+    for a sync index handler done at its first call: see :meth:`start_now`)."""
 
     def __init__(
         self,
@@ -400,18 +401,31 @@ class _ResponderStream:
         if type(result) is not tuple or len(result) != 3 or result[2] is not None:
             return False
         data, more, _ = result
+        try:
+            done = not more
+        except Exception:  # e.g. an array's ambiguous truth value: the task raises it
+            return False
+        nc = self.nc
+        # Finishing here needs a v1 requester (the end marker's headers, our control
+        # subject) and a connected natstream connection; else the task sends the end.
+        finish = (
+            done
+            and self._prefix is not None
+            and isinstance(nc, FastClient)
+            and nc._status == _CONNECTED
+        )
         if data is not None:
             if not self._send_now(data, index):
                 return False
             self._first_sent = True
-        if not more and self._prefix is not None:
-            self._end_now()
-        elif data is None:
+        elif not finish:
             return False
-        queue = self.nc._flush_queue
+        if finish:
+            self._end_now()
+        queue = nc._flush_queue
         if queue is not None and queue.empty():
             queue.put_nowait(self.loop.create_future())  # nats-py's flusher kick
-        return not more and self._prefix is not None
+        return finish
 
     def _end_now(self) -> None:
         """Finish a stream whose handler is done from :meth:`start_now`: queue the end
@@ -422,7 +436,7 @@ class _ResponderStream:
         if not (
             isinstance(nc, FastClient)
             and nc.queue_publish(self.reply, self.control_subject or "", STREAM_END, headers)
-        ):
+        ):  # not expected (start_now checked): send it from a task instead
             self.owner.subscriber._spawn(self._send_end(headers))
         self.owner._sent += m.sent_seq - (m.resume.seq if m.resume else 0)
         self._finish("completed")
@@ -430,8 +444,8 @@ class _ResponderStream:
     async def _send_end(self, headers: dict[str, str] | None) -> None:
         try:
             await self._send(STREAM_END, headers)
-        except ConnectionLostError:
-            log.debug("stream on %r: connection lost", self.owner.subject)
+        except Exception:
+            log.warning("stream on %r: end marker not sent", self.owner.subject, exc_info=True)
 
     def _first_index(self) -> int:
         resume = self.machine.resume

@@ -495,11 +495,28 @@ async def test_the_first_reply_sent_from_the_request_dispatch(
 
 @pytest.mark.parametrize("first", [b"only", None])
 async def test_streams_finished_in_the_request_dispatch(
-    subscriber: Subscriber, pool: Pool, subject: str, server: NatsServer, first: bytes | None
+    subscriber: Subscriber,
+    pool: Pool,
+    subject: str,
+    server: NatsServer,
+    first: bytes | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A sync index handler whose first call says "no more" is finished as the request
     arrives (reply and end marker queued together, no task): requesters see the same
     stream, plain requesters included, and the subscription counts it as completed."""
+
+    from natstream._subscriber import _ResponderStream
+
+    runs = 0
+    run = _ResponderStream.run
+
+    async def counted(self: _ResponderStream) -> None:
+        nonlocal runs
+        runs += 1
+        await run(self)
+
+    monkeypatch.setattr(_ResponderStream, "run", counted)
 
     def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
         return first, False, None
@@ -509,15 +526,38 @@ async def test_streams_finished_in_the_request_dispatch(
         seen = Collect()
         await pool.stream_request(subject, b"", seen)
         assert seen.data == ([first] if first else []) + [STREAM_END]
+    assert runs == 0
     nc = await nats.connect(server.url)
     try:
         plain = await nc.request(subject, b"", timeout=5)  # no headers: the task's way
     finally:
         await nc.close()
     assert plain.data == (first or STREAM_END)
+    assert runs == 1
     stats = handle.stats()
     assert (stats.streams_active, stats.streams_started, stats.streams_completed) == (0, 21, 21)
     assert stats.replies_sent == (21 if first else 0)
+
+
+async def test_a_more_flag_without_a_truth_value_fails_the_stream_not_the_subscription(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    """``more`` is read in the request dispatch: one that cannot be read as a bool
+    fails that stream (a 500, as any handler error) and frees its slot."""
+
+    class Ambiguous:
+        def __bool__(self) -> bool:
+            raise ValueError("the truth value is ambiguous")
+
+    handle = await subscriber.stream_subscribe_handler(
+        subject, lambda r, i: (b"x", Ambiguous(), None)
+    )
+    async with asyncio.timeout(20):  # a leaked stream would stall the requester instead
+        for _ in range(3):
+            with pytest.raises(StreamError, match="internal error"):
+                await pool.stream_request(subject, b"", Collect())
+    stats = handle.stats()
+    assert (stats.streams_active, stats.streams_failed) == (0, 3)
 
 
 async def test_the_request_is_on_the_socket_when_the_stream_is_open(
