@@ -75,6 +75,13 @@ class Config:
         max_idle: seconds a connection with no stream in flight may live before being
             replaced; None disables it.
         stream: flow control and liveness defaults for streams.
+        window_budget_messages, window_budget_bytes: what the windows of all the pool's
+            open streams may add up to (a stream alone may have all of it, one opened
+            while others run half of what is left, each at least 64 messages / 16 KiB).
+            Whatever streams have in flight can wait in nats-server at once, which
+            cuts off a client past its ``max_pending`` (64 MiB by default), and delays
+            heartbeats; raise these with the server's ``max_pending`` for a few large
+            cross-region streams (docs/operations.md).
         inbox_prefix: prefix of reply subjects (for accounts that lock down ``_INBOX``).
         user, password: user/password authentication (``password`` needs ``user``).
         token: token authentication.
@@ -108,6 +115,8 @@ class Config:
     max_idle: float | None = None
     stream: StreamOptions = field(default_factory=StreamOptions)
     inbox_prefix: str = "_INBOX"
+    window_budget_messages: int = 32_768
+    window_budget_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         if isinstance(self.servers, str):
@@ -121,6 +130,9 @@ class Config:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {self.close_grace}")
+        for name in ("window_budget_messages", "window_budget_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.reconnect_backoff <= self.reconnect_backoff_max:
             raise ConfigError("need 0 < reconnect_backoff <= reconnect_backoff_max")
         # nats-py would silently send no password at all: the server's "authorization

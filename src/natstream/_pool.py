@@ -293,24 +293,26 @@ class _Slot:
         return self.conn is None or self.conn.state is ConnState.EXPIRING
 
 
-# Budget of flow-control windows per pool (see _Conn.window). What streams may have
-# in flight waits in socket buffers and in nats-server, whose max_pending (64 MiB by
-# default) cuts a connection off; and messages queued ahead of a stream's heartbeats
-# make them late (false stalls, failed health checks). The pool's requester handles
-# roughly 50,000-200,000 small messages/s, so this many in flight is well under a
-# second of work; with the minimum per stream (an ack every 32 replies; 16 made acks
-# cost more than the data with 1,000 streams), 1,000 streams have about 97,000. A new
-# stream gets at most half of what is left, so the streams after it get a share too.
-POOL_WINDOW_BYTES = 32 << 20
-POOL_WINDOW_MESSAGES = 32_768
+# Budget of flow-control windows per pool (Config.window_budget_*, see _Conn.window).
+# What streams may have in flight waits in socket buffers and in nats-server, whose
+# max_pending (64 MiB by default) cuts a connection off; and messages queued ahead of
+# a stream's heartbeats make them late (false stalls, failed health checks). The
+# pool's requester handles roughly 50,000-200,000 small messages/s, so the default
+# budget in flight is well under a second of work; with the minimum per stream (an
+# ack every 32 replies; 16 made acks cost more than the data with 1,000 streams),
+# 1,000 streams have about 96,000. A new stream gets at most half of what is left
+# while others are open, so the streams after it get a share too.
 MIN_STREAM_MESSAGES = 64
 MIN_STREAM_BYTES = 16 << 10
 
 
 @dataclass(eq=False)
 class WindowBudget:
-    """Flow-control windows granted by the pool's open stream attempts, in total."""
+    """Flow-control windows granted by the pool's open stream attempts, in total, and
+    what they may add up to."""
 
+    limit_messages: int = 32_768
+    limit_bytes: int = 32 << 20
     messages: int = 0
     nbytes: int = 0
 
@@ -334,21 +336,26 @@ class _Conn:
         self.idle.set()
 
     def window(self, messages: int, nbytes: int) -> tuple[int, int]:
-        """The window a new stream may grant: what is configured, cut down to half of
-        what the pool's budget has left, but not below the minimum (unless configured
-        below). The first stream gets the default window (16,384 messages, 8 MiB), the
-        second 8,192 messages, and so on down to the minimum.
+        """The window a new stream may grant: what is configured, cut down to what the
+        pool's budget has left (half of it when other streams are open), but not below
+        the minimum (unless configured below). With the defaults the first stream gets
+        16,384 messages / 8 MiB, one opened while it runs 8,192, and so on down to the
+        minimum; a stream alone may have the whole budget (32,768 messages, 32 MiB by
+        default: ``Config.window_budget_*``).
 
         nats-server disconnects a client (as a slow consumer) whose undelivered
         messages pass its ``max_pending`` (64 MiB by default), and a long backlog
         delays heartbeats and health checks. Every stream's window may be in that
         backlog at once, so the windows of the pool's streams add up to about
-        ``POOL_WINDOW_*`` at most (plus the minimum per stream).
+        the budget at most (plus the minimum per stream).
         """
         budget = self.budget
+        share = 2 if budget.messages else 1  # another stream is open: half of what is left
+        left_messages = (budget.limit_messages - budget.messages) // share
+        left_bytes = (budget.limit_bytes - budget.nbytes) // share
         return (
-            min(messages, max(MIN_STREAM_MESSAGES, (POOL_WINDOW_MESSAGES - budget.messages) // 2)),
-            min(nbytes, max(MIN_STREAM_BYTES, (POOL_WINDOW_BYTES - budget.nbytes) // 2)),
+            min(messages, max(MIN_STREAM_MESSAGES, left_messages)),
+            min(nbytes, max(MIN_STREAM_BYTES, left_bytes)),
         )
 
     def add(self, attempt: _Attempt) -> None:
@@ -402,7 +409,8 @@ class Pool:
         self._servers = [_Server(url, safe_server(url)) for url in config.servers]
         self._slots: list[_Slot] = []
         self._rr = 0
-        self._budget = WindowBudget()  # windows granted by all streams of this pool
+        # Windows granted by all streams of this pool.
+        self._budget = WindowBudget(config.window_budget_messages, config.window_budget_bytes)
         self._tasks: set[asyncio.Task[None]] = set()  # health loop, connects, drains
         self._closers: set[asyncio.Task[None]] = set()  # never cancelled; close() awaits
         self._closed = asyncio.Event()

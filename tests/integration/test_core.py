@@ -426,7 +426,7 @@ async def test_windows_of_a_pool_share_a_budget(
     """Many concurrent streams must not let nats-server see a slow consumer: the
     windows granted by a pool add up to its budget (plus a small minimum per
     stream), and come back when the streams end."""
-    from natstream._pool import MIN_STREAM_BYTES, POOL_WINDOW_BYTES
+    from natstream._pool import MIN_STREAM_BYTES
 
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", True, None))
     async with Pool(Config([server.url], idle_per_server=2)) as pool:
@@ -434,14 +434,41 @@ async def test_windows_of_a_pool_share_a_budget(
         for s in streams:
             await s.__aenter__()
         windows = [s._attempt.machine.window_bytes for s in streams]  # type: ignore[union-attr]
+        messages = [s._attempt.machine.window_messages for s in streams]  # type: ignore[union-attr]
+        assert messages[:4] == [16_384, 8_192, 4_096, 2_048]
+        assert min(messages) == 64
         assert windows[0] == 8 << 20
-        assert sum(windows) <= POOL_WINDOW_BYTES + 40 * MIN_STREAM_BYTES
+        assert sum(windows) <= pool.config.window_budget_bytes + 40 * MIN_STREAM_BYTES
         assert min(windows) == MIN_STREAM_BYTES
         for s in streams:
             await s.aclose()
         async with pool.stream(subject) as again:
             assert again._attempt is not None
             assert again._attempt.machine.window_bytes == 8 << 20
+
+
+async def test_a_stream_alone_may_have_the_whole_budget_which_is_configurable(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", True, None))
+    big = natstream.StreamOptions(window_messages=65_536, window_bytes=1 << 30)
+    for budget, expected in [
+        ((32_768, 32 << 20), (32_768, 32 << 20)),
+        ((1 << 20, 2 << 30), (65_536, 1 << 30)),
+    ]:
+        config = Config(
+            [server.url],
+            idle_per_server=1,
+            stream=big,
+            window_budget_messages=budget[0],
+            window_budget_bytes=budget[1],
+        )
+        async with Pool(config) as pool, pool.stream(subject) as s:
+            assert s._attempt is not None
+            m = s._attempt.machine
+            assert (m.window_messages, m.window_bytes) == expected
+    with pytest.raises(natstream.ConfigError):
+        Config([server.url], window_budget_messages=0)
 
 
 async def test_a_timed_out_round_trip_does_not_stop_the_connection(server: NatsServer) -> None:
