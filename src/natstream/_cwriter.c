@@ -58,18 +58,20 @@ read_clock(double *now)
         return -1;
     }
     int64_t ns = (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
+    volatile double d;  /* as CPython: no excess precision (x87) */
     if (ns % 1000000000 == 0) {
-        *now = (double)(ns / 1000000000);
+        d = (double)(ns / 1000000000);
     }
     else {
-        *now = (double)ns;
-        *now /= 1e9;
+        d = (double)ns;
+        d /= 1e9;
     }
+    *now = d;
     return 0;
 }
 
 PyDoc_STRVAR(write_doc,
-"write($self, data, /)\n--\n\n"
+"write($self, data)\n--\n\n"
 "Accept one record (bytes); return ``len(data)``.\n\n"
 "The record is appended to the buffer for the current hour's file, never split and\n"
 "never mixed with other records. No disk I/O happens here unless the buffer is\n"
@@ -81,8 +83,22 @@ PyDoc_STRVAR(write_doc,
 "    TypeError: ``data`` is not bytes-like.");
 
 static PyObject *
-WriterCore_write(WriterCore *self, PyObject *data)
+WriterCore_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    /* One argument, ``data``, by position or by name (as the Python method). */
+    PyObject *data;
+    if (kwnames == NULL && nargs == 1) {
+        data = args[0];
+    }
+    else if (nargs == 0 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1
+             && PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
+             && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "data") == 0) {
+        data = args[0];
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "write() takes exactly one argument (data)");
+        return NULL;
+    }
     /* The fast path of _writers.WriterCore.write: exact bytes, default clock inside
      * the armed hour, buffer below the gate. See the comment there. */
     if (PyBytes_CheckExact(data)) {
@@ -154,7 +170,8 @@ WriterCore_dealloc(WriterCore *self)
 }
 
 static PyMethodDef WriterCore_methods[] = {
-    {"write", (PyCFunction)WriterCore_write, METH_O, write_doc},
+    {"write", (PyCFunction)(void (*)(void))WriterCore_write, METH_FASTCALL | METH_KEYWORDS,
+     write_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1277,6 +1277,28 @@ def test_write_returns_the_length_and_holds_one_reference(
     assert read_dir(tmp_path) == {"s_2026-11-26_21.log": data * 2}
 
 
+@run_once
+@pytest.mark.skipif(
+    os.environ.get("NATSTREAM_REQUIRE_EXTENSIONS") != "1",
+    reason="only where the extension must be built (CI sets NATSTREAM_REQUIRE_EXTENSIONS=1)",
+)
+def test_the_extension_is_built_where_required() -> None:
+    assert WRITER_IMPL == "c", NO_C_REASON
+
+
+def test_write_takes_data_by_position_or_by_name_only(tmp_path: Path) -> None:
+    with HourlyFileWriter(tmp_path, "s", utc=True) as writer:
+        assert writer.write(b"a\n") == 2
+        assert writer.write(data=b"bc\n") == 3
+        with pytest.raises(TypeError):
+            writer.write(b"a\n", b"b\n")  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            writer.write(record=b"a\n")  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            writer.write()  # type: ignore[call-arg]
+    assert b"".join(read_dir(tmp_path).values()) == b"a\nbc\n"
+
+
 def test_core_in_a_reference_cycle_is_collected(core: type) -> None:
     class Core(core):  # type: ignore[misc, valid-type]
         __slots__ = ("__weakref__",)
