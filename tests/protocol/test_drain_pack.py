@@ -1,0 +1,194 @@
+"""The requester's delivery loop for packed items (``Stream._drain_pack``) against the
+plain rule: one ``on_delivered`` call per item the consumer accepted.
+
+The loop counts items in runs (``on_delivered_many``) sized in advance to end where an
+ack may fall due, by count or by bytes; it must send the same acks, at the same points,
+and leave the machine, the pack and the resume point as the per-item rule does, whatever
+the handler returns (True, None, anything else, False, an exception, or an awaitable of
+those) and however many times the loop is entered for one pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natstream._protocol import Reply, RequesterMachine
+from natstream._protocol._wire import HDR_SEQ, pack_items
+from natstream._requester import Stream, _Pack
+
+from .conftest import PROFILE
+from .test_requester_machine import CTL, bound, packed
+
+RESULTS = ["true", "none", "other", "false", "raise", "aw-true", "aw-none", "aw-false", "aw-raise"]
+
+
+class Boom(Exception):
+    pass
+
+
+class Item:
+    """What the loop makes of each item (the real class is a connection's Msg)."""
+
+    data: bytes
+    subject: str
+    reply: str
+
+
+class FakeAttempt:
+    """What ``_drain_pack`` uses of an attempt: its machine, and acks (recorded)."""
+
+    def __init__(self, machine: RequesterMachine) -> None:
+        self.machine = machine
+        self.acks: list[tuple[int, int, dict[str, str]]] = []
+
+    async def send_ack(self, ack: dict[str, str]) -> None:
+        m = self.machine
+        self.acks.append((m.delivered_seq, m.delivered_bytes, dict(ack)))
+        await asyncio.sleep(0)
+
+
+def outcome(action: str) -> Any:
+    """The handler's result for ``action`` (raises for "raise")."""
+    if action == "raise":
+        raise Boom
+    if action.startswith("aw-"):
+        inner = action[3:]
+
+        async def later() -> Any:
+            await asyncio.sleep(0)
+            return outcome(inner)
+
+        return later()
+    return {"true": True, "none": None, "false": False, "other": 7}[action]
+
+
+async def fast(
+    m: RequesterMachine, payload: bytes, offsets: list[int], actions: list[str], entries: int
+) -> tuple[list[Any], FakeAttempt, int]:
+    attempt = FakeAttempt(m)
+    source = SimpleNamespace(data=payload, subject="_INBOX.me", reply=CTL)
+    pack = _Pack(Item, source, offsets)  # type: ignore[arg-type]
+    taken: list[bytes] = []
+
+    def handler(msg: Any) -> Any:
+        taken.append(msg.data)
+        return outcome(actions[len(taken) - 1])
+
+    results: list[Any] = []
+    for _ in range(entries):
+        if pack.next >= pack.size:
+            break
+        try:
+            results.append(await Stream._drain_pack(None, attempt, pack, handler))  # type: ignore[arg-type]
+        except Boom:
+            results.append("raised")
+        results.append((pack.next, m.delivered_seq, m.delivered_bytes, m.resume_point()))
+    return results, attempt, len(taken)
+
+
+async def reference(
+    m: RequesterMachine, items: list[bytes], actions: list[str], entries: int
+) -> tuple[list[Any], FakeAttempt, int]:
+    """One ``on_delivered`` per accepted item; an ack is sent when one falls due."""
+    attempt = FakeAttempt(m)
+    results: list[Any] = []
+    i = 0
+    for _ in range(entries):
+        if i >= len(items):
+            break
+        stopped: Any = False
+        while i < len(items):
+            data = items[i]
+            i += 1
+            try:
+                result = outcome(actions[i - 1])
+                if isinstance(result, Awaitable):
+                    result = await result
+            except Boom:
+                stopped = "raised"
+                break
+            if result is False:
+                stopped = True
+                break
+            ack = m.on_delivered(None, len(data))
+            if ack is not None:
+                await attempt.send_ack(ack)
+        results.append(stopped)
+        results.append((i, m.delivered_seq, m.delivered_bytes, m.resume_point()))
+    return results, attempt, i
+
+
+@pytest.mark.fuzz
+@settings(settings.get_profile(PROFILE))
+@given(
+    window_messages=st.integers(1, 70),
+    window_bytes=st.integers(1, 400),
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+    actions=st.lists(st.sampled_from(RESULTS), min_size=60, max_size=60),
+    pos=st.sampled_from([None, "5.0"]),
+    later_message=st.booleans(),
+    entries=st.integers(1, 6),
+)
+def test_drain_pack_counts_and_acks_as_one_call_per_item(
+    window_messages: int,
+    window_bytes: int,
+    sizes: list[int],
+    actions: list[str],
+    pos: str | None,
+    later_message: bool,
+    entries: int,
+) -> None:
+    m = bound(window_messages=window_messages, window_bytes=window_bytes, heartbeat=0.0)
+    items = [bytes([65 + k % 26]) * size for k, size in enumerate(sizes)]
+    if len(items) > window_messages or (len(items) > 1 and sum(sizes) > window_bytes):
+        items = items[: max(1, min(window_messages, len(items)))]
+        while len(items) > 1 and sum(map(len, items)) > window_bytes:
+            items.pop()
+    payload = pack_items(items)
+    assert m.on_reply(0.0, packed(1, len(items), pos), payload, CTL) is Reply.DELIVER
+    offsets, m.pack_offsets = m.pack_offsets, None
+    assert offsets is not None
+    room = len(items) < window_messages and sum(map(len, items)) <= window_bytes
+    if later_message and room:  # the pack is not the last message received
+        assert m.on_reply(0.0, {HDR_SEQ: str(len(items) + 1)}, b"", CTL) is Reply.DELIVER
+    twin = copy.deepcopy(m)
+
+    got, got_attempt, got_taken = asyncio.run(fast(m, payload, offsets, actions, entries))
+    want, want_attempt, want_taken = asyncio.run(reference(twin, items, actions, entries))
+    assert got == want
+    assert got_attempt.acks == want_attempt.acks
+    assert got_taken == want_taken
+
+
+def test_byte_bound_runs_end_at_the_ack_point() -> None:
+    """A run ends by bytes before it ends by count: the ack goes out after the item
+    that reaches half the byte window, not later."""
+    m = bound(window_messages=100, window_bytes=100, heartbeat=0.0)
+    items = [b"x" * 10] * 9  # half the byte window (50) is reached by item 5
+    payload = pack_items(items)
+    assert m.on_reply(0.0, packed(1, 9), payload, CTL) is Reply.DELIVER
+    offsets, m.pack_offsets = m.pack_offsets, None
+    assert offsets is not None
+    _, attempt, taken = asyncio.run(fast(m, payload, offsets, ["true"] * 9, 1))
+    assert taken == 9
+    assert [(seq, nbytes) for seq, nbytes, _ in attempt.acks][:1] == [(5, 50)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_count_bound_runs_end_at_the_ack_point(count: int) -> None:
+    m = bound(window_messages=4, window_bytes=1 << 20, heartbeat=0.0)
+    items = [b"y"] * 4
+    payload = pack_items(items)
+    assert m.on_reply(0.0, packed(1, 4), payload, CTL) is Reply.DELIVER
+    offsets, m.pack_offsets = m.pack_offsets, None
+    assert offsets is not None
+    _, attempt, _ = asyncio.run(fast(m, payload, offsets, ["true"] * 4, count))
+    assert [(seq, nbytes) for seq, nbytes, _ in attempt.acks][:1] == [(2, 2)]  # half of 4
