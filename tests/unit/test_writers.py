@@ -104,6 +104,20 @@ def core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> typ
 
 
 @pytest.fixture
+def locked(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The records that reach ``_write_locked`` (those the lock-free path leaves)."""
+    taken: list[bytes] = []
+    write_locked = HourlyFileWriter._write_locked
+
+    def counting(self: HourlyFileWriter, data: bytes) -> int:
+        taken.append(data)
+        return write_locked(self, data)
+
+    monkeypatch.setattr(HourlyFileWriter, "_write_locked", counting)
+    return taken
+
+
+@pytest.fixture
 def system_time() -> Iterator[Callable[[Callable[[], float]], None]]:
     """Replace the default clock (``time.time``) for the Python code and the C core."""
     patch = pytest.MonkeyPatch()
@@ -219,20 +233,12 @@ def test_rotation_at_the_hour_boundary(tmp_path: Path, clock: FakeClock) -> None
 def test_rotation_at_the_hour_boundary_with_the_default_clock(
     tmp_path: Path,
     system_time: Callable[[Callable[[], float]], None],
-    monkeypatch: pytest.MonkeyPatch,
+    locked: list[bytes],
 ) -> None:
     """The lock-free path decides the hour on its own clock read: it takes the records
     inside the hour and leaves the boundary (and a step back) to ``_write_locked``."""
     now = datetime(2026, 11, 26, 21, 59, 59, 999999, tzinfo=UTC).timestamp()
     system_time(lambda: now)
-    locked: list[bytes] = []
-    write_locked = HourlyFileWriter._write_locked
-
-    def counting(self: HourlyFileWriter, data: bytes) -> int:
-        locked.append(data)
-        return write_locked(self, data)
-
-    monkeypatch.setattr(HourlyFileWriter, "_write_locked", counting)
     with HourlyFileWriter(tmp_path, "s", utc=True) as writer:
         assert writer.write(b"last of 21\n") == 11
         assert locked == []  # the lock-free path took it
@@ -1342,20 +1348,10 @@ def test_a_late_append_through_write_is_settled(
     assert read_dir(tmp_path) == {"s_2026-11-26_21.log": b"before close\n"}
 
 
-def test_the_lock_free_clock_reads_as_time_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_lock_free_clock_reads_as_time_time(tmp_path: Path, locked: list[bytes]) -> None:
     """The lock-free path reads the clock time.time() reads (the C core: CLOCK_REALTIME,
     in seconds): an hour starting at a time.time() read already includes a read made
     after it; one starting a minute later does not."""
-    locked: list[bytes] = []
-    write_locked = HourlyFileWriter._write_locked
-
-    def counting(self: HourlyFileWriter, data: bytes) -> int:
-        locked.append(data)
-        return write_locked(self, data)
-
-    monkeypatch.setattr(HourlyFileWriter, "_write_locked", counting)
     with HourlyFileWriter(tmp_path, "s", utc=True, flush_interval=3600) as writer:
         start = time.time()
         writer._lo, writer._hi = start, start + 3600
