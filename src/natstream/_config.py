@@ -22,8 +22,9 @@ class StreamOptions:
             (16,384: small messages and packed items keep streaming while an ack
             travels and while the other processes of a busy machine wait for a core;
             the requester holds at most about 1 KiB of bookkeeping per unpacked
-            message on top). Packed items count one by one. A pool grants each new
-            stream at most half of what its budget has left (``docs/operations.md``).
+            message on top). Packed items count one by one. A pool grants a stream at
+            most its budget (``Config.window_budget_*``; half of what is left while
+            other streams are open: ``docs/operations.md``).
         window_bytes: payload bytes the responder may have in flight (a single message
             larger than this still moves, alone). Memory held for one stream on the
             requester is bounded by the window.
@@ -131,8 +132,9 @@ class Config:
         if self.close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {self.close_grace}")
         for name in ("window_budget_messages", "window_budget_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
         if not 0 < self.reconnect_backoff <= self.reconnect_backoff_max:
             raise ConfigError("need 0 < reconnect_backoff <= reconnect_backoff_max")
         # nats-py would silently send no password at all: the server's "authorization

@@ -87,10 +87,11 @@ WriterCore_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs, PyOb
 {
     /* One argument, ``data``, by position or by name (as the Python method). */
     PyObject *data;
-    if (kwnames == NULL && nargs == 1) {
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nkw == 0 && nargs == 1) {
         data = args[0];
     }
-    else if (nargs == 0 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1
+    else if (nargs == 0 && nkw == 1
              && PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
              && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "data") == 0) {
         data = args[0];

@@ -4,7 +4,8 @@ nats-py parses the protocol with regular expressions and a coroutine per message
 and builds and parses headers generically. A natstream data message carries a
 single header, ``Ns-Seq``, so both directions get a short path here; anything else
 goes through nats-py unchanged. This leans on nats-py internals (``Parser``,
-``_ps``, ``_process_msg``, ``_process_headers``, ``_pending``, ``_flush_queue``),
+``_ps``, ``_process_msg``, ``_process_headers``, ``_pending``, ``_pending_data_size``,
+``_max_pending_size``, ``_flush_queue``, ``_status``, ``_transport._io_writer``),
 pinned by the ``nats-py<3`` requirement and exercised by every test that streams.
 """
 
@@ -84,7 +85,8 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
     return headers or None
 
 
-# Header blocks that recur (a natstream request's, end markers, status replies) are
+# Header blocks that recur (a natstream request's without a deadline, end markers,
+# status replies) are
 # parsed once: small blocks and their result, a copy of which each caller gets.
 _PARSED_SIZE = 128  # bytes
 _PARSED_MAX = 512  # blocks; then forgotten all at once
@@ -189,7 +191,8 @@ class FastClient(Client):
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
     ) -> bool:
         """Queue a publish for the flusher, as nats-py's ``publish`` does, without its
-        per-call header encoding; the caller then awaits :func:`kick_flusher`.
+        per-call header encoding; the caller then awaits :func:`kick_flusher` (or
+        writes at once with :meth:`write_now`).
 
         ``subject`` and ``reply`` must be valid (natstream checks or makes them).
         Returns False, having done nothing, when nats-py must take it: not connected,
@@ -214,23 +217,24 @@ class FastClient(Client):
         return True
 
     def write_now(self) -> bool:
-        """Hand the queued commands to the transport now, from this call, instead of at
+        """Write the queued commands to the socket now, from this call, instead of at
         the flusher's next turn (a stream's request: the caller has more to do before
         it awaits, and the reply cannot come sooner than the request leaves).
 
         Returns False, having done nothing, when the flusher must take them: not
-        connected, or the queue over nats-py's pending limit (the flusher then waits
-        for the transport to drain; this does not).
+        connected; not a TCP transport (nats-py's WebSocket transport sends only when
+        drained); or anything already waiting for the socket (the flusher then waits
+        for it to drain, which is the back-pressure on a fast publisher).
         """
-        transport = self._transport
+        writer = getattr(self._transport, "_io_writer", None)  # TcpTransport's
         if (
             self._status != Client.CONNECTED
-            or transport is None
+            or not isinstance(writer, asyncio.StreamWriter)
             or not self._pending
-            or 0 < self._max_pending_size < self._pending_data_size
+            or writer.transport.get_write_buffer_size()
         ):
             return False
-        transport.writelines(self._pending)
+        writer.writelines(self._pending)
         self._pending = []
         self._pending_data_size = 0
         return True
@@ -310,17 +314,19 @@ def encode_headers(headers: dict[str, str]) -> bytes | None:
             if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
                 return None
             line = f"{name}: {value.strip()}\r\n".encode()
-            if len(_encoded) >= _ENCODED_MAX:
-                _encoded.clear()
-            _encoded[item] = line
+            if len(value) <= _ENCODED_VALUE:
+                if len(_encoded) >= _ENCODED_MAX:
+                    _encoded.clear()
+                _encoded[item] = line
         lines.append(line)
     lines.append(b"\r\n")
     return b"".join(lines)
 
 
 # Header lines recur too (Ns-V: 1, Ns-Win: ..., Ns-End: 1): each is checked and
-# encoded once.
+# encoded once. Lines with long values (tokens, traces) are not kept.
 _ENCODED_MAX = 1024  # lines; then forgotten all at once
+_ENCODED_VALUE = 64  # characters
 _encoded: dict[tuple[str, str], bytes] = {}
 
 

@@ -37,9 +37,10 @@ def validate_publish_subject(subject: str) -> str:
             raise InvalidSubjectError(
                 subject, "wildcards are not allowed in a request subject; name one subject"
             )
-    if len(_valid_publish) >= _VALID_MAX:
-        _valid_publish.clear()
-    _valid_publish.add(subject)
+    if type(subject) is str:  # not a subclass: its own __eq__/__hash__ could lie
+        if len(_valid_publish) >= _VALID_MAX:
+            _valid_publish.clear()
+        _valid_publish.add(subject)
     return subject
 
 

@@ -23,6 +23,7 @@ from natstream import (
     Subscriber,
 )
 from natstream._connection import subscribe_live
+from natstream._fastclient import FastClient
 from natstream.server import NatsServer
 
 
@@ -597,6 +598,37 @@ async def test_the_request_is_on_the_socket_when_the_stream_is_open(
         nc = s._attempt.nc
         assert (nc._pending, nc._pending_data_size) == ([], 0)
         assert [m.data async for m in s] == [b"x"]
+
+
+async def test_write_now_leaves_to_the_flusher_what_it_must(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct writes only on a TCP transport with nothing waiting for the socket: a
+    WebSocket transport sends only when drained, and a backlog keeps the flusher's
+    back-pressure (it waits for the socket to drain)."""
+    from types import SimpleNamespace
+
+    async with Pool(Config([server.url], idle_per_server=1)) as pool:
+        nc = pool._slots[0].conn.nc  # type: ignore[union-attr]
+        assert isinstance(nc, FastClient)
+        assert nc.queue_publish("a.b", "", b"x", None)
+        assert nc.write_now()
+        assert (nc._pending, nc._pending_data_size) == ([], 0)
+
+        socket = nc._transport._io_writer.transport  # type: ignore[union-attr]
+        monkeypatch.setattr(socket, "get_write_buffer_size", lambda: 1)
+        assert nc.queue_publish("a.b", "", b"y", None)
+        assert not nc.write_now()
+        assert len(nc._pending) == 1
+        monkeypatch.undo()
+
+        transport = nc._transport
+        monkeypatch.setattr(nc, "_transport", SimpleNamespace())  # no _io_writer: not TCP
+        assert not nc.write_now()
+        assert len(nc._pending) == 1
+        monkeypatch.setattr(nc, "_transport", transport)
+        assert nc.write_now()
+        await nc.flush()
 
 
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:

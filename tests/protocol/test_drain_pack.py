@@ -43,15 +43,18 @@ class Item:
 
 
 class FakeAttempt:
-    """What ``_drain_pack`` uses of an attempt: its machine, and acks (recorded)."""
+    """What ``_drain_pack`` uses of an attempt: its machine, and acks (recorded with
+    the machine's count and the handler calls made so far: an ack must go out before
+    the next item is handed over)."""
 
-    def __init__(self, machine: RequesterMachine) -> None:
+    def __init__(self, machine: RequesterMachine, calls: list[bytes]) -> None:
         self.machine = machine
-        self.acks: list[tuple[int, int, dict[str, str]]] = []
+        self.calls = calls
+        self.acks: list[tuple[int, int, int, dict[str, str]]] = []
 
     async def send_ack(self, ack: dict[str, str]) -> None:
         m = self.machine
-        self.acks.append((m.delivered_seq, m.delivered_bytes, dict(ack)))
+        self.acks.append((len(self.calls), m.delivered_seq, m.delivered_bytes, dict(ack)))
         await asyncio.sleep(0)
 
 
@@ -73,10 +76,10 @@ def outcome(action: str) -> Any:
 async def fast(
     m: RequesterMachine, payload: bytes, offsets: list[int], actions: list[str], entries: int
 ) -> tuple[list[Any], FakeAttempt, int]:
-    attempt = FakeAttempt(m)
+    taken: list[bytes] = []
+    attempt = FakeAttempt(m, taken)
     source = SimpleNamespace(data=payload, subject="_INBOX.me", reply=CTL)
     pack = _Pack(Item, source, offsets)  # type: ignore[arg-type]
-    taken: list[bytes] = []
 
     def handler(msg: Any) -> Any:
         taken.append(msg.data)
@@ -98,7 +101,8 @@ async def reference(
     m: RequesterMachine, items: list[bytes], actions: list[str], entries: int
 ) -> tuple[list[Any], FakeAttempt, int]:
     """One ``on_delivered`` per accepted item; an ack is sent when one falls due."""
-    attempt = FakeAttempt(m)
+    calls: list[bytes] = []
+    attempt = FakeAttempt(m, calls)
     results: list[Any] = []
     i = 0
     for _ in range(entries):
@@ -108,6 +112,7 @@ async def reference(
         while i < len(items):
             data = items[i]
             i += 1
+            calls.append(data)
             try:
                 result = outcome(actions[i - 1])
                 if isinstance(result, Awaitable):
@@ -179,7 +184,7 @@ def test_byte_bound_runs_end_at_the_ack_point() -> None:
     assert offsets is not None
     _, attempt, taken = asyncio.run(fast(m, payload, offsets, ["true"] * 9, 1))
     assert taken == 9
-    assert [(seq, nbytes) for seq, nbytes, _ in attempt.acks][:1] == [(5, 50)]
+    assert [(calls, seq, nbytes) for calls, seq, nbytes, _ in attempt.acks][:1] == [(5, 5, 50)]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -191,4 +196,4 @@ def test_count_bound_runs_end_at_the_ack_point(count: int) -> None:
     offsets, m.pack_offsets = m.pack_offsets, None
     assert offsets is not None
     _, attempt, _ = asyncio.run(fast(m, payload, offsets, ["true"] * 4, count))
-    assert [(seq, nbytes) for seq, nbytes, _ in attempt.acks][:1] == [(2, 2)]  # half of 4
+    assert [(seq, nbytes) for _, seq, nbytes, _ in attempt.acks][:1] == [(2, 2)]  # half of 4

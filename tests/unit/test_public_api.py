@@ -65,6 +65,9 @@ def test_config_accepts_comma_separated_servers() -> None:
         {"servers": ["nats://x"], "idle_per_server": 0},
         {"servers": ["nats://x"], "connect_timeout": 0},
         {"servers": ["nats://x"], "close_grace": -1},
+        {"servers": ["nats://x"], "window_budget_messages": 0},
+        {"servers": ["nats://x"], "window_budget_bytes": 64e6},  # Ns-Win takes ints
+        {"servers": ["nats://x"], "window_budget_messages": True},
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
@@ -99,6 +102,17 @@ def test_request_subjects_found_valid_are_remembered_not_the_others() -> None:
         with pytest.raises(natstream.InvalidSubjectError):
             _subjects.validate_publish_subject(["orders.eu"])  # type: ignore[arg-type]
     assert "orders.eu" in _subjects._valid_publish
+
+    class Liar(str):  # equal to and hashed as any valid subject: never trusted
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("orders.eu")
+
+    with pytest.raises(natstream.InvalidSubjectError):
+        _subjects.validate_publish_subject(Liar("orders.*"))
+    assert all(type(x) is str for x in _subjects._valid_publish)
     for i in range(2 * _subjects._VALID_MAX):
         _subjects.validate_publish_subject(f"s.{i}")
     assert len(_subjects._valid_publish) <= _subjects._VALID_MAX
