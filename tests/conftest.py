@@ -1,10 +1,13 @@
-"""Shared fixtures: real nats-server processes on loopback, started and stopped here."""
+"""Shared fixtures: real nats-server processes on loopback, started and stopped here;
+the process's local time zone for tests of local-time behaviour."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -12,6 +15,24 @@ from natstream import Config, Pool, StreamOptions, Subscriber
 from natstream.server import NatsServer
 
 _counter = itertools.count()
+
+
+@pytest.fixture
+def local_time_zone() -> Iterator[Callable[[str], None]]:
+    """Sets the process's local time zone (``TZ``, e.g. ``"Europe/Berlin"``) for the
+    test; the previous one is back afterwards."""
+    saved = os.environ.get("TZ")
+
+    def use(name: str) -> None:
+        os.environ["TZ"] = name
+        time.tzset()
+
+    yield use
+    if saved is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
 
 
 @pytest.fixture(scope="session")

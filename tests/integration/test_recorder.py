@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -103,16 +101,8 @@ def test_default_formatter_escapes_the_payload(data: bytes, escaped: bytes) -> N
 
 
 @pytest.fixture
-def berlin_local_time() -> Iterator[None]:
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Berlin"
-    time.tzset()
-    yield
-    if saved is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = saved
-    time.tzset()
+def berlin_local_time(local_time_zone: Callable[[str], None]) -> None:
+    local_time_zone("Europe/Berlin")
 
 
 @pytest.mark.usefixtures("berlin_local_time")

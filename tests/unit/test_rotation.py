@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import os
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -165,16 +163,8 @@ def test_pattern_regex_does_not_match_neighbours() -> None:
 
 
 @pytest.fixture
-def new_york_local() -> Iterator[None]:
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    yield
-    if saved is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = saved
-    time.tzset()
+def new_york_local(local_time_zone: Callable[[str], None]) -> None:
+    local_time_zone("America/New_York")
 
 
 @pytest.mark.usefixtures("new_york_local")

@@ -336,16 +336,8 @@ def test_spring_forward_has_no_file_for_the_skipped_hour(tmp_path: Path) -> None
 
 
 @pytest.fixture
-def new_york_local() -> Iterator[None]:
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"
-    time.tzset()
-    yield
-    if saved is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = saved
-    time.tzset()
+def new_york_local(local_time_zone: Callable[[str], None]) -> None:
+    local_time_zone("America/New_York")
 
 
 @pytest.mark.usefixtures("new_york_local")
