@@ -16,14 +16,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 
-from natstream import Config, Pool
-from natstream.server import NatsServer
+from natstream import Pool
 
-from ._proc import CpuMeter, Responder, loop_name, run_loop
-from .stream import _raw_round, alternate_rounds
+from ._proc import run_loop
+from .stream import against_raw
 
 __all__ = ["run"]
 
@@ -50,21 +48,14 @@ async def _packed_round(pool: Pool, count: int, size: int, per: int) -> float:
 async def _packed(
     count: int, size: int, per: int, raw_messages: int, rounds: int, uvloop: bool
 ) -> dict[str, Any]:
-    with NatsServer() as srv:
-        async with Responder(srv.url, raw_messages, size, uvloop=uvloop) as responder:
-            nc = await nats.connect(srv.url)
-            pool = await Pool.connect(Config([srv.url], idle_per_server=1))
-            raw_best, ns_best, cpu = await alternate_rounds(
-                CpuMeter(responder),
-                rounds,
-                lambda: _raw_round(nc, raw_messages),
-                raw_messages,
-                lambda: _packed_round(pool, count, size, per),
-                count,
-            )
-            await pool.close()
-            await nc.close()
-            loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+    raw_best, ns_best, figures = await against_raw(
+        raw_messages,
+        size,
+        rounds,
+        uvloop,
+        lambda pool: _packed_round(pool, count, size, per),
+        count,
+    )
     raw_rate, items_rate = raw_messages / raw_best, count / ns_best
     return {
         "items": count,
@@ -76,8 +67,7 @@ async def _packed(
         "ratio_to_raw": items_rate / raw_rate,
         "natstream_mb_per_s": items_rate * size / 1e6,
         "raw_mb_per_s": raw_rate * size / 1e6,
-        **cpu,
-        **loops,
+        **figures,
     }
 
 

@@ -116,22 +116,40 @@ async def alternate_rounds(
     return raw_best, ns_best, {**_cpu_figures("raw", raw_cpu), **_cpu_figures("natstream", ns_cpu)}
 
 
-async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
+async def against_raw(
+    raw_messages: int,
+    size: int,
+    rounds: int,
+    uvloop: bool,
+    ours: Callable[[Pool], Awaitable[float]],
+    our_messages: int,
+) -> tuple[float, float, dict[str, Any]]:
+    """On a fresh server and responder process: the raw stream of ``raw_messages`` of
+    ``size`` bytes against ``ours(pool)`` (a one-connection pool), alternately
+    (:func:`alternate_rounds`); returns the best elapsed seconds of each and the CPU
+    and event-loop figures."""
     with NatsServer() as srv:
-        async with Responder(srv.url, n, size, uvloop=uvloop) as responder:
+        async with Responder(srv.url, raw_messages, size, uvloop=uvloop) as responder:
             nc = await nats.connect(srv.url)
             pool = await Pool.connect(Config([srv.url], idle_per_server=1))
             raw_best, ns_best, cpu = await alternate_rounds(
                 CpuMeter(responder),
                 rounds,
-                lambda: _raw_round(nc, n),
-                n,
-                lambda: _ns_round(pool, n),
-                n,
+                lambda: _raw_round(nc, raw_messages),
+                raw_messages,
+                lambda: ours(pool),
+                our_messages,
             )
             await pool.close()
             await nc.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+    return raw_best, ns_best, {**cpu, **loops}
+
+
+async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
+    raw_best, ns_best, figures = await against_raw(
+        n, size, rounds, uvloop, lambda pool: _ns_round(pool, n), n
+    )
     raw_rate, ns_rate = n / raw_best, n / ns_best
     return {
         "messages": n,
@@ -141,8 +159,7 @@ async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any
         "ratio": ns_rate / raw_rate,
         "raw_mb_per_s": raw_rate * size / 1e6,
         "natstream_mb_per_s": ns_rate * size / 1e6,
-        **cpu,
-        **loops,
+        **figures,
     }
 
 
