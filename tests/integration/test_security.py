@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import inspect
 import json
@@ -1081,21 +1082,30 @@ async def test_locked_down_accounts_with_inbox_prefixes(
 BAD_STATUS_LINE = b"NATS/1.0 999 \xff\xff\r\nNs-V: 1\r\n\r\n"
 
 
+@contextlib.asynccontextmanager
+async def still_serving(server: NatsServer, subject: str, target: str) -> AsyncIterator[str]:
+    """A subscriber serving ``subject``: the block gets where to send something hostile
+    (``target``: the request subject, or a control subject of that subscriber); after
+    the block, a stream on ``subject`` must still complete."""
+    sub = await Subscriber.connect(server.url, close_grace=0.5)
+    try:
+        await sub.stream_subscribe_handler(subject, ten)
+        if target == "control subject":
+            yield f"{sub._control_prefix}.{secrets.token_hex(12)}"
+        else:
+            yield subject
+        async with Pool(cfg(server.url)) as pool:
+            await pool.stream_request_with_timeout(subject, b"", 1.0, 3.0, _true)
+    finally:
+        await sub.close()
+
+
 @pytest.mark.parametrize("target", ["request subject", "control subject"])
 async def test_non_utf8_status_line_does_not_deafen_the_responder(
     server: NatsServer, target: str
 ) -> None:
-    sub = await Subscriber.connect(server.url, close_grace=0.5)
-    try:
-        await sub.stream_subscribe_handler("sec.status", ten)
-        subject = "sec.status"
-        if target == "control subject":
-            subject = f"{sub._control_prefix}.{secrets.token_hex(12)}"
+    async with still_serving(server, "sec.status", target) as subject:
         await raw_publish(server.url, subject, "_INBOX.status.x", [BAD_STATUS_LINE])
-        async with Pool(cfg(server.url)) as pool:
-            await pool.stream_request_with_timeout("sec.status", b"", 1.0, 3.0, _true)
-    finally:
-        await sub.close()
 
 
 ENDLESS_RESPONDER = """
@@ -1143,12 +1153,7 @@ async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
 ) -> None:
     """Anyone allowed to publish on the service subject picks the reply subject, and
     the server passes any bytes on: decoding it must not stop the read loop."""
-    sub = await Subscriber.connect(server.url, close_grace=0.5)
-    try:
-        await sub.stream_subscribe_handler("sec.utf8", ten)
-        subject = "sec.utf8"
-        if target == "control subject":
-            subject = f"{sub._control_prefix}.{secrets.token_hex(12)}"
+    async with still_serving(server, "sec.utf8", target) as subject:
         reader, writer = await _raw_client(server.url)
         try:
             writer.write(b"PUB " + subject.encode() + b" in\xffbox 1\r\nx\r\n")
@@ -1156,10 +1161,6 @@ async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
         finally:
             writer.close()
             await writer.wait_closed()
-        async with Pool(cfg(server.url)) as pool:
-            await pool.stream_request_with_timeout("sec.utf8", b"", 1.0, 3.0, _true)
-    finally:
-        await sub.close()
 
 
 async def test_a_non_utf8_reply_from_a_hostile_responder_does_not_deafen_the_requester(
