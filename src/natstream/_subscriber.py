@@ -437,15 +437,11 @@ class _ResponderStream:
             isinstance(nc, FastClient)
             and nc.queue_publish(self.reply, self.control_subject or "", STREAM_END, headers)
         ):  # not expected (start_now checked): send it from a task instead
-            self.owner.subscriber._spawn(self._send_end(headers))
+            self.owner.subscriber._spawn(
+                self._quiet_send(STREAM_END, headers, "end marker", logging.WARNING)
+            )
         self.owner._sent += m.sent_seq - (m.resume.seq if m.resume else 0)
         self._finish("completed")
-
-    async def _send_end(self, headers: dict[str, str] | None) -> None:
-        try:
-            await self._send(STREAM_END, headers)
-        except Exception:
-            log.warning("stream on %r: end marker not sent", self.owner.subject, exc_info=True)
 
     def _first_index(self) -> int:
         resume = self.machine.resume
@@ -741,7 +737,7 @@ class _ResponderStream:
         action = m.on_timer(self.loop.time())
         if action is ResponderTimer.HEARTBEAT:
             headers = m.heartbeat_headers(self.loop.time())
-            self.owner.subscriber._spawn(self._quiet_send(b"", headers))
+            self.owner.subscriber._spawn(self._quiet_send(b"", headers, "heartbeat"))
         elif action is ResponderTimer.REQUESTER_GONE:
             log.debug("stream on %r: requester gone, stopping", self.owner.subject)
             self._stop("requester gone")
@@ -753,11 +749,18 @@ class _ResponderStream:
             return
         self._arm()
 
-    async def _quiet_send(self, payload: bytes, headers: dict[str, str]) -> None:
+    async def _quiet_send(
+        self,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        what: str,
+        level: int = logging.DEBUG,
+    ) -> None:
+        """Send from a spawned task: a failure is logged (at ``level``), not raised."""
         try:
             await self._send(payload, headers)
         except Exception:
-            log.debug("heartbeat not sent", exc_info=True)
+            log.log(level, "stream on %r: %s not sent", self.owner.subject, what, exc_info=True)
 
 
 def _as_error(err: ErrorValue) -> _HandlerError | None:
