@@ -309,10 +309,10 @@ MIN_STREAM_BYTES = 16 << 10
 @dataclass(eq=False)
 class WindowBudget:
     """Flow-control windows granted by the pool's open stream attempts, in total, and
-    what they may add up to."""
+    what they may add up to (``Config.window_budget_*``)."""
 
-    limit_messages: int = 32_768
-    limit_bytes: int = 32 << 20
+    limit_messages: int
+    limit_bytes: int
     messages: int = 0
     nbytes: int = 0
 
@@ -326,11 +326,11 @@ class _Conn:
     expires_at: float
     clock: Callable[[], float]
     last_used: float
+    budget: WindowBudget  # shared by the pool's connections
     state: ConnState = ConnState.READY
     attempts: set[_Attempt] = field(default_factory=set)
     rtt: float | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    budget: WindowBudget = field(default_factory=WindowBudget)  # shared by the pool
 
     def __post_init__(self) -> None:
         self.idle.set()
