@@ -30,6 +30,7 @@ __all__ = [
     "hpub_prefix",
     "hpub_seq_command",
     "kick_flusher",
+    "kick_soon",
     "parse_headers",
 ]
 
@@ -469,6 +470,15 @@ def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
         seq,
         payload,
     )
+
+
+def kick_soon(nc: Client) -> None:
+    """Wake nats-py's flusher from sync code, after queueing commands. Unlike
+    :func:`kick_flusher` it never waits for a full buffer to drain: for small
+    messages only (a stream's first reply, an ack)."""
+    queue = nc._flush_queue
+    if queue is not None and queue.empty():
+        queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 async def kick_flusher(nc: Client) -> None:

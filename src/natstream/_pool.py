@@ -898,6 +898,14 @@ class Pool:
         returns normally; any other return value continues. The call returns at the
         end marker and raises :class:`StreamError` at an error marker.
 
+        A sync handler is called with each data reply as it arrives, from the
+        connection's read loop, whenever the caller has nothing queued (the fast
+        path: no task switch per reply); otherwise from the caller's task. Either
+        way calls are in order, one at a time, and an exception it raises is raised
+        here. It runs in the caller's context variables (on Python 3.11 a copy taken
+        when the call starts: what it sets is not seen by the caller), and must not
+        block: it holds up every stream on that connection.
+
         Cancellation: the stream is ended and the responder is told to stop.
 
         Raises:

@@ -1,14 +1,18 @@
 """Drives :class:`RequesterMachine` over nats-py: one stream, with retries.
 
-A stream attempt owns a private inbox subscription. Its callback only classifies
-each reply (through the machine) and queues data; the caller's task takes data from
-the queue and runs the handler. So heartbeats and control traffic are handled even
-while a handler is slow, and memory stays bounded by the flow-control window.
+A stream attempt owns a private inbox subscription. Its callback classifies each
+reply (through the machine) and queues data; the caller's task takes data from the
+queue and runs the handler, so memory stays bounded by the flow-control window. One
+shortcut: while the caller's task waits with an empty queue in ``stream_request``
+with a sync handler, a data reply that arrives in order is handed to that handler
+from the callback at once (no queue, no task wake-up per burst); see
+:meth:`Stream._feed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from bisect import bisect_left
 from collections import deque
@@ -26,7 +30,7 @@ from ._errors import (
     StreamFailure,
     StreamTimeoutError,
 )
-from ._fastclient import SEQ_AT, SEQ_PREFIX, FastClient, parse_headers
+from ._fastclient import SEQ_AT, SEQ_PREFIX, FastClient, kick_soon, parse_headers
 from ._protocol import Reply, RequesterMachine, RequesterState, Resume, cancel_headers
 from ._subjects import validate_publish_subject
 from ._timer import LazyTimer
@@ -104,6 +108,12 @@ class _Attempt:
         self._tasks: set[asyncio.Task[None]] = set()
         self.replies = 0
         self.bytes = 0
+        # The sync handler replies go to straight from _on_raw while the consumer
+        # waits (Stream._feed), the context it runs in, and the outcome of a call
+        # the consumer must finish: (message, result, exception raised).
+        self.direct: Callable[[Msg], object] | None = None
+        self.direct_context: contextvars.Context | None = None
+        self.held: tuple[Msg, object, BaseException | None] | None = None
 
     async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
         """Take a fresh inbox on the connection's shared subscription; send the request."""
@@ -124,7 +134,8 @@ class _Attempt:
 
         Data from the bound responder with a lone ``Ns-Seq`` header, in order and
         within the window, takes a short path (:meth:`RequesterMachine.on_data`) and
-        becomes a message without headers, as packed items do (see :meth:`_unpack`).
+        becomes a message without headers, as packed items do (see :meth:`_unpack`);
+        it goes to the direct handler when the consumer waits with one set.
         """
         if (
             headers is not None
@@ -137,20 +148,24 @@ class _Attempt:
             if (
                 len(seq_b) <= 20
                 and seq_b.isdigit()
-                and self.machine.on_data(self.loop.time(), int(seq_b), len(data))
+                and self.machine.on_data(now := self.loop.time(), int(seq_b), len(data))
             ):
                 msg = _new(self._item_type)
                 msg.data = data
                 msg.subject = self.inbox
                 msg.reply = self._control_str
-                self.buffer.append(msg)
                 self.replies += 1
                 self.bytes += len(data)
-                w = self._waiter  # _wake, inlined: once per message
+                w = self._waiter
                 if w is not None:
-                    self._waiter = None
+                    # A waiting consumer has an empty queue: nothing is ahead of this.
+                    if self.direct is not None and not w.done():
+                        self._call_direct(msg, now)
+                        return False
+                    self._waiter = None  # _wake, inlined: once per burst
                     if not w.done():
                         w.set_result(None)
+                self.buffer.append(msg)
                 if not self._timer.armed:
                     self._arm()
                 return False
@@ -221,7 +236,63 @@ class _Attempt:
         self.replies += count
         self.bytes += len(msg.data) - 4 * count
 
+    def _call_direct(self, msg: Msg, now: float) -> None:
+        """Hand an in-order data reply that arrived at ``now`` to the direct handler,
+        as :meth:`Stream._drain_sync` would. What the consumer task must finish (the
+        handler raised, returned False or an awaitable) is held for it, and later
+        replies are queued behind it."""
+        try:
+            result = self.direct_context.run(self.direct, msg)  # type: ignore[union-attr, arg-type]
+        except BaseException as exc:  # the consumer raises it, as if it had called
+            self._hold(msg, None, exc)
+            return
+        if result is not None and result is not True:
+            self._hold(msg, result, None)
+            return
+        m = self.machine
+        ack = m.on_delivered(None, len(msg.data))
+        if ack is not None and m.control_subject is not None:
+            m.mark_sent(now)
+            nc = self.nc
+            if nc.queue_publish(m.control_subject, "", b"", ack):
+                kick_soon(nc)
+            else:  # nats-py must take it (e.g. reconnecting)
+                self._spawn(self._send(m.control_subject, ack))
+        if m.request_timeout is not None:
+            m.consumer_back(self.loop.time())
+        if not self._timer.armed:
+            self._arm()
+
+    def _hold(self, msg: Msg, result: object, exc: BaseException | None) -> None:
+        self.direct = None
+        self.held = (msg, result, exc)
+        self._wake()
+
     # ------------------------------------------------------------ consumer
+
+    async def wait(self) -> None:
+        """Until a reply is queued, a direct call's outcome is held, or the attempt is over.
+
+        Cancellation: the waiting is abandoned; the attempt stays usable.
+        """
+        m = self.machine
+        while not self.buffer and self.held is None and not m.terminal:
+            w = self._waiter = self.loop.create_future()
+            m.consumer_waiting(self.loop.time())
+            self._arm()
+            await w
+
+    async def wait_direct(
+        self, handler: Callable[[Msg], object], context: contextvars.Context
+    ) -> None:
+        """:meth:`wait`, handing in-order data replies to the sync ``handler`` (run in
+        ``context``) as they arrive meanwhile."""
+        self.direct = handler
+        self.direct_context = context
+        try:
+            await self.wait()
+        finally:
+            self.direct = None
 
     async def next_data(self) -> Msg | None:
         """The next data reply; None once the attempt is over and its data consumed.
@@ -230,13 +301,10 @@ class _Attempt:
         """
         buf = self.buffer
         m = self.machine
-        while not buf:
-            if m.terminal:
+        if not buf:
+            await self.wait()
+            if not buf:
                 return None
-            w = self._waiter = self.loop.create_future()
-            m.consumer_waiting(self.loop.time())
-            self._arm()
-            await w
         m.consumer_busy()
         entry = buf[0]
         if type(entry) is _Pack:
@@ -319,6 +387,12 @@ class _Attempt:
             self.nc.drop_inbox(token)
         for task in list(self._tasks):
             task.cancel()
+
+
+def _caller_context() -> contextvars.Context:
+    """The running task's context where asyncio exposes it (3.12+), else a copy."""
+    get = getattr(asyncio.current_task(), "get_context", None)
+    return get() if get is not None else contextvars.copy_context()
 
 
 class Stream:
@@ -545,12 +619,30 @@ class Stream:
         return self._deadline
 
     async def _feed(self, handler: Handler, is_coro: bool) -> None:
+        """The handler loop of :meth:`run_handler`.
+
+        A sync handler takes queued replies in :meth:`_drain_sync`; while the queue is
+        empty it is the attempt's direct handler (:meth:`_Attempt.wait_direct`):
+        in-order data replies go to it from the connection's read loop as they
+        arrive, in a copy of the caller's context (the caller's own on Python 3.12+).
+        """
+        context: contextvars.Context | None = None
         while True:
             attempt = self._attempt
-            if attempt is not None and attempt.buffer and not is_coro:
-                if await self._drain_sync(attempt, handler):
-                    return
-                continue
+            if attempt is not None and not is_coro:
+                if attempt.held is not None:
+                    if await self._finish_held(attempt):
+                        return
+                    continue
+                if attempt.buffer:
+                    if await self._drain_sync(attempt, handler):
+                        return
+                    continue
+                if not attempt.machine.terminal:
+                    if context is None:
+                        context = _caller_context()
+                    await attempt.wait_direct(handler, context)
+                    continue
             try:
                 kind, msg = await self._next()
             except StopAsyncIteration:
@@ -571,6 +663,21 @@ class Stream:
                 return
             else:
                 await self._retry_or_raise()
+
+    async def _finish_held(self, attempt: _Attempt) -> bool:
+        """Finish what a direct call left (see :meth:`_Attempt._call_direct`) as
+        :meth:`_drain_sync` would; True when the handler stopped the stream."""
+        assert attempt.held is not None
+        msg, result, exc = attempt.held
+        attempt.held = None
+        if exc is not None:
+            raise exc
+        if inspect.isawaitable(result):
+            result = await result
+        if result is False:
+            return True
+        await attempt.delivered(msg)
+        return False
 
     async def _drain_sync(self, attempt: _Attempt, handler: Handler) -> bool:
         """Hand every queued data reply to a sync handler; True when it returned False.

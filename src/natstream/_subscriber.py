@@ -39,7 +39,7 @@ from ._errors import (
     StreamError,
     SubscriberClosedError,
 )
-from ._fastclient import FastClient, hpub_prefix, hpub_seq_command, kick_flusher
+from ._fastclient import FastClient, hpub_prefix, hpub_seq_command, kick_flusher, kick_soon
 from ._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -422,9 +422,7 @@ class _ResponderStream:
             return False
         if finish:
             self._end_now()
-        queue = nc._flush_queue
-        if queue is not None and queue.empty():
-            queue.put_nowait(self.loop.create_future())  # nats-py's flusher kick
+        kick_soon(nc)
         return finish
 
     def _end_now(self) -> None:

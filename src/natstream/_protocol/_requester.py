@@ -490,6 +490,12 @@ class RequesterMachine:
         """The consumer took a message and is no longer waiting."""
         self._waiting_since = None
 
+    def consumer_back(self, now: float) -> None:
+        """The consumer took a message as it arrived and is waiting again from ``now``
+        (:meth:`consumer_busy` then :meth:`consumer_waiting`): the time it spent on
+        the message does not count as silence."""
+        self._waiting_since = now
+
     def resume_point(self) -> Resume | None:
         """Where a retry continues: after the last message the consumer took."""
         if self.delivered_seq == 0:
