@@ -485,6 +485,20 @@ def test_request_timeout_counts_only_while_the_consumer_waits() -> None:
     assert "next reply" in str(m.error)
 
 
+def test_consumer_back_restarts_the_silence_after_a_direct_call() -> None:
+    m = bound(0.0, heartbeat=0.0, request_timeout=2.0)
+    m.consumer_waiting(0.0)
+    assert m.on_data(1.0, 1, 1)  # taken by a handler called as it arrived...
+    m.on_delivered(None, 1)
+    m.consumer_back(2.5)  # ...which returned 1.5 s later
+    assert m.next_deadline() == 4.5
+    assert not m.on_timer(4.4).fail
+    m.consumer_back(4.0)  # a later call: it moves, also backwards (no earlier wait kept)
+    assert m.next_deadline() == 6.0
+    assert m.on_timer(6.0).fail
+    assert isinstance(m.error, RequestTimeoutError)
+
+
 def test_heartbeats_keep_a_slow_responder_alive_past_request_timeout() -> None:
     m = bound(0.0, heartbeat=1.0, request_timeout=2.0)
     m.consumer_waiting(0.0)
