@@ -127,9 +127,10 @@ def _hour_is_shared(wall_hour: datetime, tz: tzinfo) -> bool:
     # changes inside it. Offsets change on whole minutes in every tz database zone.
     for minute in range(60):
         wall = wall_hour + minute * _MINUTE
-        if wall.replace(tzinfo=tz, fold=0).utcoffset() != wall.replace(
-            tzinfo=tz, fold=1
-        ).utcoffset():
+        if (
+            wall.replace(tzinfo=tz, fold=0).utcoffset()
+            != wall.replace(tzinfo=tz, fold=1).utcoffset()
+        ):
             return True
     return False
 
@@ -306,9 +307,7 @@ class Retention:
             raise ConfigError("retention needs max_age, max_files or both")
         if self.max_age is not None and self.max_age <= timedelta(0):
             raise ConfigError(f"retention max_age must be positive, got {self.max_age}")
-        if self.max_files is not None and (
-            isinstance(self.max_files, bool) or self.max_files < 1
-        ):
+        if self.max_files is not None and (isinstance(self.max_files, bool) or self.max_files < 1):
             raise ConfigError(f"retention max_files must be >= 1, got {self.max_files!r}")
 
     @classmethod

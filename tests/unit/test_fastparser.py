@@ -165,9 +165,7 @@ async def test_a_woken_consumer_runs_before_the_rest_of_the_read() -> None:
     parser = _FastParser(client)  # type: ignore[arg-type]
     # Ready before the parse starts: runs when (and only if) the parser yields.
     asyncio.get_running_loop().call_soon(client.events.append, ("other",))
-    await parser.parse(
-        b"MSG i.1 %d 5\r\nfirst\r\nMSG i.1 %d 3\r\nend\r\n" % (MUX_SID, MUX_SID)
-    )
+    await parser.parse(b"MSG i.1 %d 5\r\nfirst\r\nMSG i.1 %d 3\r\nend\r\n" % (MUX_SID, MUX_SID))
     await asyncio.sleep(0)
     assert [e[0] if e[0] != "msg" else e[4] for e in client.events] == [
         b"first",

@@ -268,9 +268,7 @@ def test_flush_thread_finishes_the_hour_without_new_writes(
         assert writer.stats().current_path.name == "stream_data_2026-11-26_22.log"
 
 
-def test_clock_stepping_back_appends_to_the_earlier_file(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+def test_clock_stepping_back_appends_to_the_earlier_file(tmp_path: Path, clock: FakeClock) -> None:
     with utc_writer(tmp_path, clock) as writer:
         writer.write(b"21 a\n")
         clock.advance(timedelta(hours=1))
@@ -730,9 +728,7 @@ def test_compression_failure_is_raised_and_other_files_go_on(
     )
 
 
-def test_reopened_hour_is_appended_as_another_gzip_member(
-    tmp_path: Path, clock: FakeClock
-) -> None:
+def test_reopened_hour_is_appended_as_another_gzip_member(tmp_path: Path, clock: FakeClock) -> None:
     with utc_writer(tmp_path, clock, compress="gzip") as writer:
         writer.write(b"first\n")
         clock.advance(timedelta(hours=1))
@@ -781,9 +777,7 @@ def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
     os.utime(tmp_path / "stream_data_backup.log", (0, 0))
     with utc_writer(tmp_path, clock, retention="7d") as writer:
         writer._wait_for(lambda s: s.files_removed == 2, WAIT)
-    assert sorted(read_dir(tmp_path)) == sorted(
-        [*keep, current.name, "stream_data_backup.log"]
-    )
+    assert sorted(read_dir(tmp_path)) == sorted([*keep, current.name, "stream_data_backup.log"])
 
 
 def test_retention_by_count_after_compression(tmp_path: Path, clock: FakeClock) -> None:

@@ -167,7 +167,6 @@ class ResponderMachine:
         self._last_tx = now
         return first
 
-
     def send_next(self, size: int, now: float) -> int:
         """Fast path of :meth:`has_credit` + :meth:`data_headers` for a v1 data message
         at the default position (``seq - 1``): count it and return its sequence number.
