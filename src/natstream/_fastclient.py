@@ -158,7 +158,8 @@ class FastClient(Client):
 
     async def stream_inbox(self, handler: DirectHandler) -> tuple[str, bytes]:
         """A fresh reply subject whose messages go to ``handler``, straight from the
-        parser. ``handler`` must not block or raise.
+        parser. ``handler`` should not raise (an exception is logged and the message
+        dropped) and must keep anything slow (user code) out of the read loop's way.
 
         All of them share one wildcard subscription per connection,
         ``<inbox_prefix>.<random>.*``; each stream's last token is 96 random bits, so

@@ -901,10 +901,11 @@ class Pool:
         A sync handler is called with each data reply as it arrives, from the
         connection's read loop, whenever the caller has nothing queued (the fast
         path: no task switch per reply); otherwise from the caller's task. Either
-        way calls are in order, one at a time, and an exception it raises is raised
-        here. It runs in the caller's context variables (on Python 3.11 a copy taken
-        when the call starts: what it sets is not seen by the caller), and must not
-        block: it holds up every stream on that connection.
+        way calls are in order, one at a time, the caller's task is the current task
+        (``asyncio.current_task()``), and an exception it raises is raised here. It
+        runs in the caller's context variables; on Python 3.11 in a copy taken when
+        the call starts, the same for all its calls (what it sets is not seen by the
+        caller). Like any sync code it blocks the event loop while it runs.
 
         Cancellation: the stream is ended and the responder is told to stop.
 

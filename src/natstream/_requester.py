@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+from asyncio.tasks import _enter_task, _leave_task
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -108,12 +110,14 @@ class _Attempt:
         self._tasks: set[asyncio.Task[None]] = set()
         self.replies = 0
         self.bytes = 0
-        # The sync handler replies go to straight from _on_raw while the consumer
-        # waits (Stream._feed), the context it runs in, and the outcome of a call
-        # the consumer must finish: (message, result, exception raised).
+        # While the consumer waits (Stream._feed): the sync handler that in-order
+        # replies go to straight from _on_raw (bound to the caller's context), and
+        # the caller's task (the current task during such a call). The outcome of a
+        # call the consumer must finish: (message, result, exception raised).
         self.direct: Callable[[Msg], object] | None = None
-        self.direct_context: contextvars.Context | None = None
+        self.direct_task: asyncio.Task[Any] | None = None
         self.held: tuple[Msg, object, BaseException | None] | None = None
+        self._deferred_soon = False  # a deferred_ack check is scheduled
 
     async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
         """Take a fresh inbox on the connection's shared subscription; send the request."""
@@ -238,34 +242,62 @@ class _Attempt:
 
     def _call_direct(self, msg: Msg, now: float) -> None:
         """Hand an in-order data reply that arrived at ``now`` to the direct handler,
-        as :meth:`Stream._drain_sync` would. What the consumer task must finish (the
-        handler raised, returned False or an awaitable) is held for it, and later
-        replies are queued behind it."""
+        as :meth:`Stream._drain_sync` would, with the caller's task as the current
+        task. What the consumer task must finish (the handler raised, returned False
+        or an awaitable) is held for it, and later replies are queued behind it."""
+        loop = self.loop
+        caller = self.direct_task
+        reader = asyncio.current_task(loop)
+        if reader is not None:
+            _leave_task(loop, reader)
+        _enter_task(loop, caller)  # type: ignore[arg-type]
         try:
-            result = self.direct_context.run(self.direct, msg)  # type: ignore[union-attr, arg-type]
+            result = self.direct(msg)  # type: ignore[misc]
         except BaseException as exc:  # the consumer raises it, as if it had called
             self._hold(msg, None, exc)
             return
+        finally:
+            _leave_task(loop, caller)  # type: ignore[arg-type]
+            if reader is not None:
+                _enter_task(loop, reader)
         if result is not None and result is not True:
             self._hold(msg, result, None)
             return
         m = self.machine
-        ack = m.on_delivered(None, len(msg.data))
-        if ack is not None and m.control_subject is not None:
-            m.mark_sent(now)
-            nc = self.nc
-            if nc.queue_publish(m.control_subject, "", b"", ack):
-                kick_soon(nc)
-            else:  # nats-py must take it (e.g. reconnecting)
-                self._spawn(self._send(m.control_subject, ack))
+        ack = m.on_taken(len(msg.data))
+        if ack is not None:
+            self._ack_now(ack, now)
+        elif m.ack_deferred and not self._deferred_soon:
+            self._deferred_soon = True
+            loop.call_soon(self._deferred_ack)  # after this read is parsed
         if m.request_timeout is not None:
-            m.consumer_back(self.loop.time())
+            m.consumer_back(loop.time())
         if not self._timer.armed:
             self._arm()
+
+    def _deferred_ack(self) -> None:
+        self._deferred_soon = False
+        ack = self.machine.deferred_ack()
+        if ack is not None:
+            self._ack_now(ack, self.loop.time())
+
+    def _ack_now(self, ack: dict[str, str], now: float) -> None:
+        """Queue ``ack`` for the connection's flusher without awaiting."""
+        m = self.machine
+        subject = m.control_subject
+        if subject is None:
+            return
+        m.mark_sent(now)
+        nc = self.nc
+        if nc.queue_publish(subject, "", b"", ack):
+            kick_soon(nc)
+        else:  # nats-py must take it (e.g. reconnecting)
+            self._spawn(self._send(subject, ack))
 
     def _hold(self, msg: Msg, result: object, exc: BaseException | None) -> None:
         self.direct = None
         self.held = (msg, result, exc)
+        self.machine.consumer_busy()  # until the consumer has finished it
         self._wake()
 
     # ------------------------------------------------------------ consumer
@@ -282,13 +314,11 @@ class _Attempt:
             self._arm()
             await w
 
-    async def wait_direct(
-        self, handler: Callable[[Msg], object], context: contextvars.Context
-    ) -> None:
-        """:meth:`wait`, handing in-order data replies to the sync ``handler`` (run in
-        ``context``) as they arrive meanwhile."""
-        self.direct = handler
-        self.direct_context = context
+    async def wait_direct(self, call: Callable[[Msg], object]) -> None:
+        """:meth:`wait`, handing in-order data replies to ``call`` (the sync handler in
+        the caller's context) as they arrive meanwhile, with this task current."""
+        self.direct = call
+        self.direct_task = asyncio.current_task()
         try:
             await self.wait()
         finally:
@@ -385,14 +415,27 @@ class _Attempt:
         token, self._token = self._token, None
         if token is not None:
             self.nc.drop_inbox(token)
+        held, self.held = self.held, None
+        if held is not None and inspect.iscoroutine(held[1]):
+            held[1].close()  # a direct call's result the consumer never got to await
         for task in list(self._tasks):
             task.cancel()
 
 
-def _caller_context() -> contextvars.Context:
-    """The running task's context where asyncio exposes it (3.12+), else a copy."""
+_Call = Callable[[Msg], Any]  # a sync handler, maybe bound to a context
+
+
+def _in_caller_context(handler: Handler) -> tuple[_Call, _Call]:
+    """``handler`` bound to the calling task's context: (for calls from that task,
+    for calls from elsewhere, i.e. direct calls). Python 3.12+ exposes the task's
+    own context; on 3.11 both are bound to one copy of it, taken now, so the
+    handler's calls all see the same context (what it sets is not seen by the caller).
+    """
+    get: Callable[[], contextvars.Context] | None
     get = getattr(asyncio.current_task(), "get_context", None)
-    return get() if get is not None else contextvars.copy_context()
+    run: Callable[..., object] = (contextvars.copy_context() if get is None else get()).run
+    bound = partial(run, handler)
+    return (bound if get is None else handler), bound
 
 
 class Stream:
@@ -624,9 +667,10 @@ class Stream:
         A sync handler takes queued replies in :meth:`_drain_sync`; while the queue is
         empty it is the attempt's direct handler (:meth:`_Attempt.wait_direct`):
         in-order data replies go to it from the connection's read loop as they
-        arrive, in a copy of the caller's context (the caller's own on Python 3.12+).
+        arrive, with this task as the current task and in its context (see
+        :func:`_in_caller_context`).
         """
-        context: contextvars.Context | None = None
+        call, direct = _in_caller_context(handler) if not is_coro else (handler, handler)
         while True:
             attempt = self._attempt
             if attempt is not None and not is_coro:
@@ -635,13 +679,11 @@ class Stream:
                         return
                     continue
                 if attempt.buffer:
-                    if await self._drain_sync(attempt, handler):
+                    if await self._drain_sync(attempt, call):
                         return
                     continue
                 if not attempt.machine.terminal:
-                    if context is None:
-                        context = _caller_context()
-                    await attempt.wait_direct(handler, context)
+                    await attempt.wait_direct(direct)
                     continue
             try:
                 kind, msg = await self._next()
@@ -650,7 +692,7 @@ class Stream:
             if is_coro:
                 result: Any = await handler(msg)  # type: ignore[misc]
             else:
-                result = handler(msg)
+                result = call(msg)
                 if inspect.isawaitable(result):
                     result = await result
             if kind is Reply.DELIVER:
@@ -679,7 +721,7 @@ class Stream:
         await attempt.delivered(msg)
         return False
 
-    async def _drain_sync(self, attempt: _Attempt, handler: Handler) -> bool:
+    async def _drain_sync(self, attempt: _Attempt, handler: _Call) -> bool:
         """Hand every queued data reply to a sync handler; True when it returned False.
 
         The hot path of a fast stream: no await per message unless an ack is due.
@@ -709,7 +751,7 @@ class Stream:
                 await attempt.send_ack(ack)
         return False
 
-    async def _drain_pack(self, attempt: _Attempt, pack: _Pack, handler: Handler) -> bool:
+    async def _drain_pack(self, attempt: _Attempt, pack: _Pack, handler: _Call) -> bool:
         """:meth:`_drain_sync` for the items of one packed message: the machine counts
         them in runs that end where an ack may fall due (see ``on_delivered_many``)."""
         m = attempt.machine

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
@@ -50,8 +53,19 @@ def numbered(count: int, delay: float = 0.0):  # type: ignore[no-untyped-def]
     return handler
 
 
+def called_direct() -> bool:
+    """The running handler was called from the connection's read loop."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_call_direct":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 class Seen:
-    """Records each reply and whether it came outside the caller's task."""
+    """Records each reply and whether it was handed over by a direct call; checks
+    that the caller's task is the current task either way."""
 
     def __init__(self) -> None:
         self.caller = asyncio.current_task()
@@ -59,8 +73,9 @@ class Seen:
         self.direct = 0
 
     def __call__(self, msg: Msg) -> bool:
+        assert asyncio.current_task() is self.caller
         self.data.append(msg.data)
-        if asyncio.current_task() is not self.caller:
+        if called_direct():
             self.direct += 1
         return True
 
@@ -73,9 +88,38 @@ async def test_long_stream_in_order_with_acks_from_the_read_loop(
     await subscriber.stream_subscribe_handler(subject, numbered(5000))
     seen = Seen()
     async with Pool(Config([server.url], idle_per_server=1, stream=options)) as pool:
-        await asyncio.wait_for(pool.stream_request(subject, b"", seen), 30)
+        (nc,) = [s.conn.nc for srv in pool._servers for s in srv.slots if s.conn is not None]
+        sent_before = nc.stats["out_msgs"]
+        async with asyncio.timeout(30):  # a stall fails the test, not the run
+            await pool.stream_request(subject, b"", seen)
+        controls = nc.stats["out_msgs"] - sent_before - 1  # all but the request
         assert pool.stats().streams_completed == 1
     assert seen.data == [str(i).encode() for i in range(5000)] + [STREAM_END]
+    assert seen.direct > 0
+    # An ack per 32 replies, plus at most one per read for having caught up (heartbeats
+    # off): never one per reply, although a direct call always catches up.
+    assert 5000 // 32 <= controls < 5000 // 5, controls
+
+
+async def test_ack_for_catching_up_frees_a_responder_blocked_on_bytes(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    # 16 KiB window, replies of 7,000 and 10,000 bytes in turn, heartbeats off: after
+    # a 7,000-byte reply the next cannot fit and half the window is not used up, so
+    # only the ack for having caught up (sent once the read is handled) frees it.
+    options = StreamOptions(window_messages=64, window_bytes=16 * 1024, heartbeat=0)
+
+    def sized(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index >= 200:
+            return None, False, None
+        return bytes([index % 256]) * (7000 if index % 2 else 10_000), True, None
+
+    await subscriber.stream_subscribe_handler(subject, sized)
+    seen = Seen()
+    async with Pool(Config([server.url], idle_per_server=1, stream=options)) as pool:
+        async with asyncio.timeout(30):  # a stall fails the test, not the run
+            await pool.stream_request(subject, b"", seen)
+    assert [len(d) for d in seen.data[:-1]] == [7000 if i % 2 else 10_000 for i in range(200)]
     assert seen.direct > 0
 
 
@@ -173,7 +217,7 @@ async def test_no_direct_call_after_the_caller_is_cancelled(
         # right behind it in the same read must not reach the handler.
         caller = seen.caller
         assert caller is not None
-        if calls_at_cancel < 0 and len(seen.data) >= 500 and asyncio.current_task() is not caller:
+        if calls_at_cancel < 0 and len(seen.data) >= 500 and called_direct():
             caller.cancel()
             calls_at_cancel = len(seen.data)
         return True
@@ -183,25 +227,137 @@ async def test_no_direct_call_after_the_caller_is_cancelled(
         await small_pool.stream_request(subject, b"", handler)
 
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.ensure_future(caller()), 30)
+        await caller_task(caller())
     assert len(seen.data) == calls_at_cancel
     await asyncio.wait_for(handle.wait_idle(), 5)
     assert handle.stats().streams_cancelled == 1
 
 
+# Heartbeats rare enough that only request_timeout can end the next two tests.
+RARE_HEARTBEATS = StreamOptions(window_messages=64, heartbeat=5.0)
+
+
 async def test_request_timeout_on_direct_calls_excludes_handler_time(
-    subscriber: Subscriber, small_pool: Pool, subject: str
+    subscriber: Subscriber, server: NatsServer, subject: str
 ) -> None:
-    # Replies 0.6 s apart, 0.4 s of work in the handler, 0.5 s allowed: the silence
-    # after each call is 0.2 s. Counting the handler's time would fail at 0.5 s.
-    await subscriber.stream_subscribe_handler(subject, numbered(3, delay=0.6))
+    # Replies 1 s apart, 0.6 s of work in the handler, 0.8 s allowed: 0.4 s of silence
+    # after each call. Counting the handler's time would fail at 0.8 s. (The handler
+    # blocks the responder too, which runs in this loop: its 1 s sleep still ends
+    # before the next 0.4 s are up.)
+    await subscriber.stream_subscribe_handler(subject, numbered(3, delay=1.0))
     seen = Seen()
 
     def busy(msg: Msg) -> bool:
         if msg.data != STREAM_END:
-            time.sleep(0.4)  # the handler's own blocking work, not a synchronisation
+            time.sleep(0.6)  # the handler's own blocking work, not a synchronisation
         return seen(msg)
 
-    await small_pool.stream_request_with_timeout(subject, b"", 0.5, None, busy)
+    async with Pool(Config([server.url], idle_per_server=1, stream=RARE_HEARTBEATS)) as pool:
+        await pool.stream_request_with_timeout(subject, b"", 0.8, None, busy)
     assert seen.data == [b"0", b"1", b"2", STREAM_END]
     assert seen.direct > 0
+
+
+async def test_request_timeout_excludes_awaiting_what_a_direct_call_returned(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    # As above, the handler's work being an awaitable it returns (a sync function
+    # returning a coroutine: a lambda, an object with an async __call__).
+    await subscriber.stream_subscribe_handler(subject, numbered(3, delay=1.0))
+    seen = Seen()
+
+    def returns_work(msg: Msg) -> bool | Awaitable[bool]:
+        seen(msg)
+        return True if msg.data == STREAM_END else asyncio.sleep(0.6, result=True)
+
+    async with Pool(Config([server.url], idle_per_server=1, stream=RARE_HEARTBEATS)) as pool:
+        await pool.stream_request_with_timeout(subject, b"", 0.8, None, returns_work)
+    assert seen.data == [b"0", b"1", b"2", STREAM_END]
+    assert seen.direct > 0
+
+
+async def test_the_handlers_context_is_the_same_for_all_its_calls(
+    subscriber: Subscriber, small_pool: Pool, subject: str
+) -> None:
+    # A handler keeping per-stream state in a context variable (a span, a counter)
+    # sees its own writes whether it was called directly or from the caller's task.
+    counter: contextvars.ContextVar[int] = contextvars.ContextVar("counter", default=0)
+    await subscriber.stream_subscribe_handler(subject, numbered(2000))
+    seen = Seen()
+    counts: list[int] = []
+
+    def handler(msg: Msg) -> bool:
+        counts.append(counter.get())
+        counter.set(counts[-1] + 1)
+        return seen(msg)
+
+    await small_pool.stream_request(subject, b"", handler)
+    assert seen.direct > 0
+    assert counts == list(range(2001))
+
+
+async def test_a_held_coroutine_is_closed_when_the_caller_is_cancelled(
+    subscriber: Subscriber, small_pool: Pool, subject: str
+) -> None:
+    await subscriber.stream_subscribe_handler(subject, numbered(100_000))
+    seen = Seen()
+    started: list[bool] = []
+
+    async def never_resumed() -> bool:
+        started.append(True)
+        return True
+
+    coroutines: list[Coroutine[Any, Any, bool]] = []
+
+    def handler(msg: Msg) -> bool | Awaitable[bool]:
+        seen(msg)
+        if not coroutines and len(seen.data) >= 300 and called_direct():
+            # The caller is cancelled (a timeout elsewhere firing) as it gets this.
+            assert seen.caller is not None
+            seen.caller.cancel()
+            coroutines.append(never_resumed())
+            return coroutines[0]
+        return True
+
+    async def caller() -> None:
+        seen.caller = asyncio.current_task()
+        await small_pool.stream_request(subject, b"", handler)
+
+    with pytest.raises(asyncio.CancelledError):
+        await caller_task(caller())
+    assert coroutines
+    assert inspect.getcoroutinestate(coroutines[0]) == inspect.CORO_CLOSED  # no warning
+    assert not started
+
+
+async def test_cancelling_the_current_task_in_a_direct_call_cancels_the_caller(
+    subscriber: Subscriber, small_pool: Pool, subject: str
+) -> None:
+    await subscriber.stream_subscribe_handler(subject, numbered(100_000))
+    seen = Seen()
+
+    def handler(msg: Msg) -> bool:
+        seen(msg)
+        if len(seen.data) >= 300 and called_direct():
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # "stop me": the caller, not the connection's read loop
+        return True
+
+    async def caller() -> None:
+        seen.caller = asyncio.current_task()
+        await small_pool.stream_request(subject, b"", handler)
+
+    with pytest.raises(asyncio.CancelledError):
+        await caller_task(caller())
+    # The connection is intact: the next stream on it completes at once.
+    after = Seen()
+    await small_pool.stream_request(subject, b"", lambda msg: len(after.data) < 10 and after(msg))
+    assert len(after.data) == 10
+    assert small_pool.stats().connections_lost == 0
+
+
+async def caller_task(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` as its own task, at most 30 s."""
+    async with asyncio.timeout(30):
+        await asyncio.ensure_future(coro)

@@ -939,3 +939,109 @@ def test_on_delivered_many_is_on_delivered_repeated(
         assert all(a is None for a in acks[:-1])  # the budget held
         assert many.on_delivered_many(len(run), sum(run)) == acks[-1]
         assert _state(one) == _state(many)
+
+
+# ---------------------------------------------------------------- on_taken / deferred_ack
+
+
+def test_on_taken_defers_the_caught_up_ack_to_the_end_of_the_read() -> None:
+    m = bound(0.0, heartbeat=0.0, window_messages=64)
+    for seq in range(1, 11):  # each taken as it arrives: always caught up
+        assert m.on_data(1.0, seq, 10)
+        assert m.on_taken(10) is None
+        assert m.ack_deferred
+    ack = m.deferred_ack()
+    assert ack is not None
+    assert ack[HDR_ACK] == "10 100"
+    assert not m.ack_deferred
+    assert m.deferred_ack() is None  # once
+
+
+def test_on_taken_returns_the_half_window_ack_and_clears_the_deferral() -> None:
+    m = bound(0.0, heartbeat=0.0, window_messages=64)
+    acks = []
+    for seq in range(1, 33):
+        assert m.on_data(1.0, seq, 1)
+        acks.append(m.on_taken(1))
+    assert acks[:31] == [None] * 31
+    assert acks[31] is not None
+    assert acks[31][HDR_ACK] == "32 32"
+    assert not m.ack_deferred
+    assert m.deferred_ack() is None
+
+
+def test_deferred_ack_waits_while_more_is_queued_or_nothing_is_unacked() -> None:
+    m = bound(0.0, heartbeat=0.0, window_messages=64)
+    for seq in range(1, 4):
+        assert m.on_data(1.0, seq, 1)
+    m.on_taken(1)  # 1 of 3 taken: not caught up, nothing deferred
+    assert not m.ack_deferred
+    m.on_taken(1)
+    m.on_taken(1)
+    assert m.ack_deferred
+    assert m.on_data(1.0, 4, 1)  # arrived (queued) before the read ended
+    assert m.deferred_ack() is None  # whoever takes it catches up and acks
+    assert m.on_delivered(None, 1) is not None
+
+
+def test_deferred_ack_with_heartbeats_only_when_the_byte_window_may_block() -> None:
+    m = bound(0.0, heartbeat=1.0, window_messages=64, window_bytes=1000)
+    assert m.on_data(1.0, 1, 600)
+    assert m.on_taken(600) is not None  # over half the byte window
+    assert m.on_data(1.0, 2, 100)
+    assert m.on_taken(100) is None
+    assert not m.ack_deferred  # 100 unacked + 600 largest fit: heartbeats will ack it
+    assert m.on_data(1.0, 3, 350)
+    assert m.on_taken(350) is None  # 450 unacked + 600 largest > 1000: may block
+    assert m.ack_deferred
+    ack = m.deferred_ack()
+    assert ack is not None
+    assert ack[HDR_ACK] == "3 1050"
+
+
+def test_deferred_ack_is_dropped_once_the_stream_is_over() -> None:
+    m = bound(0.0, heartbeat=0.0)
+    assert m.on_data(1.0, 1, 1)
+    m.on_taken(1)
+    assert m.ack_deferred
+    assert m.cancel() is not None
+    assert m.deferred_ack() is None
+
+
+@settings(CI)
+@given(
+    reads=st.lists(
+        st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=40),
+        min_size=1,
+        max_size=30,
+    ),
+    heartbeat=st.sampled_from([0.0, 1.0]),
+    window_messages=st.integers(min_value=2, max_value=64),
+    window_bytes=st.integers(min_value=400, max_value=4000),
+)
+def test_direct_delivery_never_leaves_the_responder_blocked(
+    reads: list[list[int]], heartbeat: float, window_messages: int, window_bytes: int
+) -> None:
+    """Each read brings replies of the given sizes, each taken as it arrives
+    (on_data, on_taken), then deferred_ack: the responder, which sends while its
+    window allows, always has room for a reply as large as the largest so far."""
+    m = bound(0.0, heartbeat=heartbeat, window_messages=window_messages, window_bytes=window_bytes)
+    seq = 0
+    for read in reads:
+        for size in read:
+            in_flight = seq + 1 - m._acked_seq
+            in_bytes = m.delivered_bytes - m._acked_bytes + size
+            if in_flight > window_messages or (in_flight > 1 and in_bytes > window_bytes):
+                break  # the responder would not send it
+            seq += 1
+            assert m.on_data(1.0, seq, size)
+            m.on_taken(size)
+        m.deferred_ack()
+        assert m.delivered_seq == m.received_seq == seq
+        unacked_msgs = seq - m._acked_seq
+        unacked_bytes = m.delivered_bytes - m._acked_bytes
+        if heartbeat <= 0:
+            assert unacked_msgs == 0  # nothing else would ever ack it
+        else:  # the next heartbeat acks the rest; until then room is left
+            assert unacked_msgs < window_messages
+            assert unacked_bytes + m._largest <= window_bytes or unacked_msgs == 0

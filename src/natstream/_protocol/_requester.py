@@ -166,6 +166,7 @@ class RequesterMachine:
         self._delivered_pos: str | None = resume.pos if resume else None
         self._received_bytes = 0
         self._largest = 0  # largest data payload so far: what the responder may be holding
+        self.ack_deferred = False  # see on_taken
         self.delivered_bytes = 0
         self._acked_seq = base
         self._acked_bytes = 0
@@ -450,6 +451,47 @@ class RequesterMachine:
             return self._ack_headers(CTL_ACK)
         return None
 
+    def on_taken(self, size: int) -> dict[str, str] | None:
+        """:meth:`on_delivered` for a header-less data message the consumer took as it
+        arrived, while more may follow in the same read: the ack for having caught up
+        is put off (:attr:`ack_deferred` set) instead of sent for every message; the
+        driver then calls :meth:`deferred_ack` once that read is handled. The
+        half-window acks are returned as by :meth:`on_delivered`.
+        """
+        seq = self.delivered_seq = self.delivered_seq + 1
+        delivered_bytes = self.delivered_bytes = self.delivered_bytes + size
+        unacked_bytes = delivered_bytes - self._acked_bytes
+        self._delivered_pos = None
+        if seq - self._acked_seq < self._ack_every_msgs and unacked_bytes < self._ack_every_bytes:
+            if seq == self.received_seq and (
+                self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes
+            ):
+                self.ack_deferred = True
+            return None
+        if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
+            return None
+        return self._ack_headers(CTL_ACK)
+
+    def deferred_ack(self) -> dict[str, str] | None:
+        """The ack :meth:`on_taken` put off, if still due: the consumer has taken all
+        that arrived, something is unacked, and the responder may be waiting for
+        credit (see :meth:`on_delivered`). Clears :attr:`ack_deferred`."""
+        if not self.ack_deferred:
+            return None
+        self.ack_deferred = False
+        if (
+            not self.v1
+            or self.control_subject is None
+            or self.state in _TERMINAL
+            or self.delivered_seq != self.received_seq
+            or self.delivered_seq == self._acked_seq
+        ):
+            return None
+        unacked_bytes = self.delivered_bytes - self._acked_bytes
+        if self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes:
+            return self._ack_headers(CTL_ACK)
+        return None
+
     def ack_budget(self) -> tuple[int, int]:
         """(messages, bytes) the consumer may take, counting from now, before an ack
         falls due by the half-window rule; both at least 1. See :meth:`on_delivered_many`."""
@@ -473,6 +515,7 @@ class RequesterMachine:
         return self.on_delivered(None, 0)
 
     def _ack_headers(self, kind: str) -> dict[str, str]:
+        self.ack_deferred = False
         self._acked_seq = self.delivered_seq
         self._acked_bytes = self.delivered_bytes
         return {HDR_CONTROL: kind, HDR_ACK: format_ack(self.delivered_seq, self.delivered_bytes)}
