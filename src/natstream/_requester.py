@@ -12,9 +12,9 @@ from the callback at once (no queue, no task wake-up per burst); see
 from __future__ import annotations
 
 import asyncio
+import asyncio.tasks
 import contextvars
 import inspect
-from asyncio.tasks import _enter_task, _leave_task
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -50,6 +50,15 @@ _PLAIN_MAX_BUFFERED = 512 * 1024
 
 
 _new = object.__new__
+
+# How a direct call makes the caller's task the loop's current task: asyncio's own
+# swap (3.12+), else its table of current tasks (3.11; _enter_task and _leave_task
+# would do it in four calls, 0.3 us per reply).
+_swap_current_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any] | None], Any] | None
+_swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = getattr(
+    asyncio.tasks, "_current_tasks", {}
+)
 
 
 class _Pack:
@@ -246,20 +255,24 @@ class _Attempt:
         task. What the consumer task must finish (the handler raised, returned False
         or an awaitable) is held for it, and later replies are queued behind it."""
         loop = self.loop
-        caller = self.direct_task
-        reader = asyncio.current_task(loop)
-        if reader is not None:
-            _leave_task(loop, reader)
-        _enter_task(loop, caller)  # type: ignore[arg-type]
+        swap = _swap_current_task
+        if swap is not None:
+            reader = swap(loop, self.direct_task)
+        else:
+            reader = _current_tasks.get(loop)
+            _current_tasks[loop] = self.direct_task  # type: ignore[assignment]
         try:
             result = self.direct(msg)  # type: ignore[misc]
         except BaseException as exc:  # the consumer raises it, as if it had called
             self._hold(msg, None, exc)
             return
         finally:
-            _leave_task(loop, caller)  # type: ignore[arg-type]
-            if reader is not None:
-                _enter_task(loop, reader)
+            if swap is not None:
+                swap(loop, reader)
+            elif reader is not None:
+                _current_tasks[loop] = reader
+            else:
+                _current_tasks.pop(loop, None)
         if result is not None and result is not True:
             self._hold(msg, result, None)
             return
