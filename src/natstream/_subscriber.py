@@ -470,12 +470,10 @@ class _ResponderStream:
                 if self._first_sent:
                     self._first_sent = False  # start_now sent it
                 elif send_now(data, index):
-                    if (
-                        not self._sent & _YIELD_MASK
-                        or nc._pending_data_size > _YIELD_BYTES
-                        or (queue is not None and queue.empty())
-                    ):
+                    if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
                         await self._after_send()
+                    elif queue is not None and queue.empty():
+                        queue.put_nowait(self.loop.create_future())  # kick_soon, inlined
                 elif not await emit(data, index):
                     return False
             if not more:
@@ -631,7 +629,9 @@ class _ResponderStream:
 
     async def _after_send(self) -> None:
         """Kick the connection's flusher if idle, bound its buffer, and yield now and
-        then so concurrent streams interleave."""
+        then so concurrent streams interleave. Between those (every ``_YIELD_EVERY``
+        sends, or a buffer over ``_YIELD_BYTES``) a sync :func:`kick_soon` does: an
+        await here per burst of replies cost a coroutine chain and a future."""
         nc = self.nc
         await kick_flusher(nc)
         if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
@@ -662,7 +662,10 @@ class _ResponderStream:
             if m.terminal:
                 return False
         if self._send_now(data, pos):
-            await self._after_send()
+            if not self._sent & _YIELD_MASK or self.nc._pending_data_size > _YIELD_BYTES:
+                await self._after_send()
+            else:
+                kick_soon(self.nc)
             return True
         if type(pos) is int:
             pos = None if pos == m.sent_seq else str(pos)
