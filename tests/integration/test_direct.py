@@ -14,7 +14,7 @@ import contextvars
 import inspect
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -123,41 +123,30 @@ async def test_ack_for_catching_up_frees_a_responder_blocked_on_bytes(
     assert seen.direct > 0
 
 
-async def test_false_from_a_direct_call_stops_the_stream(
-    subscriber: Subscriber, small_pool: Pool, subject: str
+@pytest.mark.parametrize("how", ["returns False", "raises"])
+async def test_a_direct_call_can_end_the_stream(
+    subscriber: Subscriber, small_pool: Pool, subject: str, how: str
 ) -> None:
     handle = await subscriber.stream_subscribe_handler(subject, numbered(10_000))
     seen = Seen()
 
     def stop_at_300(msg: Msg) -> bool:
         seen(msg)
-        return len(seen.data) < 300
+        if len(seen.data) < 300:
+            return True
+        if how == "raises":
+            raise KeyError("boom")  # reaches the caller
+        return False  # ends the stream normally
 
-    await small_pool.stream_request(subject, b"", stop_at_300)
+    if how == "raises":
+        with pytest.raises(KeyError, match="boom"):
+            await small_pool.stream_request(subject, b"", stop_at_300)
+    else:
+        await small_pool.stream_request(subject, b"", stop_at_300)
     assert seen.data == [str(i).encode() for i in range(300)]
     assert seen.direct > 0
     await asyncio.wait_for(handle.wait_idle(), 5)
-    assert handle.stats().streams_cancelled == 1
-
-
-async def test_exception_from_a_direct_call_reaches_the_caller(
-    subscriber: Subscriber, small_pool: Pool, subject: str
-) -> None:
-    handle = await subscriber.stream_subscribe_handler(subject, numbered(10_000))
-    seen = Seen()
-
-    def fail_at_300(msg: Msg) -> bool:
-        seen(msg)
-        if len(seen.data) == 300:
-            raise KeyError("boom")
-        return True
-
-    with pytest.raises(KeyError, match="boom"):
-        await small_pool.stream_request(subject, b"", fail_at_300)
-    assert len(seen.data) == 300
-    assert seen.direct > 0
-    await asyncio.wait_for(handle.wait_idle(), 5)
-    assert handle.stats().streams_cancelled == 1
+    assert handle.stats().streams_cancelled == 1  # the responder was told
     assert small_pool.stats().streams_in_flight == 0
 
 
@@ -222,12 +211,7 @@ async def test_no_direct_call_after_the_caller_is_cancelled(
             calls_at_cancel = len(seen.data)
         return True
 
-    async def caller() -> None:
-        seen.caller = asyncio.current_task()
-        await small_pool.stream_request(subject, b"", handler)
-
-    with pytest.raises(asyncio.CancelledError):
-        await caller_task(caller())
+    await cancelled_stream(small_pool, subject, seen, handler)
     assert len(seen.data) == calls_at_cancel
     await asyncio.wait_for(handle.wait_idle(), 5)
     assert handle.stats().streams_cancelled == 1
@@ -237,41 +221,29 @@ async def test_no_direct_call_after_the_caller_is_cancelled(
 RARE_HEARTBEATS = StreamOptions(window_messages=64, heartbeat=5.0)
 
 
+@pytest.mark.parametrize("work", ["blocking", "awaitable"])
 async def test_request_timeout_on_direct_calls_excludes_handler_time(
-    subscriber: Subscriber, server: NatsServer, subject: str
+    subscriber: Subscriber, server: NatsServer, subject: str, work: str
 ) -> None:
     # Replies 1 s apart, 0.6 s of work in the handler, 0.8 s allowed: 0.4 s of silence
-    # after each call. Counting the handler's time would fail at 0.8 s. (The handler
-    # blocks the responder too, which runs in this loop: its 1 s sleep still ends
-    # before the next 0.4 s are up.)
+    # after each call. Counting the handler's time would fail at 0.8 s. The work is
+    # done in the call, or by an awaitable it returns (a sync function returning a
+    # coroutine: a lambda, an object with an async __call__). (Blocking, it holds up
+    # the responder in this loop too: its 1 s sleep still ends before 0.4 s are up.)
     await subscriber.stream_subscribe_handler(subject, numbered(3, delay=1.0))
     seen = Seen()
 
-    def busy(msg: Msg) -> bool:
-        if msg.data != STREAM_END:
-            time.sleep(0.6)  # the handler's own blocking work, not a synchronisation
-        return seen(msg)
-
-    async with Pool(Config([server.url], idle_per_server=1, stream=RARE_HEARTBEATS)) as pool:
-        await pool.stream_request_with_timeout(subject, b"", 0.8, None, busy)
-    assert seen.data == [b"0", b"1", b"2", STREAM_END]
-    assert seen.direct > 0
-
-
-async def test_request_timeout_excludes_awaiting_what_a_direct_call_returned(
-    subscriber: Subscriber, server: NatsServer, subject: str
-) -> None:
-    # As above, the handler's work being an awaitable it returns (a sync function
-    # returning a coroutine: a lambda, an object with an async __call__).
-    await subscriber.stream_subscribe_handler(subject, numbered(3, delay=1.0))
-    seen = Seen()
-
-    def returns_work(msg: Msg) -> bool | Awaitable[bool]:
+    def handler(msg: Msg) -> bool | Awaitable[bool]:
         seen(msg)
-        return True if msg.data == STREAM_END else asyncio.sleep(0.6, result=True)
+        if msg.data == STREAM_END:
+            return True
+        if work == "awaitable":
+            return asyncio.sleep(0.6, result=True)
+        time.sleep(0.6)  # the handler's own blocking work, not a synchronisation
+        return True
 
     async with Pool(Config([server.url], idle_per_server=1, stream=RARE_HEARTBEATS)) as pool:
-        await pool.stream_request_with_timeout(subject, b"", 0.8, None, returns_work)
+        await pool.stream_request_with_timeout(subject, b"", 0.8, None, handler)
     assert seen.data == [b"0", b"1", b"2", STREAM_END]
     assert seen.direct > 0
 
@@ -319,12 +291,7 @@ async def test_a_held_coroutine_is_closed_when_the_caller_is_cancelled(
             return coroutines[0]
         return True
 
-    async def caller() -> None:
-        seen.caller = asyncio.current_task()
-        await small_pool.stream_request(subject, b"", handler)
-
-    with pytest.raises(asyncio.CancelledError):
-        await caller_task(caller())
+    await cancelled_stream(small_pool, subject, seen, handler)
     assert coroutines
     assert inspect.getcoroutinestate(coroutines[0]) == inspect.CORO_CLOSED  # no warning
     assert not started
@@ -344,12 +311,7 @@ async def test_cancelling_the_current_task_in_a_direct_call_cancels_the_caller(
             task.cancel()  # "stop me": the caller, not the connection's read loop
         return True
 
-    async def caller() -> None:
-        seen.caller = asyncio.current_task()
-        await small_pool.stream_request(subject, b"", handler)
-
-    with pytest.raises(asyncio.CancelledError):
-        await caller_task(caller())
+    await cancelled_stream(small_pool, subject, seen, handler)
     # The connection is intact: the next stream on it completes at once.
     after = Seen()
     await small_pool.stream_request(subject, b"", lambda msg: len(after.data) < 10 and after(msg))
@@ -357,7 +319,16 @@ async def test_cancelling_the_current_task_in_a_direct_call_cancels_the_caller(
     assert small_pool.stats().connections_lost == 0
 
 
-async def caller_task(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` as its own task, at most 30 s."""
-    async with asyncio.timeout(30):
-        await asyncio.ensure_future(coro)
+async def cancelled_stream(
+    pool: Pool, subject: str, seen: Seen, handler: Callable[[Msg], object]
+) -> None:
+    """``stream_request`` with ``handler`` in a task of its own (``seen.caller``),
+    which the handler has cancelled by the time it ends (within 30 s)."""
+
+    async def caller() -> None:
+        seen.caller = asyncio.current_task()
+        await pool.stream_request(subject, b"", handler)  # type: ignore[arg-type]
+
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(30):
+            await asyncio.ensure_future(caller())
