@@ -475,8 +475,24 @@ def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
 
 def kick_soon(nc: Client) -> None:
     """Wake nats-py's flusher from sync code, after queueing commands. Unlike
-    :func:`kick_flusher` it never waits for a full buffer to drain: for small
-    messages only (a stream's first reply, an ack)."""
+    :func:`kick_flusher` it never waits for a full buffer to drain (the callers
+    bound what they queue between awaits).
+
+    With no flusher running while connected (it died on a transport error), the
+    commands are written here, as nats-py's ``_flush_pending`` does then: a wake-up
+    left in its queue would also keep nats-py from ever doing so.
+    """
+    flusher = nc._flusher_task
+    if flusher is None or flusher.done():
+        transport = nc._transport
+        if nc._pending and transport is not None and nc.is_connected:
+            try:
+                transport.writelines(nc._pending[:])
+            except (OSError, RuntimeError):
+                return  # the connection is going down; nats-py's error handling runs
+            nc._pending = []
+            nc._pending_data_size = 0
+        return
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())

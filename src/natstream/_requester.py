@@ -51,14 +51,29 @@ _PLAIN_MAX_BUFFERED = 512 * 1024
 
 _new = object.__new__
 
+
 # How a direct call makes the caller's task the loop's current task: asyncio's own
 # swap (3.12+), else its table of current tasks (3.11; _enter_task and _leave_task
 # would do it in four calls, 0.3 us per reply).
-_swap_current_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task[Any] | None], Any] | None
-_swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
+def _swap_by_enter_leave(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None
+) -> asyncio.Task[Any] | None:
+    """The loop's current task becomes ``task``; returns the previous one. Through
+    ``_leave_task``/``_enter_task``: for a Python with neither of the others."""
+    previous = asyncio.current_task(loop)
+    if previous is not None:
+        asyncio.tasks._leave_task(loop, previous)
+    if task is not None:
+        asyncio.tasks._enter_task(loop, task)
+    return previous
+
+
+_swap_current_task: Callable[..., Any] | None = getattr(asyncio.tasks, "_swap_current_task", None)
 _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = getattr(
     asyncio.tasks, "_current_tasks", {}
 )
+if _swap_current_task is None and not hasattr(asyncio.tasks, "_current_tasks"):
+    _swap_current_task = _swap_by_enter_leave
 
 
 class _Pack:

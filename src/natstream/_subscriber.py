@@ -473,7 +473,7 @@ class _ResponderStream:
                     if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
                         await self._after_send()
                     elif queue is not None and queue.empty():
-                        queue.put_nowait(self.loop.create_future())  # kick_soon, inlined
+                        kick_soon(nc)
                 elif not await emit(data, index):
                     return False
             if not more:

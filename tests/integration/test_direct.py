@@ -27,6 +27,7 @@ from natstream import (
     Pool,
     StreamOptions,
     Subscriber,
+    _requester,
 )
 from natstream.server import NatsServer
 
@@ -246,6 +247,21 @@ async def test_request_timeout_on_direct_calls_excludes_handler_time(
         await pool.stream_request_with_timeout(subject, b"", 0.8, None, handler)
     assert seen.data == [b"0", b"1", b"2", STREAM_END]
     assert seen.direct > 0
+
+
+@pytest.mark.parametrize("swap", ["default", "enter/leave"])
+async def test_each_way_of_making_the_caller_current(
+    subscriber: Subscriber, small_pool: Pool, subject: str, swap: str, monkeypatch: Any
+) -> None:
+    # The default for this Python (asyncio's table or swap), and the fallback for one
+    # with neither: Seen checks that the caller is the current task in every call.
+    if swap != "default":
+        monkeypatch.setattr(_requester, "_swap_current_task", _requester._swap_by_enter_leave)
+    await subscriber.stream_subscribe_handler(subject, numbered(1000))
+    seen = Seen()
+    await small_pool.stream_request(subject, b"", seen)
+    assert seen.direct > 0
+    assert asyncio.current_task() is seen.caller  # and the test's task is current again
 
 
 async def test_the_handlers_context_is_the_same_for_all_its_calls(

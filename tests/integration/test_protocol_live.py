@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -336,3 +337,40 @@ async def test_resume_off_restarts_from_zero(
         b"3",
         b"__STREAM_END__",
     ]
+
+
+async def test_a_responder_whose_flusher_died_still_sends(
+    subscriber: Subscriber, server: NatsServer, subject: str
+) -> None:
+    # nats-py's flusher task ended while the connection is up (a transport error it
+    # did not expect): a burst's wake-up must not sit in its queue forever, keeping
+    # everything natstream queues from being written.
+    await subscriber.stream_subscribe_handler(subject, _counting(3000))
+    nc = subscriber.nc
+    flusher = nc._flusher_task
+    assert flusher is not None
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    assert nc.is_connected
+    got: list[bytes] = []
+
+    def collect(msg: Msg) -> bool:
+        got.append(msg.data)
+        return True
+
+    options = StreamOptions(window_messages=64, heartbeat=HB)
+    async with Pool(Config([server.url], idle_per_server=1, stream=options)) as pool:
+        async with asyncio.timeout(20):
+            await pool.stream_request(subject, b"", collect)
+    assert got[:-1] == [str(i).encode() for i in range(3000)]
+    assert got[-1] == natstream.STREAM_END
+
+
+def _counting(count: int):  # type: ignore[no-untyped-def]
+    def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index >= count:
+            return None, False, None
+        return str(index).encode(), True, None
+
+    return handler
