@@ -120,7 +120,7 @@ def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]
         ),
         "first_reply": lambda: stream.run_first_reply(200 if quick else 5_000, uvloop=uvloop),
         "concurrent": lambda: stream.run_concurrent(
-            *((50, 100) if quick else (1_000, 1_000)), 128, rounds, uvloop=uvloop
+            *((50, 100) if quick else (1_000, 1_000)), 128, rounds, n, uvloop=uvloop
         ),
         # 1 GB (10,000 x 100 KiB) to a handler that sleeps 0.05 s every 50 messages; quick: 20 MB
         "memory": lambda: memory.run(200 if quick else 10_000, 100 * 1024, uvloop=uvloop),
@@ -247,6 +247,7 @@ def _extra(name: str, figures: dict[str, Any]) -> str:
             "connections_lost",
             "health_checks_failed",
             "server_pending_max_mb",
+            "ratio_to_alternating_stream",
         ),
         "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
         "packed": ("items", "per_batch", "raw_messages"),

@@ -333,19 +333,30 @@ async def _concurrent_round(
 
 
 async def _concurrent(
-    streams: int, replies: int, size: int, rounds: int, iterate: bool, uvloop: bool
+    streams: int, replies: int, size: int, rounds: int, single: int, iterate: bool, uvloop: bool
 ) -> dict[str, Any]:
     """``rounds`` rounds of :func:`_concurrent_round` on one server and responder. The
     figures are the fastest round's (as case 1 keeps its best round), except that
     completion, lost connections, failed health checks and fairness are the worst
-    over all rounds, and ``errors`` are the first failing round's."""
+    over all rounds, and ``errors`` are the first failing round's.
+
+    With ``single``, each round starts with case 1's natstream round (one stream of
+    ``single`` replies, one-connection pool): ``ratio_to_alternating_stream`` compares
+    the two fastest rounds measured in turn, the machine's speed being the same for
+    both (it drifts by tens of percent over a run here).
+    """
     results: list[dict[str, Any]] = []
+    single_best = float("inf")
     with NatsServer(http_port=free_port()) as srv, _PendingProbe(srv.http_port or 0) as probe:
-        async with Responder(srv.url, 1, size, uvloop=uvloop) as responder:
+        async with Responder(srv.url, max(single, 1), size, uvloop=uvloop) as responder:
+            one = await Pool.connect(Config([srv.url], idle_per_server=1))
             for _ in range(rounds):
+                if single:
+                    single_best = min(single_best, await _ns_round(one, single))
                 results.append(
                     await _concurrent_round(srv.url, responder, streams, replies, size, iterate)
                 )
+            await one.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
     best = max(results, key=lambda r: float(r["natstream_msgs_per_s"]))
     complete = min(r["complete"] for r in results)
@@ -365,6 +376,9 @@ async def _concurrent(
         "server_pending_total_max_mb": probe.max_total / 1e6,
         **loops,
     }
+    if single:
+        figures["alternating_stream_msgs_per_s"] = single / single_best
+        figures["ratio_to_alternating_stream"] = best["natstream_msgs_per_s"] * single_best / single
     for r in results:
         if "errors" in r:
             for key in ("errors", "error_examples", "responder_log_tail"):
@@ -390,13 +404,14 @@ def run_concurrent(
     replies: int = 1_000,
     size: int = 128,
     rounds: int = _ROUNDS,
+    single: int = 100_000,
     *,
     iterate: bool = False,
     uvloop: bool = False,
 ) -> dict[str, Any]:
     """Case 4: ``streams`` concurrent streams of ``replies`` through one pool, ``rounds``
-    times (:func:`_concurrent`)."""
-    return run_loop(_concurrent(streams, replies, size, rounds, iterate, uvloop), uvloop)
+    times, each after a single stream of ``single`` replies (:func:`_concurrent`)."""
+    return run_loop(_concurrent(streams, replies, size, rounds, single, iterate, uvloop), uvloop)
 
 
 def _show(figures: dict[str, Any]) -> None:
@@ -415,4 +430,4 @@ def main(argv: list[str]) -> None:
     size = sizes[1] if len(sizes) > 1 else 128
     _show(run(messages, size))
     _show(run_first_reply(1_000))
-    _show(run_concurrent(100, 1_000, size, 1))
+    _show(run_concurrent(100, 1_000, size, 1, messages))
