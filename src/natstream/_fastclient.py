@@ -476,32 +476,48 @@ def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:
 def kick_soon(nc: Client) -> None:
     """Wake nats-py's flusher from sync code, after queueing commands. Unlike
     :func:`kick_flusher` it never waits for a full buffer to drain (the callers
-    bound what they queue between awaits).
-
-    With no flusher running while connected (it died on a transport error), the
-    commands are written here, as nats-py's ``_flush_pending`` does then: a wake-up
-    left in its queue would also keep nats-py from ever doing so.
+    bound what they queue between awaits). Without a flusher: see
+    :func:`_write_without_flusher`.
     """
     flusher = nc._flusher_task
-    if flusher is None or flusher.done():
-        transport = nc._transport
-        if nc._pending and transport is not None and nc.is_connected:
-            try:
-                transport.writelines(nc._pending[:])
-            except (OSError, RuntimeError):
-                return  # the connection is going down; nats-py's error handling runs
-            nc._pending = []
-            nc._pending_data_size = 0
+    if (flusher is None or flusher.done()) and nc.is_connected:
+        _write_without_flusher(nc)
         return
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
+def _write_without_flusher(nc: Client) -> None:
+    """nats-py's flusher task died while the connection is up (a transport error it
+    did not expect; while reconnecting nats-py starts a new one): write the queued
+    commands here, as its ``_flush_pending`` does then, and settle the wake-ups left
+    in its queue, which would otherwise keep every "is the flusher idle?" check
+    (``queue.empty()``) false for good."""
+    queue = nc._flush_queue
+    while queue is not None and not queue.empty():
+        left = queue.get_nowait()
+        if not left.done():
+            left.set_result(None)
+    transport = nc._transport
+    if nc._pending and transport is not None:
+        try:
+            transport.writelines(nc._pending[:])
+        except (OSError, RuntimeError):
+            return  # the connection is going down; nats-py's error handling runs
+        nc._pending = []
+        nc._pending_data_size = 0
+
+
 async def kick_flusher(nc: Client) -> None:
     """After queueing commands on ``nc._pending`` (:meth:`FastClient.queue_publish`,
     the responder's data fast path): wake nats-py's flusher, or wait for it when the
-    pending buffer is over nats-py's limit (as its ``publish`` does)."""
+    pending buffer is over nats-py's limit (as its ``publish`` does). Without a
+    flusher: see :func:`_write_without_flusher`."""
+    flusher = nc._flusher_task
+    if (flusher is None or flusher.done()) and nc.is_connected:
+        _write_without_flusher(nc)
+        return
     if 0 < nc._max_pending_size < nc._pending_data_size:
         await nc._flush_pending(force_flush=True)
     else:

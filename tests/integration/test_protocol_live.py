@@ -339,12 +339,13 @@ async def test_resume_off_restarts_from_zero(
     ]
 
 
+@pytest.mark.parametrize("left_in_queue", [0, 1])
 async def test_a_responder_whose_flusher_died_still_sends(
-    subscriber: Subscriber, server: NatsServer, subject: str
+    subscriber: Subscriber, server: NatsServer, subject: str, left_in_queue: int
 ) -> None:
     # nats-py's flusher task ended while the connection is up (a transport error it
-    # did not expect): a burst's wake-up must not sit in its queue forever, keeping
-    # everything natstream queues from being written.
+    # did not expect), maybe with a wake-up still in its queue: natstream's queued
+    # replies must still be written (a stall would raise StalledError here).
     await subscriber.stream_subscribe_handler(subject, _counting(3000))
     nc = subscriber.nc
     flusher = nc._flusher_task
@@ -353,6 +354,8 @@ async def test_a_responder_whose_flusher_died_still_sends(
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
     assert nc.is_connected
+    for _ in range(left_in_queue):
+        nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
     got: list[bytes] = []
 
     def collect(msg: Msg) -> bool:
@@ -365,6 +368,7 @@ async def test_a_responder_whose_flusher_died_still_sends(
             await pool.stream_request(subject, b"", collect)
     assert got[:-1] == [str(i).encode() for i in range(3000)]
     assert got[-1] == natstream.STREAM_END
+    assert nc._flush_queue.empty()  # no stale wake-up left to mislead nats-py's publish
 
 
 def _counting(count: int):  # type: ignore[no-untyped-def]

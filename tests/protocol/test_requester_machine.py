@@ -970,7 +970,7 @@ def test_on_taken_returns_the_half_window_ack_and_clears_the_deferral() -> None:
     assert m.deferred_ack() is None
 
 
-def test_deferred_ack_waits_while_more_is_queued_or_nothing_is_unacked() -> None:
+def test_deferred_ack_is_left_to_whoever_takes_what_was_queued() -> None:
     m = bound(0.0, heartbeat=0.0, window_messages=64)
     for seq in range(1, 4):
         assert m.on_data(1.0, seq, 1)

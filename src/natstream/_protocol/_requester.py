@@ -474,8 +474,9 @@ class RequesterMachine:
 
     def deferred_ack(self) -> dict[str, str] | None:
         """The ack :meth:`on_taken` put off, if still due: the consumer has taken all
-        that arrived, something is unacked, and the responder may be waiting for
-        credit (see :meth:`on_delivered`). Clears :attr:`ack_deferred`."""
+        that arrived and the stream goes on. (The reason it was due, heartbeats off or
+        little byte window left, still holds: unacked bytes only grow until an ack,
+        which clears :attr:`ack_deferred`.) Clears :attr:`ack_deferred`."""
         if not self.ack_deferred:
             return None
         self.ack_deferred = False
@@ -484,13 +485,9 @@ class RequesterMachine:
             or self.control_subject is None
             or self.state in _TERMINAL
             or self.delivered_seq != self.received_seq
-            or self.delivered_seq == self._acked_seq
         ):
             return None
-        unacked_bytes = self.delivered_bytes - self._acked_bytes
-        if self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes:
-            return self._ack_headers(CTL_ACK)
-        return None
+        return self._ack_headers(CTL_ACK)
 
     def ack_budget(self) -> tuple[int, int]:
         """(messages, bytes) the consumer may take, counting from now, before an ack
