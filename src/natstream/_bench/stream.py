@@ -261,6 +261,15 @@ async def _concurrent_round(
     ``replies`` each, received by ``stream_request`` with a sync handler that counts (as
     in case 1), or with ``iterate`` by ``async for`` over ``pool.stream()``."""
     pool = await Pool.connect(Config([url]))
+    try:
+        return await _run_round(pool, responder, streams, replies, size, iterate)
+    finally:
+        await pool.close()
+
+
+async def _run_round(
+    pool: Pool, responder: Responder, streams: int, replies: int, size: int, iterate: bool
+) -> dict[str, Any]:
     firsts: list[float] = []
     received = 0
     request = f"{replies} {size}".encode()
@@ -309,7 +318,6 @@ async def _concurrent_round(
         elif task.result() != replies:
             failures.append("short stream")
     pool_stats = pool.stats()
-    await pool.close()
     req_us, resp_us = meter.per_message_us(max(received, 1))
     p50 = percentile(firsts, 0.5) if firsts else float("nan")
     p99 = percentile(firsts, 0.99) if firsts else float("nan")
@@ -336,9 +344,10 @@ async def _concurrent(
     streams: int, replies: int, size: int, rounds: int, single: int, iterate: bool, uvloop: bool
 ) -> dict[str, Any]:
     """``rounds`` rounds of :func:`_concurrent_round` on one server and responder. The
-    figures are the fastest round's (as case 1 keeps its best round), except that
-    completion, lost connections, failed health checks and fairness are the worst
-    over all rounds, and ``errors`` are the first failing round's.
+    figures are the fastest round's (as case 1 keeps its best round: rate, first-reply
+    times, CPU), except that completion, lost connections, failed health checks and
+    fairness are the worst over all rounds, and ``errors`` are the first failing
+    round's.
 
     With ``single``, each round starts with case 1's natstream round (one stream of
     ``single`` replies, one-connection pool): ``ratio_to_alternating_stream`` compares
@@ -349,14 +358,13 @@ async def _concurrent(
     single_best = float("inf")
     with NatsServer(http_port=free_port()) as srv, _PendingProbe(srv.http_port or 0) as probe:
         async with Responder(srv.url, max(single, 1), size, uvloop=uvloop) as responder:
-            one = await Pool.connect(Config([srv.url], idle_per_server=1))
-            for _ in range(rounds):
-                if single:
-                    single_best = min(single_best, await _ns_round(one, single))
-                results.append(
-                    await _concurrent_round(srv.url, responder, streams, replies, size, iterate)
-                )
-            await one.close()
+            async with Pool(Config([srv.url], idle_per_server=1)) as one:
+                for _ in range(rounds):
+                    if single:
+                        single_best = min(single_best, await _ns_round(one, single))
+                    results.append(
+                        await _concurrent_round(srv.url, responder, streams, replies, size, iterate)
+                    )
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
     best = max(results, key=lambda r: float(r["natstream_msgs_per_s"]))
     complete = min(r["complete"] for r in results)
