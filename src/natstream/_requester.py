@@ -294,7 +294,7 @@ class _Attempt:
         m = self.machine
         ack = m.on_taken(len(msg.data))
         if ack is not None:
-            self._ack_now(ack, now)
+            self.send_ack(ack, now)
         elif m.ack_deferred and not self._deferred_soon:
             self._deferred_soon = True
             loop.call_soon(self._deferred_ack)  # after this read is parsed
@@ -307,20 +307,7 @@ class _Attempt:
         self._deferred_soon = False
         ack = self.machine.deferred_ack()
         if ack is not None:
-            self._ack_now(ack, self.loop.time())
-
-    def _ack_now(self, ack: dict[str, str], now: float) -> None:
-        """Queue ``ack`` for the connection's flusher without awaiting."""
-        m = self.machine
-        subject = m.control_subject
-        if subject is None:
-            return
-        m.mark_sent(now)
-        nc = self.nc
-        if nc.queue_publish(subject, "", b"", ack):
-            kick_soon(nc)
-        else:  # nats-py must take it (e.g. reconnecting)
-            self._spawn(self._send(subject, ack))
+            self.send_ack(ack)
 
     def _hold(self, msg: Msg, result: object, exc: BaseException | None) -> None:
         self.direct = None
@@ -372,17 +359,25 @@ class _Attempt:
             return msg
         return buf.popleft()  # type: ignore[return-value]
 
-    async def delivered(self, msg: Msg) -> None:
+    def delivered(self, msg: Msg) -> None:
         """The consumer accepted ``msg``: count it and ack when credit runs low."""
         ack = self.machine.on_delivered(msg.headers, len(msg.data))
         if ack is not None:
-            await self.send_ack(ack)
+            self.send_ack(ack)
 
-    async def send_ack(self, ack: dict[str, str]) -> None:
+    def send_ack(self, ack: dict[str, str], now: float | None = None) -> None:
+        """Queue ``ack`` for the connection's flusher without awaiting (an ack is small:
+        no back-pressure to wait for); ``now``: loop time, if the caller has it."""
         m = self.machine
-        if m.control_subject is not None:
-            m.mark_sent(self.loop.time())
-            await self._send(m.control_subject, ack)
+        subject = m.control_subject
+        if subject is None:
+            return
+        m.mark_sent(self.loop.time() if now is None else now)
+        nc = self.nc
+        if nc.queue_publish(subject, "", b"", ack):
+            kick_soon(nc)
+        else:  # nats-py must take it (e.g. reconnecting)
+            self._spawn(self._send(subject, ack))
 
     @property
     def failed_at_once(self) -> bool:
@@ -596,7 +591,7 @@ class Stream:
         if self._to_ack is not None:
             msg, self._to_ack = self._to_ack, None
             assert self._attempt is not None
-            await self._attempt.delivered(msg)
+            self._attempt.delivered(msg)
         kind, msg = await self._next()
         if kind is Reply.DELIVER:
             self._to_ack = msg
@@ -728,7 +723,7 @@ class Stream:
                     return
                 attempt = self._attempt
                 assert attempt is not None
-                await attempt.delivered(msg)
+                attempt.delivered(msg)
             elif kind is Reply.END:
                 return
             else:
@@ -746,7 +741,7 @@ class Stream:
             result = await result
         if result is False:
             return True
-        await attempt.delivered(msg)
+        attempt.delivered(msg)
         return False
 
     async def _drain_sync(self, attempt: _Attempt, handler: _Call) -> bool:
@@ -776,7 +771,7 @@ class Stream:
                     return True
             ack = on_delivered(msg.headers, len(msg.data))
             if ack is not None:
-                await attempt.send_ack(ack)
+                attempt.send_ack(ack)
         return False
 
     async def _drain_pack(self, attempt: _Attempt, pack: _Pack, handler: _Call) -> bool:
@@ -812,14 +807,14 @@ class Stream:
                             ack = m.on_delivered_many(j - 1 - i, offsets[j - 1] - offsets[i])
                             i = j - 1
                             if ack is not None:
-                                await attempt.send_ack(ack)
+                                attempt.send_ack(ack)
                             result = await result
                             if result is False:
                                 return True
                             ack = m.on_delivered_many(1, b - offsets[i])
                             i = j
                             if ack is not None:
-                                await attempt.send_ack(ack)
+                                attempt.send_ack(ack)
                             break
                         if result is False:
                             return True
@@ -827,7 +822,7 @@ class Stream:
                     ack = m.on_delivered_many(stop - i, offsets[stop] - offsets[i])
                     i = stop
                     if ack is not None:
-                        await attempt.send_ack(ack)
+                        attempt.send_ack(ack)
             return False
         finally:
             pack.next = j

@@ -52,10 +52,9 @@ class FakeAttempt:
         self.calls = calls
         self.acks: list[tuple[int, int, int, dict[str, str]]] = []
 
-    async def send_ack(self, ack: dict[str, str]) -> None:
+    def send_ack(self, ack: dict[str, str]) -> None:
         m = self.machine
         self.acks.append((len(self.calls), m.delivered_seq, m.delivered_bytes, dict(ack)))
-        await asyncio.sleep(0)
 
 
 def outcome(action: str) -> Any:
@@ -125,7 +124,7 @@ async def reference(
                 break
             ack = m.on_delivered(None, len(data))
             if ack is not None:
-                await attempt.send_ack(ack)
+                attempt.send_ack(ack)
         results.append(stopped)
         results.append((i, m.delivered_seq, m.delivered_bytes, m.resume_point()))
     return results, attempt, i
