@@ -477,23 +477,24 @@ def kick_soon(nc: Client) -> None:
     """Wake nats-py's flusher from sync code, after queueing commands. Unlike
     :func:`kick_flusher` it never waits for a full buffer to drain (the callers
     bound what they queue between awaits). Without a flusher: see
-    :func:`_write_without_flusher`.
+    :func:`_written_without_flusher`.
     """
-    flusher = nc._flusher_task
-    if (flusher is None or flusher.done()) and nc.is_connected:
-        _write_without_flusher(nc)
+    if _written_without_flusher(nc):
         return
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
-def _write_without_flusher(nc: Client) -> None:
-    """nats-py's flusher task died while the connection is up (a transport error it
-    did not expect; while reconnecting nats-py starts a new one): write the queued
-    commands here, as its ``_flush_pending`` does then, and settle the wake-ups left
-    in its queue, which would otherwise keep every "is the flusher idle?" check
-    (``queue.empty()``) false for good."""
+def _written_without_flusher(nc: Client) -> bool:
+    """True when nats-py's flusher task died while the connection is up (a transport
+    error it did not expect; while reconnecting nats-py starts a new one): the queued
+    commands are then written here, as its ``_flush_pending`` does, and the wake-ups
+    left in its queue settled, which would otherwise keep every "is the flusher
+    idle?" check (``queue.empty()``) false for good."""
+    flusher = nc._flusher_task
+    if (flusher is not None and not flusher.done()) or not nc.is_connected:
+        return False
     queue = nc._flush_queue
     while queue is not None and not queue.empty():
         left = queue.get_nowait()
@@ -504,19 +505,18 @@ def _write_without_flusher(nc: Client) -> None:
         try:
             transport.writelines(nc._pending[:])
         except (OSError, RuntimeError):
-            return  # the connection is going down; nats-py's error handling runs
+            return True  # the connection is going down; nats-py's error handling runs
         nc._pending = []
         nc._pending_data_size = 0
+    return True
 
 
 async def kick_flusher(nc: Client) -> None:
     """After queueing commands on ``nc._pending`` (:meth:`FastClient.queue_publish`,
     the responder's data fast path): wake nats-py's flusher, or wait for it when the
     pending buffer is over nats-py's limit (as its ``publish`` does). Without a
-    flusher: see :func:`_write_without_flusher`."""
-    flusher = nc._flusher_task
-    if (flusher is None or flusher.done()) and nc.is_connected:
-        _write_without_flusher(nc)
+    flusher: see :func:`_written_without_flusher`."""
+    if _written_without_flusher(nc):
         return
     if 0 < nc._max_pending_size < nc._pending_data_size:
         await nc._flush_pending(force_flush=True)

@@ -898,9 +898,10 @@ class Pool:
         returns normally; any other return value continues. The call returns at the
         end marker and raises :class:`StreamError` at an error marker.
 
-        A sync handler is called with each data reply as it arrives, from the
+        A sync handler is called with plain data replies as they arrive, from the
         connection's read loop, whenever the caller has nothing queued (the fast
-        path: no task switch per reply); otherwise from the caller's task. Either
+        path: no task switch per reply); otherwise (the first reply, packed items,
+        replies with other headers, markers) from the caller's task. Either
         way calls are in order, one at a time, the caller's task is the current task
         (``asyncio.current_task()``), and an exception it raises is raised here. It
         runs in the caller's context variables; on Python 3.11 in a copy taken when

@@ -627,15 +627,21 @@ class _ResponderStream:
         self._sent += 1
         return True
 
+    def _yield_due(self) -> bool:
+        """Every ``_YIELD_EVERY`` sends, or with over ``_YIELD_BYTES`` queued, a stream
+        yields so concurrent streams interleave (``_pump_index`` inlines this)."""
+        return not self._sent & _YIELD_MASK or self.nc._pending_data_size > _YIELD_BYTES
+
     async def _after_send(self) -> None:
-        """Kick the connection's flusher if idle, bound its buffer, and yield now and
-        then so concurrent streams interleave. Between those (every ``_YIELD_EVERY``
-        sends, or a buffer over ``_YIELD_BYTES``) a sync :func:`kick_soon` does: an
-        await here per burst of replies cost a coroutine chain and a future."""
+        """Kick the connection's flusher if idle; when a yield is due, bound its
+        buffer (:func:`kick_flusher`'s back-pressure) and yield. Otherwise the kick is
+        sync (:func:`kick_soon`): no coroutine chain and future per burst of replies."""
         nc = self.nc
-        await kick_flusher(nc)
-        if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
+        if self._yield_due():
+            await kick_flusher(nc)
             await asyncio.sleep(0)
+        else:
+            kick_soon(nc)
 
     async def _emit(self, data: bytes, pos: int | str | None) -> bool:
         """Send one data reply once credit allows; False when the stream must stop."""
@@ -662,17 +668,14 @@ class _ResponderStream:
             if m.terminal:
                 return False
         if self._send_now(data, pos):
-            if not self._sent & _YIELD_MASK or self.nc._pending_data_size > _YIELD_BYTES:
-                await self._after_send()
-            else:
-                kick_soon(self.nc)
+            await self._after_send()
             return True
         if type(pos) is int:
             pos = None if pos == m.sent_seq else str(pos)
         headers = m.data_headers(size, pos, self.loop.time())  # type: ignore[arg-type]
         await self._send(data, headers)
         self._sent += 1
-        if not self._sent & _YIELD_MASK or self.nc.pending_data_size > _YIELD_BYTES:
+        if self._yield_due():
             await asyncio.sleep(0)
         return True
 
