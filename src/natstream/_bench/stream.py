@@ -255,21 +255,11 @@ def _error_kinds(errors: list[BaseException | str]) -> tuple[dict[str, int], dic
 
 
 async def _concurrent_round(
-    url: str, responder: Responder, streams: int, replies: int, size: int, iterate: bool
-) -> dict[str, Any]:
-    """One round of case 4 on a fresh default pool: ``streams`` concurrent streams of
-    ``replies`` each, received by ``stream_request`` with a sync handler that counts (as
-    in case 1), or with ``iterate`` by ``async for`` over ``pool.stream()``."""
-    pool = await Pool.connect(Config([url]))
-    try:
-        return await _run_round(pool, responder, streams, replies, size, iterate)
-    finally:
-        await pool.close()
-
-
-async def _run_round(
     pool: Pool, responder: Responder, streams: int, replies: int, size: int, iterate: bool
 ) -> dict[str, Any]:
+    """One round of case 4 on ``pool`` (fresh, default): ``streams`` concurrent streams
+    of ``replies`` each, received by ``stream_request`` with a sync handler that counts
+    (as in case 1), or with ``iterate`` by ``async for`` over ``pool.stream()``."""
     firsts: list[float] = []
     received = 0
     request = f"{replies} {size}".encode()
@@ -362,9 +352,12 @@ async def _concurrent(
                 for _ in range(rounds):
                     if single:
                         single_best = min(single_best, await _ns_round(one, single))
-                    results.append(
-                        await _concurrent_round(srv.url, responder, streams, replies, size, iterate)
-                    )
+                    async with Pool(Config([srv.url])) as pool:
+                        results.append(
+                            await _concurrent_round(
+                                pool, responder, streams, replies, size, iterate
+                            )
+                        )
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
     best = max(results, key=lambda r: float(r["natstream_msgs_per_s"]))
     complete = min(r["complete"] for r in results)
