@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._pool import Pool, PoolStats, ServerStats
 from ._protocol import STREAM_END, STREAM_ERROR_PREFIX, Resume
-from ._recorder import Recording, RecordingStats, default_formatter
+from ._recording import Recording, RecordingStats, default_formatter
 from ._requester import Stream
 from ._subscriber import StreamRequest, StreamSubscription, Subscriber, SubscriptionStats
 from ._writers import HourlyFileWriter, Retention, StreamWriter, WriterStats, parse_retention

@@ -10,7 +10,7 @@ function under the group; ``opts.run`` runs a coroutine on a fresh event loop
     @click.pass_obj
     def record(opts: Options, subject: str) -> None:
         \"\"\"Record SUBJECT into hour-split files.\"\"\"
-        from ._recorder import record
+        from ._record import record
 
         opts.run(record(subject))
 

@@ -10,7 +10,7 @@ import time
 from typing import TextIO
 
 from ._config import Config
-from ._recorder import Recording, default_formatter
+from ._recording import Recording, default_formatter
 from ._subscriber import Subscriber
 from ._writers import HourlyFileWriter, parse_retention
 

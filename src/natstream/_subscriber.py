@@ -24,13 +24,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._config import Config
-from ._connection import (
-    HEADER_ALLOWANCE,
-    connect,
-    log,
-    publish,
-    subscribe_live,
-)
 from ._errors import (
     ConfigError,
     ConnectionLostError,
@@ -39,21 +32,34 @@ from ._errors import (
     StreamError,
     SubscriberClosedError,
 )
-from ._fastclient import FastClient, hpub_prefix, hpub_seq_command, kick_flusher, kick_soon
 from ._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
     Control,
     HeaderError,
+    Outcome,
     ResponderMachine,
     ResponderTimer,
     Resume,
+    error_headers,
     parse_request_headers,
 )
-from ._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, pack_items
-from ._recorder import Recording, default_formatter
+from ._protocol._frames import hpub_prefix
+from ._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, HDR_VERSION, pack_items
+from ._recording import Recording, default_formatter
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._timer import LazyTimer
+from ._transport import (
+    HEADER_ALLOWANCE,
+    Link,
+    connect,
+    publish,
+    safe_server,
+    subscribe_live,
+    translate_connect_error,
+)
+
+log = logging.getLogger("natstream")
 
 __all__ = [
     "BatchHandler",
@@ -90,7 +96,6 @@ _YIELD_MASK = _YIELD_EVERY - 1  # a power of two
 # for at most this many seconds.
 _PACK_HOLD = 1024
 _PACK_LINGER = 0.005
-_CONNECTED = Client.CONNECTED
 _NOTHING: Any = object()
 _YIELD_BYTES = 256 * 1024
 _BUSY_CODE, _BAD_REQUEST, _TOO_LARGE, _INTERNAL, _DEADLINE = 503, 400, 413, 500, 504
@@ -281,14 +286,14 @@ class _ResponderStream:
     def __init__(
         self,
         owner: StreamSubscription,
-        nc: Client,
+        link: Link,
         msg: Msg,
         machine: ResponderMachine,
         control_subject: str | None,
         token: str,
     ) -> None:
         self.owner = owner
-        self.nc = nc
+        self.link = link
         self.reply = msg.reply
         self.machine = machine
         self.control_subject = control_subject
@@ -299,7 +304,7 @@ class _ResponderStream:
         self._credit: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self.loop, self._on_timer)
         self._cancel_reason: str | None = None
-        self._limit = nc.max_payload - HEADER_ALLOWANCE
+        self._limit = link.nc.max_payload - HEADER_ALLOWANCE
         self._too_large = False
         self._sent = 0
         self._first: Any = _NOTHING  # see start_now
@@ -313,7 +318,7 @@ class _ResponderStream:
 
     async def _send(self, payload: bytes, headers: dict[str, str] | None) -> None:
         await publish(
-            self.nc, self.reply, payload, reply=self.control_subject or "", headers=headers
+            self.link, self.reply, payload, reply=self.control_subject or "", headers=headers
         )
 
     async def _send_error(self, message: str, code: int, retryable: bool) -> None:
@@ -325,7 +330,7 @@ class _ResponderStream:
         m = self.machine
         owner = self.owner
         items: AsyncIterator[_Item] | None = None
-        outcome = "failed"
+        outcome = Outcome.FAILED
         try:
             # No separate accept: the first reply (data, end, error, or the first
             # heartbeat if the handler is slow) tells the requester our control subject.
@@ -344,9 +349,9 @@ class _ResponderStream:
                 return
             if ended and not m.terminal:
                 await self._send(STREAM_END, m.end_headers(self.loop.time()))
-                outcome = "completed"
+                outcome = Outcome.COMPLETED
                 return
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
         except _HandlerError as e:
             if not m.terminal:
                 await self._send_error(e.message, e.code, e.retryable)
@@ -354,7 +359,7 @@ class _ResponderStream:
             if not m.terminal:
                 await self._send_error(e.message, e.code, e.retryable)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
             if self._cancel_reason == "deadline" and not m.terminal:
                 await self._send_error("stream deadline exceeded", _DEADLINE, False)
             raise
@@ -405,15 +410,10 @@ class _ResponderStream:
             done = not more
         except Exception:  # e.g. an array's ambiguous truth value: the task raises it
             return False
-        nc = self.nc
+        link = self.link
         # Finishing here needs a v1 requester (the end marker's headers, our control
-        # subject) and a connected natstream connection; else the task sends the end.
-        finish = (
-            done
-            and self._prefix is not None
-            and isinstance(nc, FastClient)
-            and nc._status == _CONNECTED
-        )
+        # subject) and a link that queues commands now; else the task sends the end.
+        finish = done and self._prefix is not None and link.ready()
         if data is not None:
             if not self._send_now(data, index):
                 return False
@@ -422,7 +422,7 @@ class _ResponderStream:
             return False
         if finish:
             self._end_now()
-        kick_soon(nc)
+        link.kick_soon()
         return finish
 
     def _end_now(self) -> None:
@@ -430,16 +430,14 @@ class _ResponderStream:
         marker behind its reply (one write for both), count it, let it go."""
         m = self.machine
         headers = m.end_headers(self.loop.time())
-        nc = self.nc
-        if not (
-            isinstance(nc, FastClient)
-            and nc.queue_publish(self.reply, self.control_subject or "", STREAM_END, headers)
+        if not self.link.queue_publish(
+            self.reply, self.control_subject or "", STREAM_END, headers
         ):  # not expected (start_now checked): send it from a task instead
             self.owner.subscriber._spawn(
                 self._quiet_send(STREAM_END, headers, "end marker", logging.WARNING)
             )
         self.owner._sent += m.sent_seq - (m.resume.seq if m.resume else 0)
-        self._finish("completed")
+        self._finish(Outcome.COMPLETED)
 
     def _first_index(self) -> int:
         resume = self.machine.resume
@@ -451,8 +449,7 @@ class _ResponderStream:
         index = self._first_index()
         emit = self._emit
         send_now = self._send_now
-        nc = self.nc
-        queue = nc._flush_queue
+        link = self.link
         first, self._first = self._first, _NOTHING
         while True:
             if first is _NOTHING:
@@ -470,10 +467,10 @@ class _ResponderStream:
                 if self._first_sent:
                     self._first_sent = False  # start_now sent it
                 elif send_now(data, index):
-                    if not self._sent & _YIELD_MASK or nc._pending_data_size > _YIELD_BYTES:
+                    if not self._sent & _YIELD_MASK or link.pending_size() > _YIELD_BYTES:
                         await self._after_send()
-                    elif queue is not None and queue.empty():
-                        kick_soon(nc)
+                    elif link.flusher_idle():
+                        link.kick_soon()
                 elif not await emit(data, index):
                     return False
             if not more:
@@ -611,37 +608,32 @@ class _ResponderStream:
         if prefix is None or type(data) is not bytes or type(pos) is not int:
             return False
         m = self.machine
-        nc = self.nc
+        link = self.link
         size = len(data)
-        if pos != m.sent_seq or size > self._limit or nc._status != _CONNECTED:
+        if pos != m.sent_seq or size > self._limit or not link.ready():
             return False
         seq = m.send_next(size, self.loop.time())
         if not seq:
             return False
-        cmd = hpub_seq_command(prefix, seq, data)
-        nc._pending.append(cmd)
-        nc._pending_data_size += len(cmd)
-        stats = nc.stats
-        stats["out_msgs"] += 1
-        stats["out_bytes"] += size
+        link.queue_seq(prefix, seq, data)
         self._sent += 1
         return True
 
     def _yield_due(self) -> bool:
         """Every ``_YIELD_EVERY`` sends, or with over ``_YIELD_BYTES`` queued, a stream
         yields so concurrent streams interleave (``_pump_index`` inlines this)."""
-        return not self._sent & _YIELD_MASK or self.nc._pending_data_size > _YIELD_BYTES
+        return not self._sent & _YIELD_MASK or self.link.pending_size() > _YIELD_BYTES
 
     async def _after_send(self) -> None:
         """Kick the connection's flusher if idle; when a yield is due, bound its
-        buffer (:func:`kick_flusher`'s back-pressure) and yield. Otherwise the kick is
-        sync (:func:`kick_soon`): no coroutine chain and future per burst of replies."""
-        nc = self.nc
+        buffer (:meth:`Link.kick`'s back-pressure) and yield. Otherwise the kick is
+        sync (:meth:`Link.kick_soon`): no coroutine chain and future per burst of replies."""
+        link = self.link
         if self._yield_due():
-            await kick_flusher(nc)
+            await link.kick()
             await asyncio.sleep(0)
         else:
-            kick_soon(nc)
+            link.kick_soon()
 
     async def _emit(self, data: bytes, pos: int | str | None) -> bool:
         """Send one data reply once credit allows; False when the stream must stop."""
@@ -695,14 +687,14 @@ class _ResponderStream:
             except ConnectionLostError:
                 pass
 
-    def _finish(self, outcome: str) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         owner = self.owner
         owner._discard(self)
         self.owner.subscriber._controls.pop(self.token, None)
         self._timer.cancel()
-        if outcome == "completed":
+        if outcome is Outcome.COMPLETED:
             owner._completed += 1
-        elif outcome == "cancelled":
+        elif outcome is Outcome.CANCELLED:
             owner._cancelled += 1
         else:
             owner._failed += 1
@@ -918,7 +910,7 @@ class Subscriber:
         self.send_exception_text = send_exception_text
         self.stall_factor = stall_factor
         self._state = _State.CLOSED
-        self._nc: Client | None = None
+        self._link: Link | None = None
         self._control_sub: Subscription | None = None
         self._control_prefix = ""
         self._controls: dict[str, _ResponderStream] = {}
@@ -953,29 +945,27 @@ class Subscriber:
     @property
     def nc(self) -> Client:
         """The underlying nats-py connection."""
-        if self._nc is None:
+        if self._link is None:
             raise SubscriberClosedError("this subscriber is closed")
-        return self._nc
+        return self._link.nc
 
     async def _open(self) -> None:
         cfg = self.config
         try:
-            self._nc = await connect(
+            self._link = await connect(
                 list(cfg.servers),
                 cfg.nats_options(),
                 allow_reconnect=True,
                 error_counter=self._on_nats_error,
             )
         except Exception as exc:
-            from ._connection import safe_server, translate_connect_error
-
             servers = [safe_server(s) for s in cfg.servers]
             reason = translate_connect_error(exc)
             raise NoServersError(servers, [reason] * len(servers)) from None
         self._state = _State.OPEN
         self._control_prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
         self._control_sub = await subscribe_live(
-            self._nc,
+            self._link.nc,
             f"{self._control_prefix}.*",
             self._on_control,
             pending_bytes_limit=0,
@@ -997,10 +987,10 @@ class Subscriber:
         if stream is not None:
             stream.on_control(msg)
 
-    def _check_open(self) -> Client:
-        if self._state is not _State.OPEN or self._nc is None:
+    def _check_open(self) -> Link:
+        if self._state is not _State.OPEN or self._link is None:
             raise SubscriberClosedError("this subscriber is closed; create a new one")
-        return self._nc
+        return self._link
 
     # ------------------------------------------------------------ responders
 
@@ -1015,7 +1005,7 @@ class Subscriber:
         batch: BatchHandler | None = None,
         pack: bool = False,
     ) -> StreamSubscription:
-        nc = self._check_open()
+        link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
         handle = StreamSubscription(
@@ -1025,7 +1015,7 @@ class Subscriber:
         handle._batch = batch
         handle._pack = pack
         handle._sub = await subscribe_live(
-            nc, subject, handle._on_request, queue=q, direct=handle._request_now
+            link.nc, subject, handle._on_request, queue=q, direct=handle._request_now
         )
         self._subscriptions.add(handle)
         return handle
@@ -1116,12 +1106,13 @@ class Subscriber:
         it: the writer is yours). Messages nats-py dropped because the recorder fell
         behind are counted in ``stats().dropped`` and logged.
         """
-        nc = self._check_open()
+        link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
         recording = Recording(subject, writer, formatter)
-        sub = await subscribe_live(nc, subject, recording._on_msg, queue=q)
+        sub = await subscribe_live(link.nc, subject, recording._on_msg, queue=q)
         recording._sub = sub
+        recording._nc = link.nc
         self._recordings[id(sub)] = recording
 
         async def closer() -> None:
@@ -1136,26 +1127,28 @@ class Subscriber:
 
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
         """A request arrived (in nats-py's callback task: do no I/O here but spawn)."""
-        nc = self._nc
-        if not msg.reply or nc is None or self._state is not _State.OPEN:
+        link = self._link
+        if not msg.reply or link is None or self._state is not _State.OPEN:
             return
         now = time.monotonic()
         try:
             options = parse_request_headers(msg.headers)
         except HeaderError as exc:
-            self._spawn(self._reject(nc, msg, None, str(exc), _BAD_REQUEST, False))
+            self._spawn(self._reject(link, msg, None, str(exc), _BAD_REQUEST, False))
             return
         machine = ResponderMachine(
             options, now, stall_factor=self.stall_factor, max_duration=self.max_stream_duration
         )
         if len(handle._streams) >= handle.max_concurrent_streams:
             handle._busy += 1
-            self._spawn(self._reject(nc, msg, machine, "busy: too many streams", _BUSY_CODE, True))
+            self._spawn(
+                self._reject(link, msg, machine, "busy: too many streams", _BUSY_CODE, True)
+            )
             return
         if self.max_request_size is not None and len(msg.data) > self.max_request_size:
             self._spawn(
                 self._reject(
-                    nc,
+                    link,
                     msg,
                     machine,
                     f"request of {len(msg.data)} bytes exceeds the limit of "
@@ -1167,7 +1160,7 @@ class Subscriber:
             return
         token = secrets.token_hex(12)
         control = f"{self._control_prefix}.{token}" if machine.v1 else None
-        stream = _ResponderStream(handle, nc, msg, machine, control, token)
+        stream = _ResponderStream(handle, link, msg, machine, control, token)
         if control is not None:
             self._controls[token] = stream
         handle._add(stream)
@@ -1180,23 +1173,21 @@ class Subscriber:
 
     async def _reject(
         self,
-        nc: Client,
+        link: Link,
         msg: Msg,
         machine: ResponderMachine | None,
         message: str,
         code: int,
         retryable: bool,
     ) -> None:
-        headers = machine.error_headers(message, code, retryable, 0.0) if machine else None
-        if machine is None and msg.headers and "Ns-V" in msg.headers:
-            headers = {
-                "Nats-Service-Error": message,
-                "Nats-Service-Error-Code": str(code),
-                "Ns-Seq": "0",
-                "Ns-Retry": "1" if retryable else "0",
-            }
+        if machine is not None:
+            headers = machine.error_headers(message, code, retryable, 0.0)
+        elif msg.headers and HDR_VERSION in msg.headers:  # a v1 request we could not parse
+            headers = error_headers(0, message, code, retryable)
+        else:
+            headers = None
         try:
-            await publish(nc, msg.reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
+            await publish(link, msg.reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
         except Exception:
             log.debug("could not send a %d reply", code, exc_info=True)
 
@@ -1221,10 +1212,10 @@ class Subscriber:
             for closer in self._closers:
                 await closer()
         finally:
-            nc, self._nc = self._nc, None
-            if nc is not None:
+            link, self._link = self._link, None
+            if link is not None:
                 try:
-                    await nc.close()
+                    await link.nc.close()
                 except Exception:
                     log.debug("closing the subscriber's connection failed", exc_info=True)
             self._state = _State.CLOSED

@@ -22,8 +22,7 @@ from natstream import (
     StreamTimeoutError,
     Subscriber,
 )
-from natstream._connection import subscribe_live
-from natstream._fastclient import FastClient
+from natstream._transport import FastClient, subscribe_live
 from natstream.server import NatsServer
 
 
@@ -427,15 +426,15 @@ async def test_windows_of_a_pool_share_a_budget(
     """Many concurrent streams must not let nats-server see a slow consumer: the
     windows granted by a pool add up to its budget (plus a small minimum per
     stream), and come back when the streams end."""
-    from natstream._pool import MIN_STREAM_BYTES
+    from natstream._pool._model import MIN_STREAM_BYTES
 
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", True, None))
     async with Pool(Config([server.url], idle_per_server=2)) as pool:
         streams = [pool.stream(subject) for _ in range(40)]
         for s in streams:
             await s.__aenter__()
-        windows = [s._attempt.machine.window_bytes for s in streams]  # type: ignore[union-attr]
-        messages = [s._attempt.machine.window_messages for s in streams]  # type: ignore[union-attr]
+        windows = [s._session.attempt.machine.window_bytes for s in streams]  # type: ignore[union-attr]
+        messages = [s._session.attempt.machine.window_messages for s in streams]  # type: ignore[union-attr]
         assert messages[:4] == [16_384, 8_192, 4_096, 2_048]
         assert min(messages) == 64
         assert windows[0] == 8 << 20
@@ -444,8 +443,8 @@ async def test_windows_of_a_pool_share_a_budget(
         for s in streams:
             await s.aclose()
         async with pool.stream(subject) as again:
-            assert again._attempt is not None
-            assert again._attempt.machine.window_bytes == 8 << 20
+            assert again._session.attempt is not None
+            assert again._session.attempt.machine.window_bytes == 8 << 20
 
 
 async def test_a_stream_alone_may_have_the_whole_budget_which_is_configurable(
@@ -465,8 +464,8 @@ async def test_a_stream_alone_may_have_the_whole_budget_which_is_configurable(
             window_budget_bytes=budget[1],
         )
         async with Pool(config) as pool, pool.stream(subject) as s:
-            assert s._attempt is not None
-            m = s._attempt.machine
+            assert s._session.attempt is not None
+            m = s._session.attempt.machine
             assert (m.window_messages, m.window_bytes) == expected
     with pytest.raises(natstream.ConfigError):
         Config([server.url], window_budget_messages=0)
@@ -475,7 +474,7 @@ async def test_a_stream_alone_may_have_the_whole_budget_which_is_configurable(
 async def test_a_timed_out_round_trip_does_not_stop_the_connection(server: NatsServer) -> None:
     """nats-py resolves a cancelled PING future when its PONG comes late, which ended
     its read loop: the connection looked connected and delivered nothing more."""
-    from natstream._connection import connect
+    from natstream._transport import connect
 
     nc = await connect([server.url], {}, allow_reconnect=False)
     try:
@@ -594,8 +593,8 @@ async def test_the_request_is_on_the_socket_when_the_stream_is_open(
     """The request is written as the stream opens, not at the flusher's next turn."""
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", False, None))
     async with pool.stream(subject) as s:
-        assert s._attempt is not None
-        nc = s._attempt.nc
+        assert s._session.attempt is not None
+        nc = s._session.attempt.link
         assert (nc._pending, nc._pending_data_size) == ([], 0)
         assert [m.data async for m in s] == [b"x"]
 
@@ -609,7 +608,7 @@ async def test_write_now_leaves_to_the_flusher_what_it_must(
     from types import SimpleNamespace
 
     async with Pool(Config([server.url], idle_per_server=1)) as pool:
-        nc = pool._slots[0].conn.nc  # type: ignore[union-attr]
+        nc = pool._conns.slots[0].conn.nc  # type: ignore[union-attr]
         assert isinstance(nc, FastClient)
         assert nc.queue_publish("a.b", "", b"x", None)
         assert nc.write_now()

@@ -1,7 +1,7 @@
 """A sync ``stream_request`` handler fed from the connection's read loop.
 
 While the caller waits with nothing queued, in-order data replies go to its sync
-handler as they arrive (``_Attempt._call_direct``). Each test checks that this path
+handler as they arrive (``_delivery.call_direct``). Each test checks that this path
 really ran (the handler saw a task other than the caller's) and that it keeps the
 queued path's guarantees: order, flow control, stopping, errors, awaitables,
 context variables, cancellation and ``request_timeout``.
@@ -27,8 +27,9 @@ from natstream import (
     Pool,
     StreamOptions,
     Subscriber,
-    _requester,
 )
+from natstream._requester import _delivery
+from natstream._transport import _tasks
 from natstream.server import NatsServer
 
 # A small window: an ack every 32 replies, sent from the read loop on direct calls.
@@ -58,7 +59,7 @@ def called_direct() -> bool:
     """The running handler was called from the connection's read loop."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name == "_call_direct":
+        if frame.f_code.co_name == "call_direct":
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
@@ -249,14 +250,17 @@ async def test_request_timeout_on_direct_calls_excludes_handler_time(
     assert seen.direct > 0
 
 
-@pytest.mark.parametrize("swap", ["default", "enter/leave"])
+@pytest.mark.parametrize("swap", ["default", "table", "enter/leave"])
 async def test_each_way_of_making_the_caller_current(
     subscriber: Subscriber, small_pool: Pool, subject: str, swap: str, monkeypatch: Any
 ) -> None:
-    # The default for this Python (asyncio's table or swap), and the fallback for one
-    # with neither: Seen checks that the caller is the current task in every call.
+    # The default for this Python (asyncio's swap or table), and the fallbacks for one
+    # without: Seen checks that the caller is the current task in every call.
+    ways = {"table": _tasks._call_table, "enter/leave": _tasks._call_enter_leave}
+    if swap == "table" and _tasks._table is None:
+        pytest.skip("this Python has no table of current tasks")
     if swap != "default":
-        monkeypatch.setattr(_requester, "_swap_current_task", _requester._swap_by_enter_leave)
+        monkeypatch.setattr(_delivery, "call_as", ways[swap])
     await subscriber.stream_subscribe_handler(subject, numbered(1000))
     seen = Seen()
     await small_pool.stream_request(subject, b"", seen)

@@ -11,8 +11,8 @@ from nats.aio.msg import Msg
 
 import natstream
 from natstream import STREAM_END, Config, Pool, StreamOptions, Subscriber
-from natstream._connection import subscribe_live
 from natstream._protocol._wire import unpack_items
+from natstream._transport import subscribe_live
 from natstream.server import NatsServer
 
 V1 = {"Ns-V": "1", "Ns-Hb": "0"}
@@ -164,8 +164,8 @@ async def test_consumer_stopping_inside_a_pack_resumes_there(
                 taken.append(m.data)
                 if len(taken) == 73:
                     break
-            assert s._attempt is not None
-            point = s._attempt.machine.resume_point()
+            assert s._session.attempt is not None
+            point = s._session.attempt.machine.resume_point()
     assert taken == [item(b, j) for b in range(4) for j in range(50)][:73]
     # Iteration counts a message as taken when the next one is asked for: 72 here.
     assert point == natstream.Resume(72, "1.21")
@@ -255,7 +255,7 @@ async def test_sync_handler_returning_awaitables_and_stopping_inside_a_pack(
                     return False
                 return later() if len(taken) % 17 == 0 else True
 
-            attempt = s._attempt
+            attempt = s._session.attempt
             assert attempt is not None
             if stop == "raise":
                 with pytest.raises(LookupError):
@@ -284,8 +284,9 @@ async def test_header_less_messages_are_full_msgs_of_one_class_per_connection(
         for subj in (subject, subject, subject + ".b"):
             async with pool.stream(subj) as s:
                 async for m in s:
-                    assert s._attempt is not None
-                    got.append((subj, m, s._attempt.inbox, s._attempt.machine.control_subject))
+                    attempt = s._session.attempt
+                    assert attempt is not None
+                    got.append((subj, m, attempt.inbox, attempt.machine.control_subject))
     assert [m.data for _, m, _, _ in got] == [b"0", b"1", b"2"] * 2 + [b"p", b"q"] * 2
     light = [g for g in got if type(g[1]) is not Msg]
     assert [m.data for _, m, _, _ in light] == [b"1", b"2"] * 2 + [b"p", b"q"] * 2

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 import natstream
 from natstream import Config, Pool, StreamError, StreamOptions, Subscriber
-from natstream._connection import subscribe_live
+from natstream._transport import subscribe_live
 from natstream.server import NatsServer
 
 HB = 0.2

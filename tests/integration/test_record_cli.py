@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nats
 
-from natstream._connection import flush_ordered
+from natstream._transport import flush_ordered
 from natstream.server import NatsServer
 
 

@@ -12,8 +12,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from natstream import Subscriber
-from natstream._connection import flush_ordered
-from natstream._recorder import Recording, default_formatter
+from natstream._recording import Recording, default_formatter
+from natstream._transport import flush_ordered
 from natstream.server import NatsServer
 
 
@@ -116,7 +116,7 @@ def test_default_formatter_stamp_is_local_time_to_the_millisecond(
     instants += [fall_back + 3600 + k / 1000 for k in (0, 1, 1, 999, 1000, 1001)]
     instants += [fall_back + 0.0004, fall_back + 0.9996, 1_700_000_000.0]
     for now in instants:
-        monkeypatch.setattr("natstream._recorder._time", lambda now=now: now)
+        monkeypatch.setattr("natstream._recording._time", lambda now=now: now)
         millis = int(now * 1000)
         local = datetime.fromtimestamp(millis / 1000 + 0.0005)
         expected = local.strftime("[%Y-%m-%d %H:%M:%S.") + f"{local.microsecond // 1000:03d}] "

@@ -46,7 +46,7 @@ from natstream import (
     StreamRequest,
     Subscriber,
 )
-from natstream._connection import flush_ordered, subscribe_live
+from natstream._transport import flush_ordered, subscribe_live
 from natstream.server import NatsServer
 
 FAST = StreamOptions(heartbeat=0.2)

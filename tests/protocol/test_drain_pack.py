@@ -1,4 +1,4 @@
-"""The requester's delivery loop for packed items (``Stream._drain_pack``) against the
+"""The requester's delivery loop for packed items (``_delivery.drain_pack``) against the
 plain rule: one ``on_delivered`` call per item the consumer accepted.
 
 The loop counts items in runs (``on_delivered_many``) sized in advance to end where an
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from natstream._protocol import Reply, RequesterMachine
 from natstream._protocol._wire import HDR_SEQ, pack_items
-from natstream._requester import Stream, _Pack
+from natstream._requester._delivery import Pack, drain_pack
 
 from .conftest import PROFILE
 from .test_requester_machine import CTL, bound, packed
@@ -78,7 +78,7 @@ async def fast(
     taken: list[bytes] = []
     attempt = FakeAttempt(m, taken)
     source = SimpleNamespace(data=payload, subject="_INBOX.me", reply=CTL)
-    pack = _Pack(Item, source, offsets)  # type: ignore[arg-type]
+    pack = Pack(Item, source, offsets)  # type: ignore[arg-type]
 
     def handler(msg: Any) -> Any:
         taken.append(msg.data)
@@ -89,7 +89,7 @@ async def fast(
         if pack.next >= pack.size:
             break
         try:
-            results.append(await Stream._drain_pack(None, attempt, pack, handler))  # type: ignore[arg-type]
+            results.append(await drain_pack(attempt, pack, handler))  # type: ignore[arg-type]
         except Boom:
             results.append("raised")
         results.append((pack.next, m.delivered_seq, m.delivered_bytes, m.resume_point()))

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from natstream._fastclient import (
-    _FastParser,
+from natstream._protocol import _frames
+from natstream._protocol._frames import (
     encode_headers,
     hpub_prefix,
     hpub_seq_command,
     parse_headers,
 )
+from natstream._transport._parser import FastParser
 
 MUX_SID = 7  # the sid the fake client dispatches synchronously
 
@@ -107,14 +108,14 @@ async def test_same_events_as_nats_py_however_the_bytes_are_cut(
     data = b"".join(ops)
     theirs, ours = FakeClient(), FakeClient()
     await feed(Parser(theirs), [data])
-    await feed(_FastParser(ours), cut(data, points))  # type: ignore[arg-type]
+    await feed(FastParser(ours), cut(data, points))  # type: ignore[arg-type]
     assert ours.events == theirs.events
     assert len(ours.events) == len(ops) - sum(op == b"+OK\r\n" for op in ops)
 
 
 async def test_a_partial_message_waits_for_the_rest() -> None:
     client = FakeClient()
-    parser = _FastParser(client)  # type: ignore[arg-type]
+    parser = FastParser(client)  # type: ignore[arg-type]
     await parser.parse(b"MSG a.b 7 5\r\nhel")
     assert client.events == []
     await parser.parse(b"lo\r\nPI")
@@ -125,36 +126,32 @@ async def test_a_partial_message_waits_for_the_rest() -> None:
 
 
 def test_recurring_header_blocks_are_parsed_once_and_each_caller_gets_a_copy() -> None:
-    from natstream import _fastclient
-
     block = b"NATS/1.0\r\nNs-End: 1\r\nNs-Seq: 42\r\n\r\n"
     first = parse_headers(block)
     assert first == {"Ns-End": "1", "Ns-Seq": "42"}
-    assert block in _fastclient._parsed
+    assert block in _frames._parsed
     first["Ns-Seq"] = "changed"  # a caller may change its message's headers
     assert parse_headers(block) == {"Ns-End": "1", "Ns-Seq": "42"}
     assert parse_headers(block) is not parse_headers(block)
     long = b"NATS/1.0\r\nX: " + b"v" * 200 + b"\r\n\r\n"  # too long to remember
     assert parse_headers(long) == {"X": "v" * 200}
-    assert long not in _fastclient._parsed
-    for i in range(2 * _fastclient._PARSED_MAX):
+    assert long not in _frames._parsed
+    for i in range(2 * _frames._PARSED_MAX):
         parse_headers(b"NATS/1.0\r\nN: %d\r\n\r\n" % i)
-    assert len(_fastclient._parsed) <= _fastclient._PARSED_MAX
+    assert len(_frames._parsed) <= _frames._PARSED_MAX
 
 
 def test_header_lines_are_checked_and_encoded_once() -> None:
-    from natstream import _fastclient
-
     headers = {"Ns-V": "1", "Ns-Pack": "1"}
     block = encode_headers(headers)
     assert block == b"NATS/1.0\r\nNs-V: 1\r\nNs-Pack: 1\r\n\r\n"
-    assert ("Ns-V", "1") in _fastclient._encoded
+    assert ("Ns-V", "1") in _frames._encoded
     assert encode_headers(headers) == block
     assert encode_headers({"Ns-V": "1", "Bad Name": "x"}) is None  # still checked
     assert encode_headers({"Ns-V": "1", "X": "a\r\nb"}) is None
-    for i in range(2 * _fastclient._ENCODED_MAX):
+    for i in range(2 * _frames._ENCODED_MAX):
         encode_headers({"N": str(i)})
-    assert len(_fastclient._encoded) <= _fastclient._ENCODED_MAX
+    assert len(_frames._encoded) <= _frames._ENCODED_MAX
 
 
 async def test_a_woken_consumer_runs_before_the_rest_of_the_read() -> None:
@@ -162,7 +159,7 @@ async def test_a_woken_consumer_runs_before_the_rest_of_the_read() -> None:
     waiting task before the parser handles the messages behind it in the same read."""
     client = FakeClient()
     client.wakes = {b"first"}
-    parser = _FastParser(client)  # type: ignore[arg-type]
+    parser = FastParser(client)  # type: ignore[arg-type]
     # Ready before the parse starts: runs when (and only if) the parser yields.
     asyncio.get_running_loop().call_soon(client.events.append, ("other",))
     await parser.parse(b"MSG i.1 %d 5\r\nfirst\r\nMSG i.1 %d 3\r\nend\r\n" % (MUX_SID, MUX_SID))
@@ -187,21 +184,21 @@ async def test_a_woken_consumer_runs_before_the_rest_of_the_read() -> None:
 )
 async def test_malformed_input_is_a_protocol_error(line: bytes) -> None:
     with pytest.raises(ProtocolError):
-        await _FastParser(FakeClient()).parse(line)  # type: ignore[arg-type]
+        await FastParser(FakeClient()).parse(line)  # type: ignore[arg-type]
 
 
 async def test_a_reset_during_a_callback_drops_the_rest() -> None:
     """nats-py resets the parser when it reconnects; what was buffered is not replayed."""
 
     class Resetting(FakeClient):
-        parser: _FastParser
+        parser: FastParser
 
         async def _process_ping(self) -> None:
             await super()._process_ping()
             self.parser.reset()
 
     client = Resetting()
-    client.parser = _FastParser(client)  # type: ignore[arg-type]
+    client.parser = FastParser(client)  # type: ignore[arg-type]
     await client.parser.parse(b"PING\r\nMSG a 1 1\r\nx\r\nMSG a 1 2\r\nx")
     assert client.events == [("ping",)]
     assert not client.parser.buf
@@ -217,7 +214,7 @@ async def test_the_data_command_is_a_valid_hpub(seq: int, reply: str) -> None:
     assert (op, subject) == (b"HPUB", b"a.b")
     client = FakeClient()
     delivered = b"HMSG a.b %d %s\r\n%s" % (MUX_SID, b" ".join(fields), rest)
-    await _FastParser(client).parse(delivered)  # type: ignore[arg-type]
+    await FastParser(client).parse(delivered)  # type: ignore[arg-type]
     [(_, _, _, got_reply, data, headers)] = client.events
     assert (got_reply, data) == (reply.encode(), b"payload")
     assert parse_headers(headers) == {"Ns-Seq": str(seq)}
@@ -230,9 +227,9 @@ async def test_the_data_command_is_a_valid_hpub(seq: int, reply: str) -> None:
 def test_header_lines_read_as_nats_py_reads_them(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from natstream._fastclient import _parse_header_lines
+    from natstream._protocol._frames import parse_header_lines
 
-    assert _parse_header_lines(raw) == Client._parse_header_lines(raw)
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
 
 
 names = st.text(alphabet="abcXYZ-_.019!#", min_size=1, max_size=12)

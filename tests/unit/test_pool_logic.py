@@ -13,17 +13,15 @@ import pytest
 
 from natstream import Config, Pool
 from natstream._backoff import LIFETIME_JITTER, backoff_delay, lifetime_deadline
-from natstream._pool import (
+from natstream._pool._model import (
     ConnState,
-    Outcome,
     PoolState,
     RetireReason,
-    _Slot,
-    attempt_outcome,
+    Slot,
     pick_least_loaded,
     retirement_due,
 )
-from natstream._protocol import RequesterState
+from natstream._protocol import Outcome, RequesterState, attempt_outcome
 
 LOW = lambda: 0.0  # noqa: E731 - the smallest jitter draw
 HIGH = lambda: 1.0 - 1e-12  # noqa: E731 - the largest
@@ -191,24 +189,24 @@ async def test_a_broken_slot_retries_with_growing_backoff(
     )
     pool = Pool(config)
     pool._state = PoolState.OPEN
-    pool._rand = lambda: 0.0  # the lowest jitter: each wait is half its nominal delay
+    pool._conns.rand = lambda: 0.0  # the lowest jitter: each wait is half its nominal delay
     server = pool._servers[0]
-    slot = _Slot(server, 0)
+    slot = Slot(server, 0)
     server.slots.append(slot)
     events: list[object] = []
 
     async def fake_sleep(delay: float) -> None:
         events.append(round(delay, 6))
 
-    async def fake_connect(s: _Slot) -> None:
+    async def fake_connect(s: Slot) -> None:
         events.append("connect")
         if events.count("connect") < 5:
             raise OSError("connection refused")
         s.conn = _FakeConn()  # type: ignore[assignment]
 
-    monkeypatch.setattr(pool, "_connect_slot", fake_connect)
-    monkeypatch.setattr("natstream._pool.asyncio.sleep", fake_sleep)
-    await pool._fill(slot, wait_first=True)
+    monkeypatch.setattr(pool._conns, "connect_slot", fake_connect)
+    monkeypatch.setattr("natstream._pool._connections.asyncio.sleep", fake_sleep)
+    await pool._conns.fill(slot, wait_first=True)
     assert events == [
         0.005, "connect",  # the server just dropped us: wait the base delay first
         0.01, "connect",
@@ -223,10 +221,10 @@ async def test_a_broken_slot_retries_with_growing_backoff(
 async def test_a_slot_refill_stops_when_the_pool_closes(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = Pool(Config(["nats://127.0.0.1:1"], idle_per_server=1))
     pool._state = PoolState.OPEN
-    slot = _Slot(pool._servers[0], 0)
+    slot = Slot(pool._servers[0], 0)
     attempts = 0
 
-    async def failing_connect(s: _Slot) -> None:
+    async def failing_connect(s: Slot) -> None:
         nonlocal attempts
         attempts += 1
         pool._state = PoolState.CLOSING
@@ -235,7 +233,7 @@ async def test_a_slot_refill_stops_when_the_pool_closes(monkeypatch: pytest.Monk
     async def no_sleep(delay: float) -> None:
         return None
 
-    monkeypatch.setattr(pool, "_connect_slot", failing_connect)
-    monkeypatch.setattr("natstream._pool.asyncio.sleep", no_sleep)
-    await pool._fill(slot, wait_first=False)
+    monkeypatch.setattr(pool._conns, "connect_slot", failing_connect)
+    monkeypatch.setattr("natstream._pool._connections.asyncio.sleep", no_sleep)
+    await pool._conns.fill(slot, wait_first=False)
     assert attempts == 1

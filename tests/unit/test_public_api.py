@@ -134,7 +134,7 @@ def test_subscribe_subject_validation(subject: str) -> None:
 
 
 def test_safe_server_strips_credentials() -> None:
-    from natstream._connection import safe_server
+    from natstream._transport import safe_server
 
     assert safe_server("nats://user:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert safe_server("127.0.0.1:4222") == "127.0.0.1:4222"

@@ -123,7 +123,7 @@ async def _raw(url: str, request: bytes, every: int, pause: float, limit: int) -
     import nats
     from nats.aio.msg import Msg
 
-    from natstream._connection import subscribe_live
+    from natstream._transport import subscribe_live
 
     nc = await nats.connect(url)
     count = 0

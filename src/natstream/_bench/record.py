@@ -31,8 +31,8 @@ import nats
 from nats.aio.msg import Msg
 
 from natstream import Subscriber
-from natstream._connection import subscribe_live
-from natstream._recorder import default_formatter
+from natstream._recording import default_formatter
+from natstream._transport import subscribe_live
 from natstream._writers import HourlyFileWriter
 from natstream.server import NatsServer
 

@@ -37,7 +37,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from natstream import Config, Pool
-from natstream._connection import subscribe_live
+from natstream._transport import subscribe_live
 from natstream.server import NatsServer, free_port
 
 from ._proc import CpuMeter, Responder, loop_name, percentile, run_loop

@@ -2,10 +2,12 @@
 
 The requester and responder machines take events (a reply arrived, a control
 message arrived, the consumer took a message, a timer fired) with the current time
-and answer what to do. ``natstream._requester`` and ``natstream._subscriber`` drive
-them over nats-py. The wire format is described in ``docs/protocol.md``.
+and answer what to do. ``natstream._requester`` and ``natstream._responder`` drive
+them over a transport link. ``_frames`` spells the NATS framing natstream writes
+and recognises. The wire format is described in ``docs/protocol.md``.
 """
 
+from ._outcome import Outcome, attempt_outcome
 from ._requester import Reply, RequesterMachine, RequesterState, TimerAction, cancel_headers
 from ._responder import Control, ResponderMachine, ResponderState, ResponderTimer
 from ._wire import (
@@ -14,6 +16,7 @@ from ._wire import (
     HeaderError,
     RequestOptions,
     Resume,
+    error_headers,
     parse_request_headers,
 )
 
@@ -22,6 +25,7 @@ __all__ = [
     "STREAM_ERROR_PREFIX",
     "Control",
     "HeaderError",
+    "Outcome",
     "Reply",
     "RequestOptions",
     "RequesterMachine",
@@ -31,6 +35,8 @@ __all__ = [
     "ResponderTimer",
     "Resume",
     "TimerAction",
+    "attempt_outcome",
     "cancel_headers",
+    "error_headers",
     "parse_request_headers",
 ]

@@ -28,11 +28,9 @@ from ._wire import (
     HDR_CONTROL,
     HDR_END,
     HDR_POS,
-    HDR_RETRYABLE,
     HDR_SEQ,
-    HDR_SERVICE_ERROR,
-    HDR_SERVICE_ERROR_CODE,
     RequestOptions,
+    error_headers,
     parse_ack,
 )
 
@@ -233,12 +231,7 @@ class ResponderMachine:
         self._last_tx = now
         if not self.v1:
             return None
-        return {
-            HDR_SEQ: str(self.sent_seq),
-            HDR_SERVICE_ERROR: message[:1024],
-            HDR_SERVICE_ERROR_CODE: str(code),
-            HDR_RETRYABLE: "1" if retryable else "0",
-        }
+        return error_headers(self.sent_seq, message, code, retryable)
 
     # ------------------------------------------------------------------ control
 

@@ -41,6 +41,7 @@ __all__ = [
     "HeaderError",
     "RequestOptions",
     "Resume",
+    "error_headers",
     "format_ack",
     "format_window",
     "pack_items",
@@ -203,6 +204,18 @@ def unpack_items(payload: bytes, count: int) -> list[bytes] | None:
     if unpacked is None:
         return None
     return [payload[a:b] for a, b in pairwise(unpacked[0])]
+
+
+def error_headers(seq: int, message: str, code: int, retryable: bool) -> dict[str, str]:
+    """Headers of an error marker after ``seq`` data messages. The NATS services
+    headers (ADR-32) carry the text and code, so standard NATS tooling reads them;
+    the text is cut to 1,024 characters."""
+    return {
+        HDR_SEQ: str(seq),
+        HDR_SERVICE_ERROR: message[:1024],
+        HDR_SERVICE_ERROR_CODE: str(code),
+        HDR_RETRYABLE: "1" if retryable else "0",
+    }
 
 
 def parse_resume(value: str | None) -> Resume | None:

@@ -1,4 +1,5 @@
-"""Thin helpers over nats-py connections shared by the pool and the subscriber."""
+"""Opening a connection: TLS downgrade refusal, bounded first connects, and the
+translation of connect failures into reasons that never hold credentials."""
 
 from __future__ import annotations
 
@@ -6,30 +7,21 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from ._errors import ConnectionLostError, NatstreamError, PayloadTooLargeError
-from ._fastclient import FastClient, kick_flusher
+from .._errors import ConfigError, NatstreamError
+from ._client import FastClient
+from ._compat import fast_paths, missing_tls_check_names
+from ._link import Link, PlainLink
 
-__all__ = [
-    "connect",
-    "is_rejection",
-    "publish",
-    "safe_server",
-    "subscribe_live",
-    "translate_connect_error",
-]
+__all__ = ["connect", "is_rejection", "safe_server", "translate_connect_error"]
 
 log = logging.getLogger("natstream")
 
-_LIVE_TIMEOUT = 5.0  # seconds allowed for a new subscription to reach the server
-HEADER_ALLOWANCE = 256  # bytes kept free under max_payload for our headers
 _DISCARD_TIMEOUT = 0.5  # seconds allowed to close a connection whose connect failed
 
 Callback = Callable[[], Awaitable[None]]
@@ -87,8 +79,11 @@ async def connect(
     reconnected_cb: Callback | None = None,
     lame_duck_cb: Callback | None = None,
     error_counter: Callable[[Exception], None] | None = None,
-) -> Client:
-    """Open a nats-py connection; errors are logged without credentials.
+) -> Link:
+    """Open a connection; errors are logged without credentials.
+
+    The link is a :class:`FastClient` unless the fast paths are off
+    (:func:`~._compat.fast_paths`), then a :class:`PlainLink` over nats-py's client.
 
     A rejection that retrying cannot fix (wrong credentials, an untrusted or missing
     certificate, a server that does not offer the TLS asked for, an unreadable
@@ -141,8 +136,15 @@ async def connect(
         kwargs["lame_duck_mode_cb"] = lame_duck_cb
     if not allow_reconnect:
         kwargs["dont_randomize"] = True
-    nc = FastClient()
+    nc: Client = FastClient() if fast_paths() else Client()
     if _wants_tls(servers, options):
+        missing = missing_tls_check_names()
+        if missing:
+            raise ConfigError(
+                "TLS was asked for, but the installed nats-py lacks "
+                f"{', '.join(missing)}, which natstream needs to make sure credentials "
+                "never go out in plaintext; install a nats-py version natstream supports"
+            )
         _refuse_plaintext(nc)
     # With reconnect on, nats-py retries the first connect forever: bound it here.
     first_connect = float(options.get("connect_timeout", 2.0)) * 2 * len(servers) + 1.0
@@ -163,7 +165,7 @@ async def connect(
     finally:
         first_connect_done = True
         gave_up.cancel()
-    return nc
+    return nc if isinstance(nc, FastClient) else PlainLink(nc)
 
 
 async def _discard(nc: Client) -> None:
@@ -175,133 +177,6 @@ async def _discard(nc: Client) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(_DISCARD_TIMEOUT):
             await nc.close()
-
-
-async def subscribe_live(
-    nc: Client,
-    subject: str,
-    cb: Callable[[Msg], Awaitable[None]],
-    *,
-    queue: str = "",
-    pending_msgs_limit: int = 512 * 1024,
-    pending_bytes_limit: int = 128 * 1024 * 1024,
-    direct: Callable[[Msg], None] | None = None,
-) -> Subscription:
-    """Subscribe and return once the server has registered the subscription.
-
-    ``direct``: on a natstream connection, messages go to this quick, non-blocking
-    function straight from the protocol parser instead of to ``cb`` through nats-py's
-    queue and task (:meth:`FastClient.set_direct`); ``cb`` still serves any other
-    connection.
-
-    nats-py writes PING straight to the socket, ahead of commands still queued for
-    its flusher, so ``flush()`` right after ``subscribe()`` can return before the
-    server has seen the SUB. Waiting for the queue to drain first puts the PING
-    behind the SUB; the PONG then proves the SUB was processed.
-    """
-    sub = await nc.subscribe(
-        subject,
-        queue=queue,
-        cb=cb,
-        pending_msgs_limit=pending_msgs_limit,
-        pending_bytes_limit=pending_bytes_limit,
-    )
-    if direct is not None and isinstance(nc, FastClient):
-        nc.set_direct(sub._id, direct)
-    try:
-        await flush_ordered(nc)
-    except BaseException:
-        await _quiet_unsubscribe(sub)
-        raise
-    return sub
-
-
-async def flush_ordered(nc: Client) -> None:
-    """A round trip to the server that proves everything sent before it arrived.
-
-    nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands
-    still queued for its flusher task, so it can return before earlier publishes or
-    subscriptions reach the server. Waiting for that queue to drain first puts the
-    PING behind them.
-
-    Raises:
-        TimeoutError: no answer within 5 seconds.
-    """
-    async with asyncio.timeout(_LIVE_TIMEOUT):
-        # nats-py offers no event for "flusher wrote everything": poll, bounded above.
-        while nc.pending_data_size > 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
-        await nc.flush(timeout=int(_LIVE_TIMEOUT))
-
-
-async def drain_subscription(nc: Client, sub: Subscription) -> None:
-    """Stop a subscription without losing what the server already routed to it.
-
-    ``Subscription.drain()`` has the flush-ordering flaw described in
-    :func:`flush_ordered`: its PING can overtake its UNSUB, so messages the server
-    sends between the PONG and the UNSUB are dropped. Sending the UNSUB ourselves and
-    making an ordered round trip first closes that window; ``drain()`` then waits for
-    the callback to process everything received.
-    """
-    await nc._send_unsubscribe(sub._id)
-    await flush_ordered(nc)
-    await sub.drain()  # type: ignore[no-untyped-call]
-
-
-async def _quiet_unsubscribe(sub: Subscription) -> None:
-    try:
-        await sub.unsubscribe()
-    except Exception:  # the connection may be gone; nothing left to undo then
-        log.debug("unsubscribe failed", exc_info=True)
-
-
-@contextlib.contextmanager
-def _publish_errors(nc: Client, subject: str, payload: bytes) -> Iterator[None]:
-    """Translate nats-py's publish errors into natstream's (chained)."""
-    try:
-        yield
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
-    except (
-        nats.errors.ConnectionClosedError,
-        nats.errors.ConnectionDrainingError,
-        nats.errors.OutboundBufferLimitError,
-        OSError,  # from the socket, when nats-py writes inline (its flusher is gone)
-    ) as exc:
-        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
-
-
-async def publish(
-    nc: Client,
-    subject: str,
-    payload: bytes,
-    *,
-    reply: str = "",
-    headers: dict[str, str] | None = None,
-    now: bool = False,
-) -> None:
-    """Publish, translating nats-py's errors into natstream's.
-
-    ``now`` writes the message to the socket before returning when it can
-    (:meth:`FastClient.write_now`), instead of at the flusher's next turn.
-
-    Raises:
-        PayloadTooLargeError: payload plus headers exceed the server's max_payload.
-        ConnectionLostError: the connection is closed or draining.
-    """
-    with _publish_errors(nc, subject, payload):
-        if isinstance(nc, FastClient) and nc.queue_publish(subject, reply, payload, headers):
-            if not (now and nc.write_now()):
-                await kick_flusher(nc)
-        else:
-            await nc.publish(subject, payload, reply=reply, headers=headers)
-
-
-def check_payload(nc: Client, payload: bytes) -> None:
-    """Raise :class:`PayloadTooLargeError` when ``payload`` cannot be sent on ``nc``."""
-    limit = nc.max_payload - HEADER_ALLOWANCE
-    if len(payload) > limit:
-        raise PayloadTooLargeError(len(payload), limit)
 
 
 _AUTH_FAILED = "authorization violation: the server rejected the credentials"

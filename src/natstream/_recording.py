@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._connection import drain_subscription, log
+from ._transport import drain_subscription
 
 __all__ = ["Recording", "RecordingStats", "default_formatter"]
+
+log = logging.getLogger("natstream")
 
 Formatter = Callable[[Msg], bytes]
 
@@ -93,6 +97,7 @@ class Recording:
         self.formatter = formatter
         self._write = writer.write
         self._sub: Subscription | None = None
+        self._nc: Client | None = None
         self.messages = 0
         self.bytes = 0
         self.dropped = 0
@@ -159,9 +164,9 @@ class Recording:
             the writer's error if writing or flushing failed.
         """
         sub, self._sub = self._sub, None
-        if sub is not None:
+        if sub is not None and self._nc is not None:
             try:
-                await drain_subscription(sub._conn, sub)
+                await drain_subscription(self._nc, sub)
             except Exception:
                 log.debug("draining the recorder's subscription failed", exc_info=True)
         self._done.set()

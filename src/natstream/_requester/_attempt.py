@@ -1,0 +1,338 @@
+"""One request sent and the replies it draws, until a terminal state.
+
+The attempt takes a fresh inbox on its lease's connection, sends the request, and
+classifies every reply through its :class:`RequesterMachine`: data goes to a buffer
+(bounded by the flow-control window), markers end it, heartbeats and foreign
+responders are dealt with here. Handing replies to the caller's handler is
+:mod:`._delivery`'s job; retrying is :mod:`._session`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .._errors import ConnectionLostError, ProtocolViolationError
+from .._protocol import (
+    Outcome,
+    Reply,
+    RequesterMachine,
+    attempt_outcome,
+    cancel_headers,
+)
+from .._protocol._frames import lone_seq
+from .._timer import LazyTimer
+from .._transport import check_payload, publish
+from ._delivery import Pack, call_direct
+from ._lease import Lease
+
+__all__ = ["Attempt"]
+
+log = logging.getLogger("natstream")
+
+# A peer without flow control can outrun us: past these we fail loudly instead of
+# growing without bound (nats-py's own per-subscription defaults).
+_PLAIN_MAX_BUFFERED = 512 * 1024
+
+_new = object.__new__
+
+
+class Attempt:
+    """One request sent on a lease's connection and the replies it draws.
+
+    Attributes:
+        buffer: data replies not yet taken by the consumer (messages, or
+            :class:`~._delivery.Pack` entries for packed ones), in order.
+        marker: the end or error marker, once received.
+        direct, direct_task, held: see :func:`~._delivery.call_direct`.
+    """
+
+    def __init__(
+        self,
+        lease: Lease,
+        subject: str,
+        machine: RequesterMachine,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.lease = lease
+        self.link = lease.link
+        self.subject = subject
+        self.machine = machine
+        self.loop = loop
+        self.buffer: deque[Msg | Pack] = deque()
+        self.marker: Msg | None = None
+        self._token: bytes | None = None  # of our inbox on the connection
+        self.inbox = ""
+        # The bound responder's control subject, once known (the fast path compares bytes).
+        self._control: bytes | None = None
+        self._control_str = ""
+        self._item_type: type[Msg] = self.link.item_type  # header-less messages
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer = LazyTimer(self.loop, self._on_timer)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # While the consumer waits (see _delivery): the sync handler that in-order
+        # replies go to straight from _on_raw, and the caller's task (the current task
+        # during such a call). The outcome of a call the consumer must finish:
+        # (message, result, exception raised).
+        self.direct: Callable[[Msg], object] | None = None
+        self.direct_task: asyncio.Task[Any] | None = None
+        self.held: tuple[Msg, object, BaseException | None] | None = None
+        self._deferred_soon = False  # a deferred_ack check is scheduled
+        lease.on_lost = self.connection_lost
+
+    async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
+        """Take a fresh inbox on the connection; send the request."""
+        link = self.link
+        check_payload(link.nc, data)
+        inbox, self._token = await link.stream_inbox(self._on_raw, self._on_msg)
+        self.inbox = inbox
+        headers = dict(user_headers) if user_headers else {}
+        headers.update(self.machine.request_headers(self.loop.time()))
+        await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
+        self._arm()
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """A reply straight from the parser (fast link): build the message, handle it.
+
+        Data from the bound responder with a lone ``Ns-Seq`` header, in order and
+        within the window, takes a short path (:meth:`RequesterMachine.on_data`) and
+        becomes a message without headers, as packed items do; it goes to the direct
+        handler when the consumer waits with one set.
+        """
+        if headers is not None and reply == self._control:
+            seq = lone_seq(headers)
+            if seq and self.machine.on_data(now := self.loop.time(), seq, len(data)):
+                msg = _new(self._item_type)
+                msg.data = data
+                msg.subject = self.inbox
+                msg.reply = self._control_str
+                lease = self.lease
+                lease.replies += 1
+                lease.bytes += len(data)
+                w = self._waiter
+                if w is not None:
+                    # A waiting consumer has an empty queue: nothing is ahead of this.
+                    if self.direct is not None and not w.done():
+                        call_direct(self, msg, now)
+                        return False
+                    self._waiter = None  # _wake, inlined: once per burst
+                    if not w.done():
+                        w.set_result(None)
+                self.buffer.append(msg)
+                if not self._timer.armed:
+                    self._arm()
+                return False
+        return self._handle(self.link.message(subject, reply, data, headers))
+
+    def _on_msg(self, msg: Msg) -> None:
+        """A reply from nats-py's subscription task (plain link)."""
+        self._handle(msg)
+
+    def _handle(self, msg: Msg) -> bool:
+        """Classify a reply and queue what the consumer gets; True when it woke the
+        consumer for the stream's first reply (the parser then lets it run first)."""
+        m = self.machine
+        lease = self.lease
+        first = lease.replies == 0 and self.marker is None
+        verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
+        if self._control is None and m.control_subject is not None:
+            self._control_str = m.control_subject
+            self._control = m.control_subject.encode()
+        if verdict is Reply.DELIVER:
+            offsets = m.pack_offsets
+            if offsets is None:
+                self.buffer.append(msg)
+                lease.replies += 1
+                lease.bytes += len(msg.data)
+            else:
+                m.pack_offsets = None
+                count = len(offsets) - 1
+                self.buffer.append(Pack(self._item_type, msg, offsets))
+                lease.replies += count
+                lease.bytes += len(msg.data) - 4 * count
+            if len(self.buffer) > _PLAIN_MAX_BUFFERED:
+                m.on_connection_lost(
+                    ProtocolViolationError(
+                        f"more than {_PLAIN_MAX_BUFFERED} replies buffered from a responder "
+                        "without flow control; the consumer is too slow",
+                        retryable=False,
+                    )
+                )
+        elif verdict is Reply.DROP:
+            self._arm()  # a heartbeat or the first reply may bring a deadline forward
+            return False
+        elif verdict is Reply.CANCEL_FOREIGN:
+            self._spawn(self._send(msg.reply, cancel_headers()), "cancel-foreign")
+            return False
+        elif verdict is Reply.END or verdict is Reply.ERROR:
+            self.marker = msg
+        woke = self._waiter is not None
+        self._wake()
+        if lease.replies == 1 or not self._timer.armed or verdict is not Reply.DELIVER:
+            self._arm()
+        return first and woke
+
+    def connection_lost(self) -> None:
+        """The lease's connection broke (the source says so)."""
+        self.machine.on_connection_lost(
+            ConnectionLostError(f"connection to {self.lease.where} lost mid-stream")
+        )
+        self._wake()
+
+    # ------------------------------------------------------------ consumer
+
+    async def wait(self) -> None:
+        """Until a reply is queued, a direct call's outcome is held, or the attempt is over.
+
+        Cancellation: the waiting is abandoned; the attempt stays usable.
+        """
+        m = self.machine
+        while not self.buffer and self.held is None and not m.terminal:
+            w = self._waiter = self.loop.create_future()
+            m.consumer_waiting(self.loop.time())
+            self._arm()
+            await w
+
+    async def wait_direct(self, call: Callable[[Msg], object]) -> None:
+        """:meth:`wait`, handing in-order data replies to ``call`` (the sync handler in
+        the caller's context) as they arrive meanwhile, with this task current."""
+        self.direct = call
+        self.direct_task = asyncio.current_task()
+        try:
+            await self.wait()
+        finally:
+            self.direct = None
+
+    async def next_data(self) -> Msg | None:
+        """The next data reply; None once the attempt is over and its data consumed.
+
+        Cancellation: the waiting is abandoned; the attempt stays usable.
+        """
+        buf = self.buffer
+        if not buf:
+            await self.wait()
+            if not buf:
+                return None
+        self.machine.consumer_busy()
+        entry = buf[0]
+        if type(entry) is Pack:
+            msg = entry.take()
+            if entry.next == entry.size:
+                buf.popleft()
+            return msg
+        return buf.popleft()  # type: ignore[return-value]
+
+    def delivered(self, msg: Msg) -> None:
+        """The consumer accepted ``msg``: count it and ack when credit runs low."""
+        ack = self.machine.on_delivered(msg.headers, len(msg.data))
+        if ack is not None:
+            self.send_ack(ack)
+
+    def send_ack(self, ack: dict[str, str], now: float | None = None) -> None:
+        """Queue ``ack`` without awaiting (an ack is small: no back-pressure to wait
+        for); ``now``: loop time, if the caller has it."""
+        m = self.machine
+        subject = m.control_subject
+        if subject is None:
+            return
+        m.mark_sent(self.loop.time() if now is None else now)
+        link = self.link
+        if link.queue_publish(subject, "", b"", ack):
+            link.kick_soon()
+        else:  # nats-py must take it (e.g. reconnecting, or a plain link)
+            self._spawn(self._send(subject, ack), "ack")
+
+    def defer_ack_check(self) -> None:
+        """After a direct call left an ack deferred: send it once this read is parsed."""
+        if not self._deferred_soon:
+            self._deferred_soon = True
+            self.loop.call_soon(self._deferred_ack)
+
+    def _deferred_ack(self) -> None:
+        self._deferred_soon = False
+        ack = self.machine.deferred_ack()
+        if ack is not None:
+            self.send_ack(ack)
+
+    def rearm(self) -> None:
+        """Arm the timer if nothing is armed (after a reply taken outside the buffer)."""
+        if not self._timer.armed:
+            self._arm()
+
+    def wake(self) -> None:
+        """Wake the waiting consumer (a direct call left something for it)."""
+        self._wake()
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self) -> None:
+        self._timer.arm(self.machine.next_deadline())
+
+    def _on_timer(self) -> None:
+        m = self.machine
+        action = m.on_timer(self.loop.time())
+        if action.control is not None and m.control_subject is not None:
+            self._spawn(self._send(m.control_subject, action.control), "heartbeat")
+        if action.fail:
+            self._wake()
+        self._arm()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    # ------------------------------------------------------------ sending
+
+    def _spawn(self, coro: Awaitable[None], what: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(f"natstream-request-{what}-{self.subject}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, subject: str, headers: dict[str, str]) -> None:
+        try:
+            await publish(self.link, subject, b"", headers=headers)
+        except ConnectionLostError:
+            log.debug("control message to %s not sent: connection lost", subject)
+
+    async def close(self, *, ok: bool = False) -> None:
+        """End the attempt: give the lease back with its outcome (``ok``: it ended at
+        the end marker), tell the responder when it is not finished, drop the inbox,
+        stop the attempt's tasks.
+
+        Safe to call more than once and during cancellation.
+        """
+        m = self.machine
+        if not self.lease.released:
+            outcome = (
+                Outcome.COMPLETED
+                if ok
+                else attempt_outcome(m.state, deadline=m.deadline, now=self.loop.time())
+            )
+            self.lease.release(outcome)
+        self._timer.cancel()
+        cancel = m.cancel()
+        if cancel is not None and m.control_subject is not None:
+            await self._send(m.control_subject, cancel)
+        token, self._token = self._token, None
+        if token is not None:
+            self.link.drop_inbox(token)
+        held, self.held = self.held, None
+        if held is not None and inspect.iscoroutine(held[1]):
+            held[1].close()  # a direct call's result the consumer never got to await
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

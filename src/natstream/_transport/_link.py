@@ -1,0 +1,185 @@
+"""``Link``: what natstream's drivers use of one NATS connection, and ``PlainLink``,
+the same over nats-py's public API alone.
+
+A link is either a :class:`~._client.FastClient` (the fast paths) or a
+:class:`PlainLink` around nats-py's own ``Client`` (when the fast paths are off, see
+:mod:`._compat`). Drivers hold a link, never a private name of nats-py; what they
+need of nats-py's public client (``subscribe``, ``rtt``, ``stats``...) is ``link.nc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ._client import MsgHandler, RawHandler, light_msg_type
+
+__all__ = ["Link", "PlainLink"]
+
+log = logging.getLogger("natstream")
+
+
+class Link(Protocol):
+    """One connection, as the drivers see it.
+
+    Attributes:
+        nc: nats-py's client, for its public API.
+        fast: whether this link has the fast paths (then it is the client itself).
+        item_type: a light ``Msg`` class for header-less replies of this connection.
+        yield_soon: set by a raw handler's True result; the parser yields once.
+    """
+
+    fast: bool
+    item_type: type[Msg]
+    yield_soon: bool
+
+    @property
+    def nc(self) -> Client: ...
+
+    async def stream_inbox(self, on_raw: RawHandler, on_msg: MsgHandler) -> tuple[str, bytes]:
+        """A fresh reply subject: its messages go to ``on_raw`` straight from the parser
+        (fast) or to ``on_msg`` from nats-py's subscription task (plain). Handlers
+        must be quick; an exception they raise is logged and the message dropped.
+        Returns the subject and a token for :meth:`drop_inbox`."""
+        ...
+
+    def drop_inbox(self, token: bytes) -> None:
+        """Stop delivering to a :meth:`stream_inbox`; later messages are dropped."""
+        ...
+
+    def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
+        """Hand ``sub``'s messages to ``handler`` straight from the parser, in order,
+        instead of nats-py's queue and callback (no pending limits: ``handler`` must
+        be quick). Does nothing on a plain link: ``sub``'s own callback serves."""
+        ...
+
+    def message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
+        """A ``Msg`` from raw parts (fast links only call raw handlers)."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether commands may be queued directly now (:meth:`queue_seq`); always
+        False on a plain link."""
+        ...
+
+    def pending_size(self) -> int:
+        """Bytes waiting for the socket."""
+        ...
+
+    def flusher_idle(self) -> bool:
+        """Whether the flusher has no wake-up pending (a kick is needed)."""
+        ...
+
+    def queue_publish(
+        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
+    ) -> bool:
+        """Queue a publish without awaiting; the caller then kicks the flusher
+        (:meth:`kick`, :meth:`kick_soon`) or writes at once (:meth:`write_now`).
+        ``subject`` and ``reply`` must be valid. False, having done nothing, when
+        nats-py's ``publish`` must take it: not connected, payload over
+        max_payload, headers it must encode, or a plain link."""
+        ...
+
+    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> None:
+        """Queue a data message whose only header is ``Ns-Seq`` (``prefix`` from
+        :func:`~natstream._protocol._frames.hpub_prefix`). Only after :meth:`ready`."""
+        ...
+
+    def write_now(self) -> bool:
+        """Write the queued commands to the socket from this call, instead of at the
+        flusher's next turn (a stream's request). False, having done nothing, when
+        the flusher must take them: not connected, not TCP (nats-py's WebSocket
+        transport sends only when drained), or something already waiting for the
+        socket (the flusher's back-pressure)."""
+        ...
+
+    def kick_soon(self) -> None:
+        """Wake the flusher from sync code, without waiting for a full buffer to
+        drain (callers bound what they queue between awaits)."""
+        ...
+
+    async def kick(self) -> None:
+        """Wake the flusher, or wait for it when the pending buffer is over nats-py's
+        limit (as its ``publish`` does)."""
+        ...
+
+
+class PlainLink:
+    """A :class:`Link` over nats-py's public API: no fast parser, publishes through
+    ``Client.publish``. Stream inboxes share one wildcard subscription whose callback
+    dispatches by token, as the fast client's parser does."""
+
+    fast = False
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.item_type = light_msg_type(nc)
+        self.yield_soon = False
+        self._mux: dict[str, MsgHandler] = {}
+        self._mux_prefix = ""
+        self._mux_lock = asyncio.Lock()
+
+    @property
+    def nc(self) -> Client:
+        return self._nc
+
+    async def stream_inbox(self, on_raw: RawHandler, on_msg: MsgHandler) -> tuple[str, bytes]:
+        if not self._mux_prefix:
+            async with self._mux_lock:
+                if not self._mux_prefix:
+                    prefix = self._nc.new_inbox()
+                    await self._nc.subscribe(prefix + ".*", cb=self._on_inbox)
+                    self._mux_prefix = prefix + "."
+        token = secrets.token_hex(12)
+        self._mux[token] = on_msg
+        return self._mux_prefix + token, token.encode()
+
+    async def _on_inbox(self, msg: Msg) -> None:
+        handler = self._mux.get(msg.subject.rpartition(".")[2])
+        if handler is not None:
+            try:
+                handler(msg)
+            except Exception:
+                log.exception("a stream reply could not be handled; message dropped")
+
+    def drop_inbox(self, token: bytes) -> None:
+        self._mux.pop(token.decode(), None)
+
+    def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
+        return None
+
+    def message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
+        raise NotImplementedError("a plain link delivers Msg objects, not raw parts")
+
+    def ready(self) -> bool:
+        return False
+
+    def pending_size(self) -> int:
+        return self._nc.pending_data_size
+
+    def flusher_idle(self) -> bool:
+        return False
+
+    def queue_publish(
+        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
+    ) -> bool:
+        return False
+
+    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> None:
+        raise NotImplementedError("a plain link queues nothing itself; check ready() first")
+
+    def write_now(self) -> bool:
+        return False
+
+    def kick_soon(self) -> None:
+        return None
+
+    async def kick(self) -> None:
+        return None
