@@ -4,6 +4,7 @@ the process's local time zone for tests of local-time behaviour."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import os
 import time
@@ -12,9 +13,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from natstream import Config, Pool, StreamOptions, Subscriber
+from natstream._transport import fast_paths
 from natstream.server import NatsServer
 
 _counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the fast paths off (``NATSTREAM_NO_FAST_PATHS``), tests of the fast paths
+    themselves are skipped; every other test runs on nats-py's public API."""
+    if fast_paths():
+        return
+    skip = pytest.mark.skip(reason="tests the fast paths, which are off")
+    for item in items:
+        if "fast_paths" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -72,6 +85,15 @@ async def pool(server: NatsServer) -> AsyncIterator[Pool]:
     async with Pool(Config([server.url], idle_per_server=2, stream=FAST)) as p:
         yield p
     assert_no_natstream_tasks(streams=False)
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_behind(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After every async test, once its fixtures are torn down: no background task of
+    natstream's is still running (every object that started one was closed)."""
+    yield
+    if inspect.iscoroutinefunction(request.function):
+        assert_no_natstream_tasks()
 
 
 def assert_no_natstream_tasks(*, streams: bool = True) -> None:

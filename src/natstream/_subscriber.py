@@ -1215,7 +1215,7 @@ class Subscriber:
             link, self._link = self._link, None
             if link is not None:
                 try:
-                    await link.nc.close()
+                    await link.close()
                 except Exception:
                     log.debug("closing the subscriber's connection failed", exc_info=True)
             self._state = _State.CLOSED

@@ -471,6 +471,7 @@ async def test_a_stream_alone_may_have_the_whole_budget_which_is_configurable(
         Config([server.url], window_budget_messages=0)
 
 
+@pytest.mark.fast_paths
 async def test_a_timed_out_round_trip_does_not_stop_the_connection(server: NatsServer) -> None:
     """nats-py resolves a cancelled PING future when its PONG comes late, which ended
     its read loop: the connection looked connected and delivered nothing more."""
@@ -520,6 +521,7 @@ async def test_the_first_reply_sent_from_the_request_dispatch(
     assert calls == [0]
 
 
+@pytest.mark.fast_paths
 @pytest.mark.parametrize("first", [b"only", None])
 async def test_streams_finished_in_the_request_dispatch(
     subscriber: Subscriber,
@@ -587,6 +589,7 @@ async def test_a_more_flag_without_a_truth_value_fails_the_stream_not_the_subscr
     assert (stats.streams_active, stats.streams_failed) == (0, 3)
 
 
+@pytest.mark.fast_paths
 async def test_the_request_is_on_the_socket_when_the_stream_is_open(
     subscriber: Subscriber, pool: Pool, subject: str
 ) -> None:
@@ -599,6 +602,7 @@ async def test_the_request_is_on_the_socket_when_the_stream_is_open(
         assert [m.data async for m in s] == [b"x"]
 
 
+@pytest.mark.fast_paths
 async def test_write_now_leaves_to_the_flusher_what_it_must(
     server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

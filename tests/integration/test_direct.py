@@ -32,6 +32,8 @@ from natstream._requester import _delivery
 from natstream._transport import _tasks
 from natstream.server import NatsServer
 
+pytestmark = pytest.mark.fast_paths  # direct calls come from the fast parser
+
 # A small window: an ack every 32 replies, sent from the read loop on direct calls.
 SMALL = StreamOptions(window_messages=64, heartbeat=0.2)
 

@@ -268,6 +268,7 @@ async def test_sync_handler_returning_awaitables_and_stopping_inside_a_pack(
     assert attempt.machine.delivered_bytes == sum(map(len, expected[:1549]))
 
 
+@pytest.mark.fast_paths
 async def test_header_less_messages_are_full_msgs_of_one_class_per_connection(
     subscriber: Subscriber, server: NatsServer, subject: str
 ) -> None:

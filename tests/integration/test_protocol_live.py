@@ -339,6 +339,7 @@ async def test_resume_off_restarts_from_zero(
     ]
 
 
+@pytest.mark.fast_paths
 @pytest.mark.parametrize("left_in_queue", [0, 1])
 async def test_a_responder_whose_flusher_died_still_sends(
     subscriber: Subscriber, server: NatsServer, subject: str, left_in_queue: int

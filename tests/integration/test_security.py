@@ -1101,6 +1101,7 @@ async def still_serving(server: NatsServer, subject: str, target: str) -> AsyncI
         await sub.close()
 
 
+@pytest.mark.fast_paths
 @pytest.mark.parametrize("target", ["request subject", "control subject"])
 async def test_non_utf8_status_line_does_not_deafen_the_responder(
     server: NatsServer, target: str
@@ -1148,6 +1149,7 @@ async def test_absurd_resume_does_not_freeze_a_generator_responder(server: NatsS
         await proc.wait()
 
 
+@pytest.mark.fast_paths
 @pytest.mark.parametrize("target", ["request subject", "control subject"])
 async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
     server: NatsServer, target: str
@@ -1164,6 +1166,7 @@ async def test_a_non_utf8_reply_subject_does_not_deafen_the_responder(
             await writer.wait_closed()
 
 
+@pytest.mark.fast_paths
 async def test_a_non_utf8_reply_from_a_hostile_responder_does_not_deafen_the_requester(
     server: NatsServer,
 ) -> None:

@@ -18,12 +18,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from nats.aio.client import Client
-
 from .._backoff import backoff_delay, lifetime_deadline
 from .._config import Config
 from .._errors import ConnectionLostError
-from .._transport import connect, translate_connect_error
+from .._transport import Link, connect, translate_connect_error
 from ._model import (
     IN_ROTATION,
     OPEN_STATES,
@@ -235,7 +233,7 @@ class Connections:
             conn.state = ConnState.CLOSED
         if conn.nc.is_closed:
             return
-        task = asyncio.ensure_future(_close_quietly(conn.nc))
+        task = asyncio.ensure_future(_close_quietly(conn.link))
         task.set_name(f"natstream-pool-close-{conn.safe_url}-{conn.slot.index}")
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
@@ -317,8 +315,7 @@ class Connections:
         nc = conn.nc
         received = nc.stats["in_msgs"]
         try:
-            async with asyncio.timeout(self.config.health_check_timeout):
-                rtt = await nc.rtt()
+            rtt = await conn.link.round_trip(self.config.health_check_timeout)
         except Exception as exc:
             busy = isinstance(exc, TimeoutError) and nc.stats["in_msgs"] > received
             if busy and nc.is_connected:
@@ -373,10 +370,10 @@ class Connections:
                 await asyncio.wait(pending)
 
 
-async def _close_quietly(nc: Client) -> None:
-    if nc.is_closed:
+async def _close_quietly(link: Link) -> None:
+    if link.nc.is_closed:
         return
     try:
-        await nc.close()
+        await link.close()
     except Exception:
         log.debug("closing a connection failed", exc_info=True)

@@ -222,6 +222,11 @@ class FastClient(Client):
         if queue is not None and queue.empty():
             queue.put_nowait(asyncio.get_running_loop().create_future())
 
+    async def round_trip(self, limit: float) -> float:
+        # A late PONG is harmless here (see _process_pong), so a plain timeout is fine.
+        async with asyncio.timeout(limit):
+            return await self.rtt()
+
     async def kick(self) -> None:
         if self._written_without_flusher():
             return

@@ -25,6 +25,8 @@ __all__ = ["Link", "PlainLink"]
 
 log = logging.getLogger("natstream")
 
+_NO_TIMEOUT = 24 * 3600  # seconds: nats-py's own PING timeout, never reached
+
 
 class Link(Protocol):
     """One connection, as the drivers see it.
@@ -110,6 +112,20 @@ class Link(Protocol):
         limit (as its ``publish`` does)."""
         ...
 
+    async def close(self) -> None:
+        """Close the connection (nats-py's ``close``: pending commands are flushed)."""
+        ...
+
+    async def round_trip(self, limit: float) -> float:
+        """Seconds a PING takes to come back as PONG.
+
+        Raises:
+            TimeoutError: no PONG within ``limit`` seconds; the connection stays
+                usable (a late PONG is taken in stride).
+            nats.errors.Error: the connection is closed.
+        """
+        ...
+
 
 class PlainLink:
     """A :class:`Link` over nats-py's public API: no fast parser, publishes through
@@ -125,6 +141,7 @@ class PlainLink:
         self._mux: dict[str, MsgHandler] = {}
         self._mux_prefix = ""
         self._mux_lock = asyncio.Lock()
+        self._ping: asyncio.Task[float] | None = None  # the PING in flight, if any
 
     @property
     def nc(self) -> Client:
@@ -183,3 +200,23 @@ class PlainLink:
 
     async def kick(self) -> None:
         return None
+
+    async def close(self) -> None:
+        ping, self._ping = self._ping, None
+        if ping is not None:
+            ping.cancel()
+        await self._nc.close()
+
+    async def round_trip(self, limit: float) -> float:
+        # nats-py cancels its PING future when its own wait times out, and a late PONG
+        # then ends its read loop for good: so give nats-py no timeout of its own and
+        # stop waiting without cancelling. A PING left waiting completes when its PONG
+        # comes; closing the connection settles it.
+        task = self._ping
+        if task is None or task.done():
+            task = self._ping = asyncio.ensure_future(self._nc.rtt(timeout=_NO_TIMEOUT))
+            task.set_name("natstream-link-ping")
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            raise TimeoutError(f"no PONG within {limit:g} s")
+        return task.result()
