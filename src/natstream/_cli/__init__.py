@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ._errors import NoServersError
-from .server import NatsCluster, NatsServer, ServerStartError
+from .._errors import NoServersError
+from ..server import NatsCluster, NatsServer, ServerStartError
 
 __all__ = ["Options", "main"]
 
@@ -218,7 +218,7 @@ def bench(
             raise click.UsageError(
                 "--uvloop needs uvloop: pip install 'natstream[uvloop]'"
             ) from None
-    from ._bench import main as run_bench
+    from .._bench import main as run_bench
 
     ok = run_bench(quick, json_path, click.echo, uvloop=use_uvloop, cases=cases or _BENCH_CASES)
     if not ok:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 
 from nats.aio.msg import Msg
 
-from ._config import Config
-from ._errors import StreamError
-from ._pool import Pool
-from ._protocol import STREAM_END, STREAM_ERROR_PREFIX
-from ._subscriber import IndexResult, StreamRequest, Subscriber
+from .._config import Config
+from .._errors import StreamError
+from .._pool import Pool
+from .._protocol import STREAM_END, STREAM_ERROR_PREFIX
+from .._subscriber import IndexResult, StreamRequest, Subscriber
 
 __all__ = ["FlakyService", "Printer", "run_demo"]
 

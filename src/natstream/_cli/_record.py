@@ -9,10 +9,10 @@ import sys
 import time
 from typing import TextIO
 
-from ._config import Config
-from ._recording import Recording, default_formatter
-from ._subscriber import Subscriber
-from ._writers import HourlyFileWriter, parse_retention
+from .._config import Config
+from .._recording import Recording, default_formatter
+from .._subscriber import Subscriber
+from .._writers import HourlyFileWriter, parse_retention
 
 __all__ = ["record"]
 
