@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from ._requester import RequesterState
+from ._states import RequesterState
 
 __all__ = ["Outcome", "attempt_outcome"]
 

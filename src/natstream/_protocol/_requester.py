@@ -16,10 +16,6 @@ Invariants (checked by the property tests):
 
 from __future__ import annotations
 
-import enum
-from collections import deque
-from dataclasses import dataclass
-
 from .._errors import (
     NoRespondersError,
     ProtocolViolationError,
@@ -29,11 +25,11 @@ from .._errors import (
     StreamFailure,
     StreamTimeoutError,
 )
+from ._credit import Credit
+from ._states import TERMINAL, Reply, RequesterState, TimerAction
 from ._wire import (
-    CTL_ACK,
     CTL_CANCEL,
     CTL_HEARTBEAT,
-    HDR_ACK,
     HDR_CONTROL,
     HDR_DEADLINE,
     HDR_END,
@@ -58,7 +54,6 @@ from ._wire import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
     Resume,
-    format_ack,
     format_window,
     parse_int,
     parse_pos,
@@ -66,51 +61,13 @@ from ._wire import (
     unpack_offsets,
 )
 
-__all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction"]
+__all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction", "cancel_headers"]
 
 _MAX_FOREIGN = 16  # foreign responders we remember (and cancel) per stream
-
-
-class RequesterState(enum.Enum):
-    WAITING = "waiting"  # request sent, nothing received yet
-    STREAMING = "streaming"  # replies arriving
-    ENDED = "ended"  # end marker received and every message before it
-    FAILED = "failed"  # error marker, timeout, stall, gap, no responders
-    CANCELLED = "cancelled"  # the caller stopped the stream
-
-    # Members are singletons: identity hashing is correct, and C-level (Enum's own
-    # __hash__ is Python code, and state checks run once per message).
-    __hash__ = object.__hash__
-
-
-class Reply(enum.IntEnum):
-    """How the driver must treat one received message."""
-
-    DELIVER = 0  # data: queue it for the consumer
-    DROP = 1  # heartbeat, duplicate, or noise: nothing to do
-    END = 2  # end marker: deliver it to a handler that sees markers, then finish
-    ERROR = 3  # error marker: deliver it to such a handler, then raise ``machine.error``
-    FAIL = 4  # failure with no marker to show: raise ``machine.error``
-    CANCEL_FOREIGN = 5  # a second responder answered: send it a cancel, ignore the message
-
-
-@dataclass(frozen=True, slots=True)
-class TimerAction:
-    """What a timer tick asks for: a control message to send, and/or a failure.
-
-    ``control`` holds the headers of a heartbeat (with the current ack) to publish to
-    ``machine.control_subject``; ``fail`` is true when ``machine.error`` is now set.
-    """
-
-    control: dict[str, str] | None
-    fail: bool
-
-
-_TERMINAL = frozenset({RequesterState.ENDED, RequesterState.FAILED, RequesterState.CANCELLED})
 _STREAMING = RequesterState.STREAMING  # Enum member lookup is slow in Python 3.11
 
 
-class RequesterMachine:
+class RequesterMachine(Credit):
     """State of one stream attempt on the requester side.
 
     Args:
@@ -146,39 +103,22 @@ class RequesterMachine:
         window_bytes = min(window_bytes, MAX_WINDOW_BYTES)
         if heartbeat > 0:
             heartbeat = min(max(heartbeat, MIN_HEARTBEAT_MS / 1000), MAX_HEARTBEAT_MS / 1000)
+        super().__init__(window_messages, window_bytes, resume)
         self.subject = subject
-        self.window_messages = window_messages
-        self.window_bytes = window_bytes
         self.heartbeat = heartbeat
         self.stall_factor = stall_factor
         self.request_timeout = request_timeout
         self.deadline = deadline
-        self.resume = resume
         self.state = RequesterState.WAITING
         self.error: StreamFailure | None = None
         self.control_subject: str | None = None  # the bound responder's, once known
         self.v1: bool | None = None  # None until the first reply tells
-        base = resume.seq if resume else 0
-        self._skip_legacy = base  # a plain responder restarts from 0: skip what we have
+        self._skip_legacy = resume.seq if resume else 0  # a plain responder restarts from 0
         self._legacy_count = 0
-        self.received_seq = base  # last data message accepted into the consumer's queue
-        self.delivered_seq = base  # last data message the consumer took
-        self._delivered_pos: str | None = resume.pos if resume else None
-        self._received_bytes = 0
-        self._largest = 0  # largest data payload so far: what the responder may be holding
-        self.ack_deferred = False  # see on_taken
-        self.delivered_bytes = 0
-        self._acked_seq = base
-        self._acked_bytes = 0
-        self._ack_every_msgs = max(1, window_messages // 2)
-        self._ack_every_bytes = max(1, window_bytes // 2)
         self._last_rx = now
         self._last_tx = now
-        self._waiting_since: float | None = now  # the caller awaits the first reply
+        self._waiting_since = now  # the caller awaits the first reply
         self._foreign: set[str] = set()
-        # Packed messages received: (first seq, last seq, position of the first item or
-        # None for the default), while the consumer may still stop inside one.
-        self._packs: deque[tuple[int, int, str | None]] = deque()
         # Item offsets of the last packed DELIVER's payload (see _wire.unpack_offsets).
         self.pack_offsets: list[int] | None = None
         self._responder_done = False  # it sent its end or error marker, or was told to stop
@@ -203,7 +143,7 @@ class RequesterMachine:
 
     @property
     def terminal(self) -> bool:
-        return self.state in _TERMINAL
+        return self.state in TERMINAL
 
     # ------------------------------------------------------------------ replies
 
@@ -215,7 +155,7 @@ class RequesterMachine:
         ``reply_subject`` is the message's reply field: v1 responders put their
         control subject there, which identifies them.
         """
-        if self.state in _TERMINAL:
+        if self.state in TERMINAL:
             return Reply.DROP
         if headers is None:
             return self._on_plain(now, payload)
@@ -410,158 +350,11 @@ class RequesterMachine:
 
     # ------------------------------------------------------------------ consumer
 
-    def on_delivered(self, headers: dict[str, str] | None, size: int) -> dict[str, str] | None:
-        """The consumer took the next data message (``size`` payload bytes).
-
-        Returns the headers of an ack to publish to ``control_subject`` when enough
-        credit has been used up (half the window), or when the consumer has caught up
-        and the responder may be waiting for credit, else None.
-        """
-        seq = self.delivered_seq = self.delivered_seq + 1
-        delivered_bytes = self.delivered_bytes = self.delivered_bytes + size
-        if headers is None:
-            self._delivered_pos = None
-            if (
-                seq - self._acked_seq < self._ack_every_msgs
-                and delivered_bytes - self._acked_bytes < self._ack_every_bytes
-                and seq != self.received_seq
-            ):
-                return None  # the commonest case, decided early: no ack due
-        elif headers:
-            # Only a v1 responder's Ns-Pos is a position (checked on arrival); a plain
-            # peer's headers may hold anything.
-            pos = headers.get(HDR_POS) if self.v1 else None
-            self._delivered_pos = None if pos is None else parse_pos(pos)
-        else:
-            self._delivered_pos = None
-        if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
-            return None
-        unacked_bytes = self.delivered_bytes - self._acked_bytes
-        if (
-            seq - self._acked_seq >= self._ack_every_msgs
-            or unacked_bytes >= self._ack_every_bytes
-            # Caught up, and a message as large as the largest so far would not fit in
-            # what is left of the byte window: the responder may be blocked on credit,
-            # and without this ack only the next heartbeat (none when off) frees it.
-            or (
-                seq == self.received_seq
-                and (self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes)
-            )
-        ):
-            return self._ack_headers(CTL_ACK)
-        return None
-
-    def on_taken(self, size: int) -> dict[str, str] | None:
-        """:meth:`on_delivered` for a header-less data message the consumer took as it
-        arrived, while more may follow in the same read: the ack for having caught up
-        is put off (:attr:`ack_deferred` set) instead of sent for every message; the
-        driver then calls :meth:`deferred_ack` once that read is handled. The
-        half-window acks are returned as by :meth:`on_delivered`.
-        """
-        seq = self.delivered_seq = self.delivered_seq + 1
-        delivered_bytes = self.delivered_bytes = self.delivered_bytes + size
-        unacked_bytes = delivered_bytes - self._acked_bytes
-        self._delivered_pos = None
-        if seq - self._acked_seq < self._ack_every_msgs and unacked_bytes < self._ack_every_bytes:
-            if seq == self.received_seq and (
-                self.heartbeat <= 0 or unacked_bytes + self._largest > self.window_bytes
-            ):
-                self.ack_deferred = True
-            return None
-        if not self.v1 or self.control_subject is None or self.state in _TERMINAL:
-            return None
-        return self._ack_headers(CTL_ACK)
-
-    def deferred_ack(self) -> dict[str, str] | None:
-        """The ack :meth:`on_taken` put off, if still due: the consumer has taken all
-        that arrived and the stream goes on. (The reason it was due, heartbeats off or
-        little byte window left, still holds: unacked bytes only grow until an ack,
-        which clears :attr:`ack_deferred`.) Clears :attr:`ack_deferred`."""
-        if not self.ack_deferred:
-            return None
-        self.ack_deferred = False
-        if (
-            not self.v1
-            or self.control_subject is None
-            or self.state in _TERMINAL
-            or self.delivered_seq != self.received_seq
-        ):
-            return None
-        return self._ack_headers(CTL_ACK)
-
-    def ack_budget(self) -> tuple[int, int]:
-        """(messages, bytes) the consumer may take, counting from now, before an ack
-        falls due by the half-window rule; both at least 1. See :meth:`on_delivered_many`."""
-        return (
-            max(1, self._ack_every_msgs - (self.delivered_seq - self._acked_seq)),
-            max(1, self._ack_every_bytes - (self.delivered_bytes - self._acked_bytes)),
-        )
-
-    def on_delivered_many(self, count: int, nbytes: int) -> dict[str, str] | None:
-        """The consumer took the next ``count`` data messages, none with headers,
-        ``nbytes`` payload bytes in all: the same as ``count`` calls of
-        :meth:`on_delivered` with no headers, provided no ack fell due before the last
-        of them, which holds when ``count`` and ``nbytes`` stay within
-        :meth:`ack_budget` (reaching either bound is allowed) and only the last may
-        be the last message received. Returns the ack the last call would return.
-        """
-        if count <= 0:
-            return None
-        self.delivered_seq += count - 1
-        self.delivered_bytes += nbytes
-        return self.on_delivered(None, 0)
-
-    def _ack_headers(self, kind: str) -> dict[str, str]:
-        self.ack_deferred = False
-        self._acked_seq = self.delivered_seq
-        self._acked_bytes = self.delivered_bytes
-        return {HDR_CONTROL: kind, HDR_ACK: format_ack(self.delivered_seq, self.delivered_bytes)}
-
-    def mark_sent(self, now: float) -> None:
-        """The driver published a control message (ack or heartbeat) at ``now``."""
-        self._last_tx = now
-
-    def consumer_waiting(self, now: float) -> None:
-        """The consumer is blocked on an empty queue from ``now`` on."""
-        if self._waiting_since is None:
-            self._waiting_since = now
-
-    def consumer_busy(self) -> None:
-        """The consumer took a message and is no longer waiting."""
-        self._waiting_since = None
-
-    def consumer_back(self, now: float) -> None:
-        """The consumer took a message as it arrived and is waiting again from ``now``
-        (:meth:`consumer_busy` then :meth:`consumer_waiting`): the time it spent on
-        the message does not count as silence."""
-        self._waiting_since = now
-
-    def resume_point(self) -> Resume | None:
-        """Where a retry continues: after the last message the consumer took."""
-        if self.delivered_seq == 0:
-            return None
-        pos = self._delivered_pos
-        if pos is None:
-            pos = self._pack_pos(self.delivered_seq)
-        if pos is None:
-            if self.resume is not None and self.delivered_seq == self.resume.seq:
-                pos = self.resume.pos
-            else:
-                pos = str(self.delivered_seq - 1)
-        return Resume(self.delivered_seq, pos)
-
-    def _pack_pos(self, seq: int) -> str | None:
-        """Position of item ``seq`` when it came in a packed message with ``Ns-Pos``."""
-        for first, last, pos in reversed(self._packs):
-            if first <= seq <= last:
-                return None if pos is None else pos_add(pos, seq - first)
-        return None
-
     # ------------------------------------------------------------------ time
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`on_timer` has something to do; None for never."""
-        if self.state in _TERMINAL:
+        if self.state in TERMINAL:
             return None
         times: list[float] = []
         if self.deadline is not None:
@@ -576,7 +369,7 @@ class RequesterMachine:
 
     def on_timer(self, now: float) -> TimerAction:
         """Check the clocks at ``now``: deadline, silence, stall, heartbeat due."""
-        if self.state in _TERMINAL:
+        if self.state in TERMINAL:
             return TimerAction(None, False)
         if self.deadline is not None and now >= self.deadline:
             self._fail(StreamTimeoutError(f"stream on {self.subject!r} passed its deadline"))
@@ -609,7 +402,7 @@ class RequesterMachine:
 
     def on_connection_lost(self, error: StreamFailure) -> None:
         """The connection broke: the stream fails with ``error`` (retryable)."""
-        if self.state not in _TERMINAL:
+        if self.state not in TERMINAL:
             self._fail(error)
 
     # ------------------------------------------------------------------ cancel
@@ -625,7 +418,7 @@ class RequesterMachine:
         if self._responder_done:
             return None
         self._responder_done = True
-        if self.state not in _TERMINAL:
+        if self.state not in TERMINAL:
             self.state = RequesterState.CANCELLED
         if self.v1 and self.control_subject is not None:
             return {HDR_CONTROL: CTL_CANCEL}
