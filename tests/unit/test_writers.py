@@ -38,17 +38,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from natstream._errors import ConfigError, NatstreamError, WriterError
-from natstream._rotation import Retention
 from natstream._writers import (
-    _PIECE,
     WRITER_IMPL,
     HourlyFileWriter,
     StreamWriter,
-    WriterCore,
     WriterStats,
-    _pieces,
     parse_retention,
 )
+from natstream._writers._hourly import _PIECE, WriterCore, _pieces
+from natstream._writers._rotation import Retention
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
@@ -123,7 +121,7 @@ def system_time() -> Iterator[Callable[[Callable[[], float]], None]]:
     patch = pytest.MonkeyPatch()
 
     def install(fake: Callable[[], float]) -> None:
-        patch.setattr("natstream._writers._time", fake)
+        patch.setattr("natstream._writers._hourly._time", fake)
         if WRITER_IMPL == "c":
             cwriter._set_time(fake)
 
@@ -1116,8 +1114,8 @@ def test_short_writes_and_many_pieces_complete_the_batch(
         calls += 1
         return os.write(fd, buffers[0][:7])  # at most 7 bytes of the first piece
 
-    monkeypatch.setattr("natstream._writers._PIECE", 16)
-    monkeypatch.setattr("natstream._writers._IOV_MAX", 2)
+    monkeypatch.setattr("natstream._writers._hourly._PIECE", 16)
+    monkeypatch.setattr("natstream._writers._hourly._IOV_MAX", 2)
     monkeypatch.setattr(os, "writev", short_writev)
     records = [b"%d\n" % i * (i % 7 + 1) for i in range(40)]
     with utc_writer(tmp_path, clock) as writer:
@@ -1363,11 +1361,11 @@ def test_natstream_no_extensions_selects_the_python_core(disabled: str) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     if disabled:
-        assert done.stdout.split() == ["python", "natstream._writers"]
+        assert done.stdout.split() == ["python", "natstream._writers._hourly"]
     elif importlib.util.find_spec("natstream._cwriter") is not None:
         assert done.stdout.split() == ["c", "natstream._cwriter"]
     else:
-        assert done.stdout.split() == ["python", "natstream._writers"]
+        assert done.stdout.split() == ["python", "natstream._writers._hourly"]
 
 
 # -- protocol ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 :class:`HourlyFileWriter` appends records (one ``write()`` call each, normally one line
 ending in ``b"\\n"``) to one file per wall-clock hour. Naming and rotation are pure
-functions of time in :mod:`natstream._rotation`; this module does the buffering, the I/O
+functions of time in :mod:`natstream._writers._rotation`; this module does the buffering, the I/O
 and the background work (flush thread, compression and retention thread).
 
 Guarantees, in one place:
@@ -66,7 +66,7 @@ from typing import (
     runtime_checkable,
 )
 
-from ._errors import ConfigError, WriterError
+from .._errors import ConfigError, WriterError
 from ._rotation import (
     COMPRESSED_SUFFIXES,
     LOCAL_TIME,

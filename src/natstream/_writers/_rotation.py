@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Final
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = [
     "LOCAL_TIME",
