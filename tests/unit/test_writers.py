@@ -45,7 +45,8 @@ from natstream._writers import (
     WriterStats,
     parse_retention,
 )
-from natstream._writers._hourly import _PIECE, WriterCore, _pieces
+from natstream._writers._core import WriterCore
+from natstream._writers._hourly import _PIECE, _pieces
 from natstream._writers._rotation import Retention
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -121,7 +122,7 @@ def system_time() -> Iterator[Callable[[Callable[[], float]], None]]:
     patch = pytest.MonkeyPatch()
 
     def install(fake: Callable[[], float]) -> None:
-        patch.setattr("natstream._writers._hourly._time", fake)
+        patch.setattr("natstream._writers._core._time", fake)
         if WRITER_IMPL == "c":
             cwriter._set_time(fake)
 
@@ -1361,11 +1362,11 @@ def test_natstream_no_extensions_selects_the_python_core(disabled: str) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     if disabled:
-        assert done.stdout.split() == ["python", "natstream._writers._hourly"]
+        assert done.stdout.split() == ["python", "natstream._writers._core"]
     elif importlib.util.find_spec("natstream._cwriter") is not None:
         assert done.stdout.split() == ["c", "natstream._cwriter"]
     else:
-        assert done.stdout.split() == ["python", "natstream._writers._hourly"]
+        assert done.stdout.split() == ["python", "natstream._writers._core"]
 
 
 # -- protocol ---------------------------------------------------------------------------

@@ -1,12 +1,7 @@
 """File writers: the :class:`StreamWriter` protocol and :class:`HourlyFileWriter`."""
 
-from ._hourly import (
-    DEFAULT_BUFFER_SIZE,
-    WRITER_IMPL,
-    HourlyFileWriter,
-    StreamWriter,
-    WriterStats,
-)
+from ._core import WRITER_IMPL
+from ._hourly import DEFAULT_BUFFER_SIZE, HourlyFileWriter, StreamWriter, WriterStats
 from ._rotation import Retention, parse_retention
 
 __all__ = [
