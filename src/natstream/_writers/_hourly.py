@@ -46,7 +46,6 @@ import os
 import re
 import stat
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -286,7 +285,6 @@ class HourlyFileWriter(Core):
         "_base",
         "_bytes_dropped",
         "_bytes_written",
-        "_changed",
         "_clock",
         "_close_lock",
         "_compiled",
@@ -313,6 +311,7 @@ class HourlyFileWriter(Core):
         "_maintainer",
         "_marks",
         "_name",
+        "_observer",
         "_repairs",
         "_retention",
         "_signal",
@@ -395,9 +394,7 @@ class HourlyFileWriter(Core):
         self._link = link
 
         self._lock = threading.Lock()
-        # One condition for "the buffer or the counters changed": tests waiting for
-        # progress (_wait_for) re-check their own predicate.
-        self._changed = threading.Condition(self._lock)
+        self._observer: Callable[[], None] | None = None  # see _notify
         self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
         self._close_lock = threading.Lock()
         self._state = _State.CLOSED  # OPEN once the threads run (__del__ looks at it)
@@ -545,7 +542,7 @@ class HourlyFileWriter(Core):
                 if self._error is not None:
                     problems.append(self._error)
                     self._error = None
-                self._changed.notify_all()
+            self._notify()
             self._wake.set()
             self._flusher.join()
             try:
@@ -574,7 +571,7 @@ class HourlyFileWriter(Core):
                         problems.append(self._error)
                         self._error = None
                     self._state = _State.CLOSED
-                    self._changed.notify_all()
+                self._notify()
         if problems:
             first = problems[0]
             for other in problems[1:]:
@@ -812,7 +809,7 @@ class HourlyFileWriter(Core):
             self._inflight = []
             self._bytes_written += written
             self._flushes += 1
-            self._changed.notify_all()
+        self._notify()
         if durable_error is not None:
             error = self._writer_error(durable_error, "fsync", self._fd_path)
             error.add_note(
@@ -1002,7 +999,18 @@ class HourlyFileWriter(Core):
             if self._error is None:
                 self._error = error
                 self._arm_locked()
-            self._changed.notify_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Tell the observer, if one is attached, that the counters or the state changed.
+
+        ``_observer`` is a private hook (a callable taking no arguments): the tests
+        attach one to wait for background work without sleeping. Called from any thread,
+        never with ``_lock`` held, so the observer may call :meth:`stats`.
+        """
+        observer = self._observer
+        if observer is not None:
+            observer()
 
     def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError:
         with self._lock:
@@ -1040,8 +1048,7 @@ class HourlyFileWriter(Core):
         except Exception as exc:  # not an OSError: a bug; still raised to the user
             self._store_error(exc)
         finally:
-            with self._lock:
-                self._changed.notify_all()
+            self._notify()
 
     def _guarded(self, doing: str, path: str, action: Callable[[str], None]) -> None:
         try:
@@ -1145,19 +1152,6 @@ class HourlyFileWriter(Core):
             except OSError:
                 return
             directory = os.path.dirname(directory)
-
-    def _wait_for(self, predicate: Callable[[WriterStats], bool], timeout: float) -> WriterStats:
-        """Block until ``predicate(stats())`` holds; for tests. Raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        while True:
-            snapshot = self.stats()
-            if predicate(snapshot):
-                return snapshot
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self!r}: condition not reached; last stats {snapshot}")
-            with self._lock:
-                self._changed.wait(remaining)
 
 
 def _run_flusher(
