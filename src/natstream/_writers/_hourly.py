@@ -49,7 +49,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +67,7 @@ from typing import (
 from .._errors import ConfigError, WriterError
 from . import _core
 from ._core import Core
+from ._ledger import Ledger, Segment
 from ._rotation import (
     COMPRESSED_SUFFIXES,
     LOCAL_TIME,
@@ -158,18 +159,6 @@ class _State(enum.Enum):
 
 
 _OPEN: Final = _State.OPEN
-
-
-@dataclass(slots=True, eq=False)
-class _Segment:
-    """Buffered records bound for one file, in order."""
-
-    path: str
-    chunks: list[bytes] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.chunks))
 
 
 class _Signal:
@@ -303,13 +292,12 @@ class HourlyFileWriter(Core):
         "_flushes",
         "_fsync",
         "_half",
-        "_inflight",
         "_io_lock",
+        "_ledger",
         "_limit",
         "_link",
         "_lock",
         "_maintainer",
-        "_marks",
         "_name",
         "_observer",
         "_repairs",
@@ -317,7 +305,6 @@ class HourlyFileWriter(Core):
         "_signal",
         "_start_ts",
         "_state",
-        "_taken",
         "_tz",
         "_utc",
         "_wake",
@@ -404,19 +391,13 @@ class HourlyFileWriter(Core):
         # never replaced: write()'s fast path appends to it without the lock, and takes
         # remove from its front (see _take_locked).
         self._chunks: list[bytes] = []
-        # Records are numbered from 0 in acceptance order; _taken counts those taken
-        # from _chunks, so record number _taken + i is _chunks[i]. _marks holds
-        # (number, path) in increasing order: records from that number on go to that
-        # path, until the next mark; _marks[0][0] <= _taken always.
-        self._taken = 0
-        self._marks: list[tuple[int, str]] = []
+        self._ledger = Ledger()  # which file each record in _chunks goes to
         # Bytes in _chunks, an estimate: the fast path updates it without the lock, so
         # two racing writers may lose an update (a record's size); every take and every
         # decision to block recounts it exactly. Between takes it is off by a few records.
         self._fill = 0
         self._half = max(1, buffer_size // 2)
         self._gate = self._half  # the fast path needs _fill + size < _gate
-        self._inflight: list[_Segment] = []  # taken, being written (or dropped at close)
         self._cur_path = ""
         self._start_ts = math.inf
         self._end_ts = -math.inf
@@ -564,8 +545,8 @@ class HourlyFileWriter(Core):
                 with self._lock:
                     # Records the final flush could not write; it did not put them back,
                     # so what is left in _chunks are late appends for _settle_late.
-                    dropped = sum(s.size for s in self._inflight)
-                    self._inflight = []
+                    dropped = self._ledger.inflight_size()
+                    self._ledger.inflight = []
                     self._bytes_dropped += dropped
                     if self._error is not None:
                         problems.append(self._error)
@@ -584,9 +565,9 @@ class HourlyFileWriter(Core):
         """A consistent snapshot of the counters; cheap, safe from any thread."""
         with self._lock:
             return WriterStats(
-                records=self._taken + len(self._chunks),
+                records=self._ledger.taken + len(self._chunks),
                 bytes_written=self._bytes_written,
-                bytes_buffered=sum(map(len, self._chunks)) + sum(s.size for s in self._inflight),
+                bytes_buffered=sum(map(len, self._chunks)) + self._ledger.inflight_size(),
                 bytes_dropped=self._bytes_dropped,
                 current_path=Path(self._cur_path),
                 files_opened=self._files_opened,
@@ -656,12 +637,7 @@ class HourlyFileWriter(Core):
             self._cur_path = path
             # Mark first, then move the fast path's bounds (below): a lock-free write
             # that sees the new bounds appends after the mark.
-            number = self._taken + len(self._chunks)
-            marks = self._marks
-            if marks and marks[-1][0] == number:
-                marks[-1] = (number, path)  # no record went to the previous path
-            else:
-                marks.append((number, path))
+            self._ledger.mark(path, buffered=len(self._chunks))
             self._wake.set()  # the flush thread writes out and closes the finished hour
         self._start_ts = bucket.start.timestamp()
         self._end_ts = bucket.end.timestamp()
@@ -721,7 +697,7 @@ class HourlyFileWriter(Core):
             except OSError as exc:
                 raise self._writer_error(exc, "close the finished file", path) from exc
 
-    def _take_locked(self) -> list[_Segment]:
+    def _take_locked(self) -> list[Segment]:
         """Remove every buffered record, split by file; lock-free appends go on meanwhile.
 
         Reading the length, copying the slice and deleting it are each atomic with the
@@ -732,46 +708,19 @@ class HourlyFileWriter(Core):
         count = len(chunks)
         batch = chunks[:count]
         del chunks[:count]
-        first = self._taken
-        end = self._taken = first + count
         self._recount_locked()
         self._gate = self._half
-        marks = self._marks
-        segments: list[_Segment] = []
-        path = marks[0][1]
-        cut = first
-        keep = 0
-        for index in range(1, len(marks)):
-            number, next_path = marks[index]
-            if number > end:
-                break
-            if number > cut:
-                segments.append(_Segment(path, batch[cut - first : number - first]))
-                cut = number
-            path = next_path
-            keep = index
-        if end > cut:
-            segments.append(_Segment(path, batch[cut - first :]))
-        del marks[:keep]
-        self._inflight = segments
-        return segments
+        return self._ledger.take(batch)
 
-    def _put_back_locked(self, rest: list[_Segment]) -> None:
+    def _put_back_locked(self, rest: list[Segment]) -> None:
         """Return records a flush could not write to the front of the buffer."""
-        records = [chunk for segment in rest for chunk in segment.chunks]
+        records = self._ledger.put_back(rest)
         self._chunks[0:0] = records  # atomic with the GIL, like the take
-        number = self._taken = self._taken - len(records)
         self._fill += sum(map(len, records))
-        marks = []
-        for segment in rest:
-            marks.append((number, segment.path))
-            number += len(segment.chunks)
-        self._marks[0] = (number, self._marks[0][1])
-        self._marks[0:0] = marks
 
-    def _write_segments(self, segments: list[_Segment], *, keep: bool) -> None:
+    def _write_segments(self, segments: list[Segment], *, keep: bool) -> None:
         """Write taken records; on failure put them back (``keep``) or leave them in
-        ``_inflight`` (for ``close()`` to count as dropped)."""
+        flight (for ``close()`` to count as dropped)."""
         written = 0
         for index, segment in enumerate(segments):
             path = segment.path
@@ -789,9 +738,8 @@ class HourlyFileWriter(Core):
                 with self._lock:
                     if keep:
                         self._put_back_locked(rest)
-                        self._inflight = []
                     else:
-                        self._inflight = rest
+                        self._ledger.inflight = rest
                     self._bytes_written += written
                 error = self._writer_error(failure, doing, path)
                 if keep:
@@ -806,7 +754,7 @@ class HourlyFileWriter(Core):
             except OSError as exc:
                 durable_error = exc
         with self._lock:
-            self._inflight = []
+            self._ledger.inflight = []
             self._bytes_written += written
             self._flushes += 1
         self._notify()
@@ -818,7 +766,7 @@ class HourlyFileWriter(Core):
             )
             raise error from durable_error
 
-    def _write_records(self, fd: int, segment: _Segment) -> tuple[int, int, OSError | None]:
+    def _write_records(self, fd: int, segment: Segment) -> tuple[int, int, OSError | None]:
         """Write a segment with one ``os.writev`` (more only after a short write, or
         past ``IOV_MAX`` pieces).
 
@@ -1021,7 +969,7 @@ class HourlyFileWriter(Core):
         return error
 
     def _in_use_locked(self) -> set[str]:
-        used = {path for _, path in self._marks}
+        used = self._ledger.paths()
         used.add(self._cur_path)
         if self._fd_path is not None:
             used.add(self._fd_path)
