@@ -46,8 +46,8 @@ from natstream._writers import (
     parse_retention,
 )
 from natstream._writers._core import WriterCore
-from natstream._writers._hourly import _PIECE, _pieces
 from natstream._writers._rotation import Retention
+from natstream._writers._sink import _PIECE, _pieces
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
@@ -291,7 +291,7 @@ def test_flush_thread_finishes_the_hour_without_new_writes(
         clock.advance(timedelta(hours=1))
         assert writer._background_tick()  # what the flush thread does each interval
         assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"a\n"}
-        assert writer._fd is None  # the finished hour's file is closed
+        assert writer._sink.fd is None  # the finished hour's file is closed
         assert writer.stats().current_path.name == "stream_data_2026-11-26_22.log"
 
 
@@ -1143,8 +1143,8 @@ def test_short_writes_and_many_pieces_complete_the_batch(
         calls += 1
         return os.write(fd, buffers[0][:7])  # at most 7 bytes of the first piece
 
-    monkeypatch.setattr("natstream._writers._hourly._PIECE", 16)
-    monkeypatch.setattr("natstream._writers._hourly._IOV_MAX", 2)
+    monkeypatch.setattr("natstream._writers._sink._PIECE", 16)
+    monkeypatch.setattr("natstream._writers._sink._IOV_MAX", 2)
     monkeypatch.setattr(os, "writev", short_writev)
     records = [b"%d\n" % i * (i % 7 + 1) for i in range(40)]
     with utc_writer(tmp_path, clock) as writer:

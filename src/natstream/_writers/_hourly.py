@@ -77,6 +77,7 @@ from ._rotation import (
     parse_retention,
     render_path,
 )
+from ._sink import FileSink, Link, fsync_dir
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -95,8 +96,6 @@ _THREAD_PREFIX: Final = "natstream-writer"
 _COPY_CHUNK: Final = 1024 * 1024
 _GZIP_LEVEL: Final = 6
 _ZSTD_LEVEL: Final = 3
-_PIECE: Final = 64 * 1024
-_IOV_MAX: Final = max(16, os.sysconf("SC_IOV_MAX")) if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 @runtime_checkable
@@ -282,10 +281,7 @@ class HourlyFileWriter(Core):
         "_end_ts",
         "_error",
         "_errors",
-        "_fd",
-        "_fd_path",
         "_files_compressed",
-        "_files_opened",
         "_files_removed",
         "_flush_interval",
         "_flusher",
@@ -300,9 +296,9 @@ class HourlyFileWriter(Core):
         "_maintainer",
         "_name",
         "_observer",
-        "_repairs",
         "_retention",
         "_signal",
+        "_sink",
         "_start_ts",
         "_state",
         "_tz",
@@ -355,7 +351,7 @@ class HourlyFileWriter(Core):
         elif compress is not None:
             raise ConfigError(f"compress must be None, 'gzip' or 'zstd', got {compress!r}")
         base = os.path.abspath(os.fspath(base_dir))
-        link: str | None = None
+        link: Link | None = None
         if link_name is not None:
             parts = link_name.split("/")
             if link_name.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -364,7 +360,7 @@ class HourlyFileWriter(Core):
                 )
             if compiled.regex.fullmatch(link_name):
                 raise ConfigError(f"link_name {link_name!r} matches the file pattern {pattern!r}")
-            link = os.path.join(base, link_name)
+            link = Link(os.path.join(base, link_name))
 
         self._name = filename
         self._base = base
@@ -405,12 +401,9 @@ class HourlyFileWriter(Core):
         # (default clock, open, no stored error), else an empty range.
         self._lo = math.inf
         self._hi = -math.inf
-        self._fd: int | None = None
-        self._fd_path: str | None = None
+        self._sink = FileSink(self._lock, fsync=fsync)
         self._bytes_written = 0
         self._bytes_dropped = 0
-        self._files_opened = 0
-        self._repairs = 0
         self._flushes = 0
         self._errors = 0
         self._files_compressed = 0
@@ -532,10 +525,10 @@ class HourlyFileWriter(Core):
                         self._drain_locked(final=True)
                     except WriterError as exc:
                         problems.append(exc)
-                    if self._fd is not None:
-                        path = self._fd_path
+                    if self._sink.fd is not None:
+                        path = self._sink.path
                         try:
-                            self._close_file(maintain=False)
+                            self._sink.close()
                         except OSError as exc:
                             problems.append(self._writer_error(exc, "close the file", path))
             finally:
@@ -570,8 +563,8 @@ class HourlyFileWriter(Core):
                 bytes_buffered=sum(map(len, self._chunks)) + self._ledger.inflight_size(),
                 bytes_dropped=self._bytes_dropped,
                 current_path=Path(self._cur_path),
-                files_opened=self._files_opened,
-                lines_repaired=self._repairs,
+                files_opened=self._sink.files_opened,
+                lines_repaired=self._sink.lines_repaired,
                 flushes=self._flushes,
                 errors=self._errors,
                 files_compressed=self._files_compressed,
@@ -597,9 +590,7 @@ class HourlyFileWriter(Core):
         self._live = False
         self._wake.set()
         self._signal.stop()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._sink.drop()
         warnings.warn(
             f"{self!r} was never closed; {sum(map(len, self._chunks))} buffered bytes are lost. "
             "Call close() or use it in a with block.",
@@ -689,11 +680,11 @@ class HourlyFileWriter(Core):
         if segments:
             self._write_segments(segments, keep=not final)
         with self._lock:
-            finished = self._fd is not None and self._fd_path != self._cur_path
+            finished = self._sink.fd is not None and self._sink.path != self._cur_path
         if finished:
-            path = self._fd_path
+            path = self._sink.path
             try:
-                self._close_file(maintain=True)
+                self._close_finished()
             except OSError as exc:
                 raise self._writer_error(exc, "close the finished file", path) from exc
 
@@ -726,11 +717,11 @@ class HourlyFileWriter(Core):
             path = segment.path
             failure: OSError | None
             try:
-                fd = self._file_for(path)
+                self._file_for(path)
             except OSError as exc:
                 committed, failure, doing = 0, exc, "open the file"
             else:
-                committed, size, failure = self._write_records(fd, segment)
+                committed, size, failure = self._sink.append(segment)
                 doing = f"write {size} bytes"
             written += committed
             if failure is not None:
@@ -748,179 +739,45 @@ class HourlyFileWriter(Core):
                     )
                 raise error from failure
         durable_error: OSError | None = None
-        if self._fsync and self._fd is not None:
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                durable_error = exc
+        try:
+            self._sink.sync()
+        except OSError as exc:
+            durable_error = exc
         with self._lock:
             self._ledger.inflight = []
             self._bytes_written += written
             self._flushes += 1
         self._notify()
         if durable_error is not None:
-            error = self._writer_error(durable_error, "fsync", self._fd_path)
+            error = self._writer_error(durable_error, "fsync", self._sink.path)
             error.add_note(
                 "The records were handed to the OS and are not written again; "
                 "whether they reached the disk is unknown."
             )
             raise error from durable_error
 
-    def _write_records(self, fd: int, segment: Segment) -> tuple[int, int, OSError | None]:
-        """Write a segment with one ``os.writev`` (more only after a short write, or
-        past ``IOV_MAX`` pieces).
-
-        Returns the bytes of whole records written, the segment's size, and the error if
-        one stopped it; then ``segment.chunks`` holds the records not fully written, the
-        file is cut back to the last whole record and closed.
-        """
-        chunks = segment.chunks
-        pieces = _pieces(chunks)
-        total = sum(map(len, pieces))
-        done = 0
-        try:
-            first = 0
-            while first < len(pieces):
-                step = os.writev(fd, pieces[first : first + _IOV_MAX])
-                done += step
-                while first < len(pieces) and step >= len(pieces[first]):
-                    step -= len(pieces[first])
-                    first += 1
-                if step:
-                    pieces[first] = pieces[first][step:]
-        except OSError as exc:
-            committed = kept = 0
-            for chunk in chunks:
-                if committed + len(chunk) > done:
-                    break
-                committed += len(chunk)
-                kept += 1
-            segment.chunks = chunks[kept:]
-            self._abandon_file(fd, cut=done - committed, error=exc)
-            return committed, total, exc
-        return total, total, None
-
-    def _abandon_file(self, fd: int, *, cut: int, error: OSError) -> None:
-        """After a failed write: cut the partial record off, close the file."""
-        try:
-            if cut:
-                end = os.lseek(fd, 0, os.SEEK_CUR)
-                if os.fstat(fd).st_size == end:
-                    os.ftruncate(fd, end - cut)
-                else:
-                    error.add_note(
-                        f"{cut} bytes of a partial record stay: the file grew meanwhile; "
-                        "the next record starts on a fresh line"
-                    )
-        except OSError as exc:
-            error.add_note(f"could not cut {cut} bytes of a partial record: {exc}")
-        finally:
-            self._fd = None
+    def _file_for(self, path: str) -> None:
+        """Have ``path`` open in the sink; a newly opened current file gets the link."""
+        sink = self._sink
+        if sink.fd is not None:
+            if sink.path == path:
+                return
+            self._close_finished()
+        sink.open(path)
+        if self._link is not None:
             with self._lock:
-                self._fd_path = None
-            try:
-                os.close(fd)
-            except OSError as exc:
-                error.add_note(f"closing the file also failed: {exc}")
+                current = path == self._cur_path
+            if current:
+                try:
+                    self._link.point_at(path)
+                except OSError as exc:
+                    doing = "point the link at the current file"
+                    self._store_error(self._writer_error(exc, doing, self._link.path))
 
-    def _file_for(self, path: str) -> int:
-        if self._fd is not None:
-            if self._fd_path == path:
-                return self._fd
-            self._close_file(maintain=True)
-        with self._lock:
-            self._fd_path = path  # in use before it exists: maintenance leaves it alone
-        try:
-            fd = self._open_file(path)
-        except BaseException:
-            with self._lock:
-                self._fd_path = None
-            raise
-        self._fd = fd
-        return fd
-
-    def _open_file(self, path: str) -> int:
-        directory = os.path.dirname(path)
-        self._make_dirs(directory)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-            created = True
-        except FileExistsError:
-            fd = os.open(path, flags | os.O_CREAT, 0o666)
-            created = False
-        try:
-            if created:
-                if self._fsync:
-                    _fsync_dir(directory)
-            else:
-                self._repair_tail(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        with self._lock:
-            self._files_opened += 1
-            current = path == self._cur_path
-        if self._link is not None and current:
-            self._update_link(path)
-        return fd
-
-    def _repair_tail(self, fd: int) -> None:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not info.st_size:
-            return
-        if os.pread(fd, 1, info.st_size - 1) != b"\n":
-            os.write(fd, b"\n")
-            with self._lock:
-                self._repairs += 1
-
-    def _make_dirs(self, directory: str) -> None:
-        if os.path.isdir(directory):
-            return
-        missing = []
-        probe = directory
-        while not os.path.exists(probe):
-            missing.append(probe)
-            probe = os.path.dirname(probe)
-        os.makedirs(directory, exist_ok=True)
-        if self._fsync:
-            for created in reversed(missing):
-                _fsync_dir(os.path.dirname(created))
-
-    def _close_file(self, *, maintain: bool) -> None:
-        fd = self._fd
-        assert fd is not None
-        self._fd = None
-        try:
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            try:
-                os.close(fd)
-            finally:
-                with self._lock:
-                    self._fd_path = None
-        if maintain:
-            self._signal.request()
-
-    def _update_link(self, path: str) -> None:
-        assert self._link is not None
-        link_dir = os.path.dirname(self._link)
-        temp = os.path.join(
-            link_dir,
-            f".{os.path.basename(self._link)}.{os.getpid()}.{threading.get_ident()}.tmp",
-        )
-        try:
-            os.makedirs(link_dir, exist_ok=True)
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-            os.symlink(os.path.relpath(path, link_dir), temp)
-            os.replace(temp, self._link)
-        except OSError as exc:
-            error = self._writer_error(exc, "point the link at the current file", self._link)
-            self._store_error(error)
+    def _close_finished(self) -> None:
+        """Close the sink's file and queue it for maintenance (compression, retention)."""
+        self._sink.close()
+        self._signal.request()
 
     # -- background work -------------------------------------------------------------
 
@@ -971,8 +828,8 @@ class HourlyFileWriter(Core):
     def _in_use_locked(self) -> set[str]:
         used = self._ledger.paths()
         used.add(self._cur_path)
-        if self._fd_path is not None:
-            used.add(self._fd_path)
+        if self._sink.path is not None:
+            used.add(self._sink.path)
         return used
 
     def _maintain(self, signal: _Signal) -> None:
@@ -1062,7 +919,7 @@ class HourlyFileWriter(Core):
             os.unlink(path)
             self._files_compressed += 1
         if self._fsync:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
 
     def _compressor(self, raw: IO[bytes]) -> Any:
         if self._compress == "gzip":
@@ -1124,34 +981,10 @@ def _run_maintenance(ref: weakref.ref[HourlyFileWriter], signal: _Signal) -> Non
         del writer
 
 
-def _pieces(chunks: list[bytes]) -> list[bytes]:
-    """Join records into pieces of about ``_PIECE`` bytes (a record is never cut).
-
-    One big join would allocate a fresh block past glibc's mmap threshold each time and
-    fault its pages in, which costs more than the copy; pieces reuse heap memory.
-    """
-    pieces = []
-    start, per, count = 0, 16, len(chunks)
-    while start < count:
-        piece = b"".join(chunks[start : start + per])
-        pieces.append(piece)
-        start += per
-        per = max(1, min(4 * per, per * _PIECE // max(1, len(piece))))
-    return pieces
-
-
 def _as_bytes(data: object) -> bytes:
     if isinstance(data, bytearray | memoryview):
         return bytes(data)  # a copy: the caller may change its buffer after write()
     raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:
