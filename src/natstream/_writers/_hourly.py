@@ -37,14 +37,9 @@ Guarantees, in one place:
 from __future__ import annotations
 
 import enum
-import functools
-import glob
-import gzip
 import importlib
 import math
 import os
-import re
-import stat
 import threading
 import warnings
 import weakref
@@ -54,10 +49,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
 from typing import (
-    IO,
     Any,
     Final,
-    Literal,
     NoReturn,
     Protocol,
     Self,
@@ -68,8 +61,8 @@ from .._errors import ConfigError, WriterError
 from . import _core
 from ._core import Core
 from ._ledger import Ledger, Segment
+from ._maintenance import Compress, Compression, Maintenance, MaintenanceTask, Retain
 from ._rotation import (
-    COMPRESSED_SUFFIXES,
     LOCAL_TIME,
     Retention,
     compile_pattern,
@@ -77,7 +70,7 @@ from ._rotation import (
     parse_retention,
     render_path,
 )
-from ._sink import FileSink, Link, fsync_dir
+from ._sink import FileSink, Link
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -93,9 +86,6 @@ DEFAULT_BUFFER_SIZE: Final = 256 * 1024
 thread)."""
 
 _THREAD_PREFIX: Final = "natstream-writer"
-_COPY_CHUNK: Final = 1024 * 1024
-_GZIP_LEVEL: Final = 6
-_ZSTD_LEVEL: Final = 3
 
 
 @runtime_checkable
@@ -158,36 +148,6 @@ class _State(enum.Enum):
 
 
 _OPEN: Final = _State.OPEN
-
-
-class _Signal:
-    """Wakes the maintenance thread; stop wins over a pending request."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._requested = False
-        self.stopped = False
-
-    def request(self) -> None:
-        with self._cond:
-            self._requested = True
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self.stopped = True
-            self._cond.notify()
-
-    def wait(self) -> bool:
-        """Block until work is requested (True) or stop is asked (False)."""
-        with self._cond:
-            while not (self._requested or self.stopped):
-                self._cond.wait()
-            self._requested = False
-            return not self.stopped
-
-
-Compression = Literal["gzip", "zstd"]
 
 
 class HourlyFileWriter(Core):
@@ -276,7 +236,6 @@ class HourlyFileWriter(Core):
         "_clock",
         "_close_lock",
         "_compiled",
-        "_compress",
         "_cur_path",
         "_end_ts",
         "_error",
@@ -286,25 +245,21 @@ class HourlyFileWriter(Core):
         "_flush_interval",
         "_flusher",
         "_flushes",
-        "_fsync",
         "_half",
         "_io_lock",
         "_ledger",
         "_limit",
         "_link",
         "_lock",
-        "_maintainer",
+        "_maintenance",
         "_name",
         "_observer",
-        "_retention",
-        "_signal",
         "_sink",
         "_start_ts",
         "_state",
         "_tz",
         "_utc",
         "_wake",
-        "_zstd",
     )
 
     def __init__(
@@ -362,6 +317,7 @@ class HourlyFileWriter(Core):
                 raise ConfigError(f"link_name {link_name!r} matches the file pattern {pattern!r}")
             link = Link(os.path.join(base, link_name))
 
+        rule = None if retention is None else Retention.coerce(retention)
         self._name = filename
         self._base = base
         self._compiled = compiled
@@ -370,10 +326,6 @@ class HourlyFileWriter(Core):
         self._tz: tzinfo = UTC if utc else LOCAL_TIME
         self._flush_interval = float(flush_interval)
         self._limit = buffer_size
-        self._fsync = fsync
-        self._compress = mode
-        self._zstd = zstd
-        self._retention = None if retention is None else Retention.coerce(retention)
         self._link = link
 
         self._lock = threading.Lock()
@@ -421,21 +373,17 @@ class HourlyFileWriter(Core):
             name=f"{_THREAD_PREFIX}-{filename}-flush",
             daemon=True,
         )
-        self._signal = _Signal()
-        self._maintainer: threading.Thread | None = None
+        tasks: list[MaintenanceTask] = []
+        if mode is not None:
+            tasks.append(Compress(self, base, compiled, mode=mode, zstd=zstd, fsync=fsync))
+        if rule is not None:
+            tasks.append(Retain(self, base, compiled, retention=rule))
+        self._maintenance = Maintenance(f"{_THREAD_PREFIX}-{filename}-maintenance", tasks)
         self._state = _State.OPEN
         self._live = True
         self._arm_locked()
         self._flusher.start()
-        if compress is not None or self._retention is not None:
-            self._maintainer = threading.Thread(
-                target=_run_maintenance,
-                args=(ref, self._signal),
-                name=f"{_THREAD_PREFIX}-{filename}-maintenance",
-                daemon=True,
-            )
-            self._maintainer.start()
-            self._signal.request()
+        self._maintenance.start()
 
     def __repr__(self) -> str:
         return f"<HourlyFileWriter {self._name!r} in {self._base!r} {self._state.value}>"
@@ -532,9 +480,8 @@ class HourlyFileWriter(Core):
                         except OSError as exc:
                             problems.append(self._writer_error(exc, "close the file", path))
             finally:
-                self._signal.stop()
-                if self._maintainer is not None:
-                    self._maintainer.join()
+                self._maintenance.stop()
+                self._maintenance.join()
                 with self._lock:
                     # Records the final flush could not write; it did not put them back,
                     # so what is left in _chunks are late appends for _settle_late.
@@ -589,7 +536,7 @@ class HourlyFileWriter(Core):
         self._state = _State.CLOSED
         self._live = False
         self._wake.set()
-        self._signal.stop()
+        self._maintenance.stop()
         self._sink.drop()
         warnings.warn(
             f"{self!r} was never closed; {sum(map(len, self._chunks))} buffered bytes are lost. "
@@ -777,7 +724,7 @@ class HourlyFileWriter(Core):
     def _close_finished(self) -> None:
         """Close the sink's file and queue it for maintenance (compression, retention)."""
         self._sink.close()
-        self._signal.request()
+        self._maintenance.request()
 
     # -- background work -------------------------------------------------------------
 
@@ -832,132 +779,6 @@ class HourlyFileWriter(Core):
             used.add(self._sink.path)
         return used
 
-    def _maintain(self, signal: _Signal) -> None:
-        """One round of the maintenance thread: compress, then apply retention."""
-        # A failure is stored (raised by the next call) and the round goes on with the
-        # other files, so one unreadable file does not stop compression or retention.
-        try:
-            if self._compress is not None:
-                files = self._finished_files()
-                for path, _, match in files:
-                    if match.group("tmp"):
-                        self._guarded("remove a stale temporary file", path, _unlink_quietly)
-                for path, info, match in files:
-                    if signal.stopped:
-                        return
-                    if not match.group("tmp") and not match.group("compressed"):
-                        compress = functools.partial(self._compress_file, info=info, signal=signal)
-                        self._guarded("compress a finished file", path, compress)
-            if self._retention is not None and not signal.stopped:
-                self._apply_retention(self._retention)
-        except Exception as exc:  # not an OSError: a bug; still raised to the user
-            self._store_error(exc)
-        finally:
-            self._notify()
-
-    def _guarded(self, doing: str, path: str, action: Callable[[str], None]) -> None:
-        try:
-            action(path)
-        except OSError as exc:
-            self._store_error(self._writer_error(exc, doing, path))
-
-    def _finished_files(self) -> list[tuple[str, os.stat_result, re.Match[str]]]:
-        found = []
-        for path in glob.glob(os.path.join(glob.escape(self._base), self._compiled.glob)):
-            match = self._compiled.regex.fullmatch(os.path.relpath(path, self._base))
-            if match is None:
-                continue
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                found.append((path, info, match))
-        with self._lock:
-            used = self._in_use_locked()
-        return [entry for entry in found if entry[0] not in used]
-
-    def _compress_file(self, path: str, info: os.stat_result, signal: _Signal) -> None:
-        assert self._compress is not None
-        target = path + COMPRESSED_SUFFIXES[self._compress]
-        temp = target + ".tmp"
-        with open(path, "rb") as source, open(temp, "wb") as raw:
-            with self._compressor(raw) as sink:
-                while chunk := source.read(_COPY_CHUNK):
-                    if signal.stopped:
-                        break
-                    sink.write(chunk)
-            if signal.stopped:
-                raw.close()
-                _unlink_quietly(temp)
-                return
-            if self._fsync:
-                raw.flush()
-                os.fsync(raw.fileno())
-        os.utime(temp, ns=(info.st_atime_ns, info.st_mtime_ns))
-        with self._lock:
-            # Under the lock: the flush thread marks a path in use before opening it.
-            now = os.stat(path)
-            if path in self._in_use_locked() or (now.st_size, now.st_mtime_ns) != (
-                info.st_size,
-                info.st_mtime_ns,
-            ):
-                _unlink_quietly(temp)  # written to meanwhile: next round
-                return
-            try:
-                existing = os.stat(target)
-            except FileNotFoundError:
-                os.replace(temp, target)
-            else:
-                if existing.st_mtime_ns != info.st_mtime_ns:
-                    # The hour was reopened after it was compressed (the clock stepped
-                    # back): add the new part as another gzip member / zstd frame.
-                    _append_file(temp, target)
-                    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
-                # else a crash came between compressing and removing: already contained.
-                _unlink_quietly(temp)
-            os.unlink(path)
-            self._files_compressed += 1
-        if self._fsync:
-            fsync_dir(os.path.dirname(path))
-
-    def _compressor(self, raw: IO[bytes]) -> Any:
-        if self._compress == "gzip":
-            return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0)
-        return self._zstd.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(raw, closefd=False)
-
-    def _apply_retention(self, retention: Retention) -> None:
-        files = [(p, info) for p, info, match in self._finished_files() if not match.group("tmp")]
-        files.sort(key=lambda entry: (entry[1].st_mtime_ns, entry[0]), reverse=True)
-        doomed: list[str] = []
-        if retention.max_files is not None:
-            doomed += [path for path, _ in files[retention.max_files :]]
-        if retention.max_age is not None:
-            now, _ = self._now()
-            oldest = (now - retention.max_age.total_seconds()) * 1e9
-            doomed += [path for path, info in files if info.st_mtime_ns < oldest]
-        for path in dict.fromkeys(doomed):
-            self._guarded("remove an expired file", path, self._remove_expired)
-
-    def _remove_expired(self, path: str) -> None:
-        with self._lock:
-            if path in self._in_use_locked():
-                return
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return
-            self._files_removed += 1
-        self._prune_dirs(os.path.dirname(path))
-
-    def _prune_dirs(self, directory: str) -> None:
-        while directory != self._base and directory.startswith(self._base + os.sep):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                return
-            directory = os.path.dirname(directory)
-
 
 def _run_flusher(
     ref: weakref.ref[HourlyFileWriter], wake: threading.Event, interval: float
@@ -972,29 +793,7 @@ def _run_flusher(
         del writer
 
 
-def _run_maintenance(ref: weakref.ref[HourlyFileWriter], signal: _Signal) -> None:
-    while signal.wait():
-        writer = ref()
-        if writer is None:
-            return
-        writer._maintain(signal)
-        del writer
-
-
 def _as_bytes(data: object) -> bytes:
     if isinstance(data, bytearray | memoryview):
         return bytes(data)  # a copy: the caller may change its buffer after write()
     raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _append_file(source: str, target: str) -> None:
-    with open(source, "rb") as src, open(target, "ab") as dst:
-        while chunk := src.read(_COPY_CHUNK):
-            dst.write(chunk)
