@@ -37,7 +37,6 @@ Guarantees, in one place:
 from __future__ import annotations
 
 import enum
-import importlib
 import math
 import os
 import threading
@@ -49,7 +48,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
 from typing import (
-    Any,
     Final,
     NoReturn,
     Protocol,
@@ -57,15 +55,15 @@ from typing import (
     runtime_checkable,
 )
 
-from .._errors import ConfigError, WriterError
+from .._errors import WriterError
 from . import _core
 from ._core import Core
 from ._ledger import Ledger, Segment
-from ._maintenance import Compress, Compression, Maintenance, MaintenanceTask, Retain
+from ._maintenance import Maintenance
+from ._options import DEFAULT_BUFFER_SIZE, Options
 from ._rotation import (
     LOCAL_TIME,
     Retention,
-    compile_pattern,
     hour_bucket,
     parse_retention,
     render_path,
@@ -80,12 +78,6 @@ __all__ = [
     "WriterStats",
     "parse_retention",
 ]
-
-DEFAULT_BUFFER_SIZE: Final = 256 * 1024
-"""Bytes buffered before ``write()`` writes them out itself (half of it wakes the flush
-thread)."""
-
-_THREAD_PREFIX: Final = "natstream-writer"
 
 
 @runtime_checkable
@@ -230,35 +222,30 @@ class HourlyFileWriter(Core):
     # a slot of the same name would hide the C core's field from Python code.
     __slots__ = (
         "__weakref__",
-        "_base",
         "_bytes_dropped",
         "_bytes_written",
         "_clock",
         "_close_lock",
-        "_compiled",
         "_cur_path",
         "_end_ts",
         "_error",
         "_errors",
         "_files_compressed",
         "_files_removed",
-        "_flush_interval",
         "_flusher",
         "_flushes",
         "_half",
         "_io_lock",
         "_ledger",
-        "_limit",
         "_link",
         "_lock",
         "_maintenance",
-        "_name",
         "_observer",
+        "_options",
         "_sink",
         "_start_ts",
         "_state",
         "_tz",
-        "_utc",
         "_wake",
     )
 
@@ -277,56 +264,23 @@ class HourlyFileWriter(Core):
         retention: Retention | str | int | timedelta | None = None,
         link_name: str | None = None,
     ) -> None:
-        if not isinstance(filename, str) or not filename or "/" in filename or "\0" in filename:
-            raise ConfigError(f"filename must be a non-empty name without '/', got {filename!r}")
-        if pattern is None:
-            pattern = filename.replace("%", "%%") + "_%Y-%m-%d_%H.log"
-        compiled = compile_pattern(pattern)
-        if not (isinstance(flush_interval, int | float) and 0 < flush_interval < math.inf):
-            raise ConfigError(
-                f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
-            )
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            raise ConfigError(
-                f"buffer_size must be a positive number of bytes, got {buffer_size!r}"
-            )
-        zstd: Any = None
-        mode: Compression | None = None
-        if compress == "gzip":
-            mode = "gzip"
-        elif compress == "zstd":
-            mode = "zstd"
-            try:
-                zstd = importlib.import_module("zstandard")
-            except ImportError as exc:
-                raise ConfigError(
-                    "compress='zstd' needs the zstandard package: pip install 'natstream[zstd]'"
-                    " (or use compress='gzip')"
-                ) from exc
-        elif compress is not None:
-            raise ConfigError(f"compress must be None, 'gzip' or 'zstd', got {compress!r}")
-        base = os.path.abspath(os.fspath(base_dir))
-        link: Link | None = None
-        if link_name is not None:
-            parts = link_name.split("/")
-            if link_name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise ConfigError(
-                    f"link_name must be a relative path inside base_dir, got {link_name!r}"
-                )
-            if compiled.regex.fullmatch(link_name):
-                raise ConfigError(f"link_name {link_name!r} matches the file pattern {pattern!r}")
-            link = Link(os.path.join(base, link_name))
-
-        rule = None if retention is None else Retention.coerce(retention)
-        self._name = filename
-        self._base = base
-        self._compiled = compiled
-        self._utc = utc
+        options = Options.check(
+            base_dir,
+            filename,
+            pattern=pattern,
+            utc=utc,
+            clock=clock,
+            flush_interval=flush_interval,
+            buffer_size=buffer_size,
+            fsync=fsync,
+            compress=compress,
+            retention=retention,
+            link_name=link_name,
+        )
+        self._options = options
         self._clock = clock
         self._tz: tzinfo = UTC if utc else LOCAL_TIME
-        self._flush_interval = float(flush_interval)
-        self._limit = buffer_size
-        self._link = link
+        self._link = None if options.link is None else Link(options.link)
 
         self._lock = threading.Lock()
         self._observer: Callable[[], None] | None = None  # see _notify
@@ -353,7 +307,7 @@ class HourlyFileWriter(Core):
         # (default clock, open, no stored error), else an empty range.
         self._lo = math.inf
         self._hi = -math.inf
-        self._sink = FileSink(self._lock, fsync=fsync)
+        self._sink = FileSink(self._lock, fsync=options.fsync)
         self._bytes_written = 0
         self._bytes_dropped = 0
         self._flushes = 0
@@ -369,16 +323,11 @@ class HourlyFileWriter(Core):
         ref = weakref.ref(self)
         self._flusher = threading.Thread(
             target=_run_flusher,
-            args=(ref, self._wake, self._flush_interval),
-            name=f"{_THREAD_PREFIX}-{filename}-flush",
+            args=(ref, self._wake, options.flush_interval),
+            name=options.thread_name("flush"),
             daemon=True,
         )
-        tasks: list[MaintenanceTask] = []
-        if mode is not None:
-            tasks.append(Compress(self, base, compiled, mode=mode, zstd=zstd, fsync=fsync))
-        if rule is not None:
-            tasks.append(Retain(self, base, compiled, retention=rule))
-        self._maintenance = Maintenance(f"{_THREAD_PREFIX}-{filename}-maintenance", tasks)
+        self._maintenance = Maintenance(self, options)
         self._state = _State.OPEN
         self._live = True
         self._arm_locked()
@@ -386,7 +335,8 @@ class HourlyFileWriter(Core):
         self._maintenance.start()
 
     def __repr__(self) -> str:
-        return f"<HourlyFileWriter {self._name!r} in {self._base!r} {self._state.value}>"
+        name, base = self._options.name, self._options.base
+        return f"<HourlyFileWriter {name!r} in {base!r} {self._state.value}>"
 
     # -- the public surface ---------------------------------------------------------
 
@@ -557,9 +507,9 @@ class HourlyFileWriter(Core):
         now = clock()
         tz = now.tzinfo
         if tz is None:
-            tz = UTC if self._utc else LOCAL_TIME
+            tz = UTC if self._options.utc else LOCAL_TIME
             now = now.replace(tzinfo=tz)
-        elif self._utc:
+        elif self._options.utc:
             tz = UTC
         return now.timestamp(), tz
 
@@ -570,7 +520,7 @@ class HourlyFileWriter(Core):
 
     def _rotate_locked(self, now: float, tz: tzinfo) -> None:
         bucket = hour_bucket(datetime.fromtimestamp(now, tz))
-        path = os.path.join(self._base, render_path(self._compiled, bucket))
+        path = os.path.join(self._options.base, render_path(self._options.pattern, bucket))
         if path != self._cur_path:
             self._cur_path = path
             # Mark first, then move the fast path's bounds (below): a lock-free write
@@ -595,18 +545,19 @@ class HourlyFileWriter(Core):
 
     def _has_room_locked(self, size: int) -> bool:
         """Wake the flush thread at half the buffer; False when it is full."""
-        if self._gate < self._limit:
+        if self._gate < self._options.buffer_size:
             # Half full: wake the flush thread once; come back here when full.
-            self._gate = self._limit
+            self._gate = self._options.buffer_size
             self._wake.set()
         # On the estimate: if it is high, the flush comes a little early; the take
         # recounts.
-        return self._fill < self._limit
+        return self._fill < self._options.buffer_size
 
     def _raise_unusable_locked(self) -> NoReturn:
         if self._state is not _OPEN:
+            name = self._options.name
             raise WriterError(
-                f"writer {self._name!r} is closed; create a new HourlyFileWriter to write more"
+                f"writer {name!r} is closed; create a new HourlyFileWriter to write more"
             )
         error = self._error
         assert error is not None
@@ -767,7 +718,7 @@ class HourlyFileWriter(Core):
     def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError:
         with self._lock:
             self._errors += 1
-        message = f"writer {self._name!r} could not {doing}: {exc.strerror or exc}"
+        message = f"writer {self._options.name!r} could not {doing}: {exc.strerror or exc}"
         error = WriterError(exc.errno, message, path) if exc.errno else WriterError(message)
         error.__cause__ = exc
         return error

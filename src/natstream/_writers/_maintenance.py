@@ -36,19 +36,18 @@ import stat
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import tzinfo
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
-from ._rotation import COMPRESSED_SUFFIXES, CompiledPattern, Retention
+from ._options import Compression, Options
+from ._rotation import COMPRESSED_SUFFIXES, Retention
 from ._sink import fsync_dir
 
 if TYPE_CHECKING:
     from .._errors import WriterError
 
-__all__ = ["Compress", "Compression", "Host", "Maintenance", "MaintenanceTask", "Retain"]
-
-Compression = Literal["gzip", "zstd"]
+__all__ = ["Compress", "Host", "Maintenance", "MaintenanceTask", "Retain"]
 
 _COPY_CHUNK: Final = 1024 * 1024
 _GZIP_LEVEL: Final = 6
@@ -101,19 +100,28 @@ class Signal:
 
 
 class Maintenance:
-    """One writer's maintenance thread and the tasks it runs, in order, each round.
+    """One writer's maintenance thread and the tasks it runs, in order, each round:
+    compression, then retention.
 
-    Without tasks there is no thread and requests are ignored.
+    Without ``compress`` and ``retention`` there is no thread and requests are ignored.
     """
 
     __slots__ = ("_signal", "_thread")
 
-    def __init__(self, thread_name: str, tasks: Sequence[MaintenanceTask]) -> None:
+    def __init__(self, writer: Host, options: Options) -> None:
+        tasks: list[MaintenanceTask] = []
+        if options.compress is not None:
+            tasks.append(Compress(writer, options, options.compress))
+        if options.retention is not None:
+            tasks.append(Retain(writer, options, options.retention))
         self._signal = Signal()
         self._thread: threading.Thread | None = None
         if tasks:
             self._thread = threading.Thread(
-                target=_run, args=(self._signal, tuple(tasks)), name=thread_name, daemon=True
+                target=_run,
+                args=(self._signal, tuple(tasks)),
+                name=options.thread_name("maintenance"),
+                daemon=True,
             )
 
     def start(self) -> None:
@@ -153,12 +161,11 @@ class MaintenanceTask(ABC):
     never closed can be collected; its ``__del__`` then stops the thread.
     """
 
-    __slots__ = ("_base", "_pattern", "_writer")
+    __slots__ = ("_options", "_writer")
 
-    def __init__(self, writer: Host, base: str, pattern: CompiledPattern) -> None:
+    def __init__(self, writer: Host, options: Options) -> None:
         self._writer = weakref.ref(writer)
-        self._base = base
-        self._pattern = pattern
+        self._options = options
 
     def run(self, signal: Signal) -> bool:
         """Do one round of this work; False once the writer is gone.
@@ -181,9 +188,10 @@ class MaintenanceTask(ABC):
 
     def _finished_files(self, writer: Host) -> list[tuple[str, os.stat_result, re.Match[str]]]:
         """Regular files matching the pattern and not in use, with their stat and match."""
+        base, pattern = self._options.base, self._options.pattern
         found = []
-        for path in glob.glob(os.path.join(glob.escape(self._base), self._pattern.glob)):
-            match = self._pattern.regex.fullmatch(os.path.relpath(path, self._base))
+        for path in glob.glob(os.path.join(glob.escape(base), pattern.glob)):
+            match = pattern.regex.fullmatch(os.path.relpath(path, base))
             if match is None:
                 continue
             try:
@@ -209,22 +217,11 @@ class Compress(MaintenanceTask):
     """Compress each finished hour file to ``.gz`` or ``.zst``, keeping its mtime, and
     remove the temporary files of compressions a crash interrupted."""
 
-    __slots__ = ("_fsync", "_mode", "_zstd")
+    __slots__ = ("_mode",)
 
-    def __init__(
-        self,
-        writer: Host,
-        base: str,
-        pattern: CompiledPattern,
-        *,
-        mode: Compression,
-        zstd: Any,
-        fsync: bool,
-    ) -> None:
-        super().__init__(writer, base, pattern)
+    def __init__(self, writer: Host, options: Options, mode: Compression) -> None:
+        super().__init__(writer, options)
         self._mode = mode
-        self._zstd = zstd  # the zstandard module, for mode "zstd"
-        self._fsync = fsync
 
     def _run(self, writer: Host, signal: Signal) -> None:
         files = self._finished_files(writer)
@@ -251,7 +248,7 @@ class Compress(MaintenanceTask):
                 raw.close()
                 _unlink_quietly(temp)
                 return
-            if self._fsync:
+            if self._options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
         os.utime(temp, ns=(info.st_atime_ns, info.st_mtime_ns))
@@ -278,13 +275,15 @@ class Compress(MaintenanceTask):
                 _unlink_quietly(temp)
             os.unlink(path)
             writer._files_compressed += 1
-        if self._fsync:
+        if self._options.fsync:
             fsync_dir(os.path.dirname(path))
 
     def _compressor(self, raw: IO[bytes]) -> Any:
         if self._mode == "gzip":
             return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0)
-        return self._zstd.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(raw, closefd=False)
+        return self._options.zstd.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(
+            raw, closefd=False
+        )
 
 
 class Retain(MaintenanceTask):
@@ -293,10 +292,8 @@ class Retain(MaintenanceTask):
 
     __slots__ = ("_retention",)
 
-    def __init__(
-        self, writer: Host, base: str, pattern: CompiledPattern, *, retention: Retention
-    ) -> None:
-        super().__init__(writer, base, pattern)
+    def __init__(self, writer: Host, options: Options, retention: Retention) -> None:
+        super().__init__(writer, options)
         self._retention = retention
 
     def _run(self, writer: Host, signal: Signal) -> None:
@@ -330,7 +327,7 @@ class Retain(MaintenanceTask):
         self._prune_dirs(os.path.dirname(path))
 
     def _prune_dirs(self, directory: str) -> None:
-        base = self._base
+        base = self._options.base
         while directory != base and directory.startswith(base + os.sep):
             try:
                 os.rmdir(directory)
