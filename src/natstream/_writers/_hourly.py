@@ -41,7 +41,6 @@ import math
 import os
 import threading
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -58,6 +57,7 @@ from typing import (
 from .._errors import WriterError
 from . import _core
 from ._core import Core
+from ._flusher import Flusher
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import DEFAULT_BUFFER_SIZE, Options
@@ -68,7 +68,7 @@ from ._rotation import (
     parse_retention,
     render_path,
 )
-from ._sink import FileSink, Link
+from ._sink import FileSink
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -223,7 +223,6 @@ class HourlyFileWriter(Core):
     __slots__ = (
         "__weakref__",
         "_bytes_dropped",
-        "_bytes_written",
         "_clock",
         "_close_lock",
         "_cur_path",
@@ -233,11 +232,8 @@ class HourlyFileWriter(Core):
         "_files_compressed",
         "_files_removed",
         "_flusher",
-        "_flushes",
         "_half",
-        "_io_lock",
         "_ledger",
-        "_link",
         "_lock",
         "_maintenance",
         "_observer",
@@ -246,7 +242,6 @@ class HourlyFileWriter(Core):
         "_start_ts",
         "_state",
         "_tz",
-        "_wake",
     )
 
     def __init__(
@@ -280,11 +275,9 @@ class HourlyFileWriter(Core):
         self._options = options
         self._clock = clock
         self._tz: tzinfo = UTC if utc else LOCAL_TIME
-        self._link = None if options.link is None else Link(options.link)
 
         self._lock = threading.Lock()
         self._observer: Callable[[], None] | None = None  # see _notify
-        self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
         self._close_lock = threading.Lock()
         self._state = _State.CLOSED  # OPEN once the threads run (__del__ looks at it)
         self._live = False  # state is OPEN; read by write() after its lock-free append
@@ -308,26 +301,22 @@ class HourlyFileWriter(Core):
         self._lo = math.inf
         self._hi = -math.inf
         self._sink = FileSink(self._lock, fsync=options.fsync)
-        self._bytes_written = 0
         self._bytes_dropped = 0
-        self._flushes = 0
         self._errors = 0
         self._files_compressed = 0
         self._files_removed = 0
 
-        self._wake = threading.Event()
-        now, tz = self._now()
-        self._rotate_locked(now, tz)
-        self._wake.clear()  # nothing to flush yet
-
-        ref = weakref.ref(self)
-        self._flusher = threading.Thread(
-            target=_run_flusher,
-            args=(ref, self._wake, options.flush_interval),
-            name=options.thread_name("flush"),
-            daemon=True,
-        )
         self._maintenance = Maintenance(self, options)
+        self._flusher = Flusher(
+            self,
+            options,
+            lock=self._lock,
+            ledger=self._ledger,
+            sink=self._sink,
+            maintenance=self._maintenance,
+        )
+        now, tz = self._now()
+        self._rotate_locked(now, tz)  # the first hour: nothing to flush yet
         self._state = _State.OPEN
         self._live = True
         self._arm_locked()
@@ -351,15 +340,17 @@ class HourlyFileWriter(Core):
                     self._raise_unusable_locked()
                 if self._fill + size < self._gate or self._has_room_locked(size):
                     now, tz = self._now()
-                    if now >= self._end_ts or now < self._start_ts:
-                        self._rotate_locked(now, tz)
+                    if (now >= self._end_ts or now < self._start_ts) and self._rotate_locked(
+                        now, tz
+                    ):
+                        self._flusher.wake()  # it writes out and closes the finished hour
                     self._chunks.append(data)
                     self._fill += size
                     return size
             # The buffer is full: write it out on this thread rather than wait for the
             # flush thread (which, with the GIL, may get to run only once this thread
             # blocks). An error is raised here and the record is not accepted.
-            self._drain()
+            self._flusher.flush(self)
 
     def _settle_late(self, data: bytes) -> int:
         """A lock-free append raced with ``close()``: keep the record only if close took it.
@@ -390,7 +381,7 @@ class HourlyFileWriter(Core):
             if self._state is not _OPEN or self._error is not None:
                 self._raise_unusable_locked()
             self._follow_clock_locked()
-        self._drain()
+        self._flusher.flush(self)
 
     def close(self) -> None:
         """Flush, close the file, stop the background threads. Idempotent.
@@ -415,20 +406,9 @@ class HourlyFileWriter(Core):
                     problems.append(self._error)
                     self._error = None
             self._notify()
-            self._wake.set()
-            self._flusher.join()
+            self._flusher.stop()
             try:
-                with self._io_lock:  # a flush() running on another thread finishes first
-                    try:
-                        self._drain_locked(final=True)
-                    except WriterError as exc:
-                        problems.append(exc)
-                    if self._sink.fd is not None:
-                        path = self._sink.path
-                        try:
-                            self._sink.close()
-                        except OSError as exc:
-                            problems.append(self._writer_error(exc, "close the file", path))
+                problems += self._flusher.finish(self)
             finally:
                 self._maintenance.stop()
                 self._maintenance.join()
@@ -456,13 +436,13 @@ class HourlyFileWriter(Core):
         with self._lock:
             return WriterStats(
                 records=self._ledger.taken + len(self._chunks),
-                bytes_written=self._bytes_written,
+                bytes_written=self._flusher.bytes_written,
                 bytes_buffered=sum(map(len, self._chunks)) + self._ledger.inflight_size(),
                 bytes_dropped=self._bytes_dropped,
                 current_path=Path(self._cur_path),
                 files_opened=self._sink.files_opened,
                 lines_repaired=self._sink.lines_repaired,
-                flushes=self._flushes,
+                flushes=self._flusher.flushes,
                 errors=self._errors,
                 files_compressed=self._files_compressed,
                 files_removed=self._files_removed,
@@ -485,7 +465,7 @@ class HourlyFileWriter(Core):
         # Stop the threads first: the warning below may be turned into an exception.
         self._state = _State.CLOSED
         self._live = False
-        self._wake.set()
+        self._flusher.wake()
         self._maintenance.stop()
         self._sink.drop()
         warnings.warn(
@@ -515,21 +495,23 @@ class HourlyFileWriter(Core):
 
     def _follow_clock_locked(self) -> None:
         now, tz = self._now()
-        if now >= self._end_ts or now < self._start_ts:
-            self._rotate_locked(now, tz)
+        if (now >= self._end_ts or now < self._start_ts) and self._rotate_locked(now, tz):
+            self._flusher.wake()  # it writes out and closes the finished hour
 
-    def _rotate_locked(self, now: float, tz: tzinfo) -> None:
+    def _rotate_locked(self, now: float, tz: tzinfo) -> bool:
+        """Make the hour of ``now`` the current one; True when its file is another."""
         bucket = hour_bucket(datetime.fromtimestamp(now, tz))
         path = os.path.join(self._options.base, render_path(self._options.pattern, bucket))
-        if path != self._cur_path:
+        changed = path != self._cur_path
+        if changed:
             self._cur_path = path
             # Mark first, then move the fast path's bounds (below): a lock-free write
             # that sees the new bounds appends after the mark.
             self._ledger.mark(path, buffered=len(self._chunks))
-            self._wake.set()  # the flush thread writes out and closes the finished hour
         self._start_ts = bucket.start.timestamp()
         self._end_ts = bucket.end.timestamp()
         self._arm_locked()
+        return changed
 
     def _arm_locked(self) -> None:
         """Open or shut the lock-free path of ``write()`` (shut: an empty hour range)."""
@@ -548,7 +530,7 @@ class HourlyFileWriter(Core):
         if self._gate < self._options.buffer_size:
             # Half full: wake the flush thread once; come back here when full.
             self._gate = self._options.buffer_size
-            self._wake.set()
+            self._flusher.wake()
         # On the estimate: if it is high, the flush comes a little early; the take
         # recounts.
         return self._fill < self._options.buffer_size
@@ -564,27 +546,6 @@ class HourlyFileWriter(Core):
         self._error = None
         self._arm_locked()
         raise error
-
-    # -- flushing (under self._io_lock) ---------------------------------------------
-
-    def _drain(self) -> None:
-        """Write out everything buffered; close the file of a finished hour."""
-        with self._io_lock:
-            self._drain_locked()
-
-    def _drain_locked(self, *, final: bool = False) -> None:
-        with self._lock:
-            segments = self._take_locked()
-        if segments:
-            self._write_segments(segments, keep=not final)
-        with self._lock:
-            finished = self._sink.fd is not None and self._sink.path != self._cur_path
-        if finished:
-            path = self._sink.path
-            try:
-                self._close_finished()
-            except OSError as exc:
-                raise self._writer_error(exc, "close the finished file", path) from exc
 
     def _take_locked(self) -> list[Segment]:
         """Remove every buffered record, split by file; lock-free appends go on meanwhile.
@@ -607,76 +568,6 @@ class HourlyFileWriter(Core):
         self._chunks[0:0] = records  # atomic with the GIL, like the take
         self._fill += sum(map(len, records))
 
-    def _write_segments(self, segments: list[Segment], *, keep: bool) -> None:
-        """Write taken records; on failure put them back (``keep``) or leave them in
-        flight (for ``close()`` to count as dropped)."""
-        written = 0
-        for index, segment in enumerate(segments):
-            path = segment.path
-            failure: OSError | None
-            try:
-                self._file_for(path)
-            except OSError as exc:
-                committed, failure, doing = 0, exc, "open the file"
-            else:
-                committed, size, failure = self._sink.append(segment)
-                doing = f"write {size} bytes"
-            written += committed
-            if failure is not None:
-                rest = [s for s in segments[index:] if s.chunks]
-                with self._lock:
-                    if keep:
-                        self._put_back_locked(rest)
-                    else:
-                        self._ledger.inflight = rest
-                    self._bytes_written += written
-                error = self._writer_error(failure, doing, path)
-                if keep:
-                    error.add_note(
-                        "The records not fully written stay buffered; the next flush retries them."
-                    )
-                raise error from failure
-        durable_error: OSError | None = None
-        try:
-            self._sink.sync()
-        except OSError as exc:
-            durable_error = exc
-        with self._lock:
-            self._ledger.inflight = []
-            self._bytes_written += written
-            self._flushes += 1
-        self._notify()
-        if durable_error is not None:
-            error = self._writer_error(durable_error, "fsync", self._sink.path)
-            error.add_note(
-                "The records were handed to the OS and are not written again; "
-                "whether they reached the disk is unknown."
-            )
-            raise error from durable_error
-
-    def _file_for(self, path: str) -> None:
-        """Have ``path`` open in the sink; a newly opened current file gets the link."""
-        sink = self._sink
-        if sink.fd is not None:
-            if sink.path == path:
-                return
-            self._close_finished()
-        sink.open(path)
-        if self._link is not None:
-            with self._lock:
-                current = path == self._cur_path
-            if current:
-                try:
-                    self._link.point_at(path)
-                except OSError as exc:
-                    doing = "point the link at the current file"
-                    self._store_error(self._writer_error(exc, doing, self._link.path))
-
-    def _close_finished(self) -> None:
-        """Close the sink's file and queue it for maintenance (compression, retention)."""
-        self._sink.close()
-        self._maintenance.request()
-
     # -- background work -------------------------------------------------------------
 
     def _background_tick(self) -> bool:
@@ -686,13 +577,7 @@ class HourlyFileWriter(Core):
                 if self._state is not _OPEN:
                     return False
                 self._follow_clock_locked()
-            # A flush on another thread (a caller's, or write() with a full buffer) is
-            # writing: it takes what this round would, so skip rather than queue behind.
-            if self._io_lock.acquire(blocking=False):
-                try:
-                    self._drain_locked()
-                finally:
-                    self._io_lock.release()
+            self._flusher.flush_unless_busy(self)
         except Exception as exc:  # stored, raised to the user by the next call
             self._store_error(exc)
         return True
@@ -729,19 +614,6 @@ class HourlyFileWriter(Core):
         if self._sink.path is not None:
             used.add(self._sink.path)
         return used
-
-
-def _run_flusher(
-    ref: weakref.ref[HourlyFileWriter], wake: threading.Event, interval: float
-) -> None:
-    # Holds the writer only during a tick, so an unclosed writer can be collected.
-    while True:
-        wake.wait(interval)
-        wake.clear()
-        writer = ref()
-        if writer is None or not writer._background_tick():
-            return
-        del writer
 
 
 def _as_bytes(data: object) -> bytes:
