@@ -31,6 +31,7 @@ from .._errors import WriterError
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import Options
+from ._rotation import CurrentHour
 from ._sink import FileSink, Link
 
 __all__ = ["Flusher", "Host"]
@@ -39,11 +40,8 @@ __all__ = ["Flusher", "Host"]
 class Host(Protocol):
     """What the flusher uses of its writer (an ``HourlyFileWriter``).
 
-    ``_cur_path`` is read and the ``_locked`` methods are called with the writer's lock
-    held, the others without.
+    The ``_locked`` methods are called with the writer's lock held, the others without.
     """
-
-    _cur_path: str
 
     def _take_locked(self) -> list[Segment]: ...
     def _put_back_locked(self, rest: list[Segment]) -> None: ...
@@ -67,6 +65,7 @@ class Flusher:
     """
 
     __slots__ = (
+        "_hour",
         "_io_lock",
         "_ledger",
         "_link",
@@ -86,12 +85,14 @@ class Flusher:
         *,
         lock: threading.Lock,
         ledger: Ledger,
+        hour: CurrentHour,
         sink: FileSink,
         maintenance: Maintenance,
     ) -> None:
         self._lock = lock
         self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
         self._ledger = ledger
+        self._hour = hour  # read under the lock
         self._sink = sink
         self._link = None if options.link is None else Link(options.link)
         self._maintenance = maintenance
@@ -165,7 +166,7 @@ class Flusher:
             self._write_segments(writer, segments, keep=keep)
         sink = self._sink
         with self._lock:
-            finished = sink.fd is not None and sink.path != writer._cur_path
+            finished = sink.fd is not None and sink.path != self._hour.path
         if finished:
             path = sink.path
             try:
@@ -230,7 +231,7 @@ class Flusher:
         sink.open(path)
         if self._link is not None:
             with self._lock:
-                current = path == writer._cur_path
+                current = path == self._hour.path
             if current:
                 try:
                     self._link.point_at(path)

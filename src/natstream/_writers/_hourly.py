@@ -61,13 +61,7 @@ from ._flusher import Flusher
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import DEFAULT_BUFFER_SIZE, Options
-from ._rotation import (
-    LOCAL_TIME,
-    Retention,
-    hour_bucket,
-    parse_retention,
-    render_path,
-)
+from ._rotation import LOCAL_TIME, CurrentHour, Retention, clock_reading, parse_retention
 from ._sink import FileSink
 
 __all__ = [
@@ -225,21 +219,19 @@ class HourlyFileWriter(Core):
         "_bytes_dropped",
         "_clock",
         "_close_lock",
-        "_cur_path",
-        "_end_ts",
         "_error",
         "_errors",
         "_files_compressed",
         "_files_removed",
         "_flusher",
         "_half",
+        "_hour",
         "_ledger",
         "_lock",
         "_maintenance",
         "_observer",
         "_options",
         "_sink",
-        "_start_ts",
         "_state",
         "_tz",
     )
@@ -293,9 +285,7 @@ class HourlyFileWriter(Core):
         self._fill = 0
         self._half = max(1, buffer_size // 2)
         self._gate = self._half  # the fast path needs _fill + size < _gate
-        self._cur_path = ""
-        self._start_ts = math.inf
-        self._end_ts = -math.inf
+        self._hour = CurrentHour(options.base, options.pattern)
         # The fast path's hour bounds: the bucket's when write() may skip the lock
         # (default clock, open, no stored error), else an empty range.
         self._lo = math.inf
@@ -312,6 +302,7 @@ class HourlyFileWriter(Core):
             options,
             lock=self._lock,
             ledger=self._ledger,
+            hour=self._hour,
             sink=self._sink,
             maintenance=self._maintenance,
         )
@@ -340,9 +331,8 @@ class HourlyFileWriter(Core):
                     self._raise_unusable_locked()
                 if self._fill + size < self._gate or self._has_room_locked(size):
                     now, tz = self._now()
-                    if (now >= self._end_ts or now < self._start_ts) and self._rotate_locked(
-                        now, tz
-                    ):
+                    hour = self._hour
+                    if (now >= hour.end or now < hour.start) and self._rotate_locked(now, tz):
                         self._flusher.wake()  # it writes out and closes the finished hour
                     self._chunks.append(data)
                     self._fill += size
@@ -439,7 +429,7 @@ class HourlyFileWriter(Core):
                 bytes_written=self._flusher.bytes_written,
                 bytes_buffered=sum(map(len, self._chunks)) + self._ledger.inflight_size(),
                 bytes_dropped=self._bytes_dropped,
-                current_path=Path(self._cur_path),
+                current_path=Path(self._hour.path),
                 files_opened=self._sink.files_opened,
                 lines_repaired=self._sink.lines_repaired,
                 flushes=self._flusher.flushes,
@@ -481,42 +471,28 @@ class HourlyFileWriter(Core):
         clock = self._clock
         if clock is None:
             return _core._time(), self._tz
-        return self._read_clock(clock)
-
-    def _read_clock(self, clock: Callable[[], datetime]) -> tuple[float, tzinfo]:
-        now = clock()
-        tz = now.tzinfo
-        if tz is None:
-            tz = UTC if self._options.utc else LOCAL_TIME
-            now = now.replace(tzinfo=tz)
-        elif self._options.utc:
-            tz = UTC
-        return now.timestamp(), tz
+        return clock_reading(clock(), utc=self._options.utc)
 
     def _follow_clock_locked(self) -> None:
         now, tz = self._now()
-        if (now >= self._end_ts or now < self._start_ts) and self._rotate_locked(now, tz):
+        hour = self._hour
+        if (now >= hour.end or now < hour.start) and self._rotate_locked(now, tz):
             self._flusher.wake()  # it writes out and closes the finished hour
 
     def _rotate_locked(self, now: float, tz: tzinfo) -> bool:
         """Make the hour of ``now`` the current one; True when its file is another."""
-        bucket = hour_bucket(datetime.fromtimestamp(now, tz))
-        path = os.path.join(self._options.base, render_path(self._options.pattern, bucket))
-        changed = path != self._cur_path
+        changed = self._hour.move(now, tz)
         if changed:
-            self._cur_path = path
-            # Mark first, then move the fast path's bounds (below): a lock-free write
-            # that sees the new bounds appends after the mark.
-            self._ledger.mark(path, buffered=len(self._chunks))
-        self._start_ts = bucket.start.timestamp()
-        self._end_ts = bucket.end.timestamp()
+            # Mark first, then move the fast path's bounds (_arm_locked): a lock-free
+            # write that sees the new bounds appends after the mark.
+            self._ledger.mark(self._hour.path, buffered=len(self._chunks))
         self._arm_locked()
         return changed
 
     def _arm_locked(self) -> None:
         """Open or shut the lock-free path of ``write()`` (shut: an empty hour range)."""
         if self._clock is None and self._state is _OPEN and self._error is None:
-            self._lo, self._hi = self._start_ts, self._end_ts
+            self._lo, self._hi = self._hour.start, self._hour.end
         else:
             self._lo, self._hi = math.inf, -math.inf
 
@@ -610,7 +586,7 @@ class HourlyFileWriter(Core):
 
     def _in_use_locked(self) -> set[str]:
         used = self._ledger.paths()
-        used.add(self._cur_path)
+        used.add(self._hour.path)
         if self._sink.path is not None:
             used.add(self._sink.path)
         return used
