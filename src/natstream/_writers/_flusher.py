@@ -28,6 +28,7 @@ import weakref
 from typing import Protocol
 
 from .._errors import WriterError
+from ._failures import Failures
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import Options
@@ -47,7 +48,6 @@ class Host(Protocol):
     def _put_back_locked(self, rest: list[Segment]) -> None: ...
     def _background_tick(self) -> bool: ...
     def _store_error(self, error: BaseException) -> None: ...
-    def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError: ...
     def _notify(self) -> None: ...
 
 
@@ -65,6 +65,7 @@ class Flusher:
     """
 
     __slots__ = (
+        "_failures",
         "_hour",
         "_io_lock",
         "_ledger",
@@ -88,6 +89,7 @@ class Flusher:
         hour: CurrentHour,
         sink: FileSink,
         maintenance: Maintenance,
+        failures: Failures,
     ) -> None:
         self._lock = lock
         self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
@@ -96,6 +98,7 @@ class Flusher:
         self._sink = sink
         self._link = None if options.link is None else Link(options.link)
         self._maintenance = maintenance
+        self._failures = failures
         self._wake = threading.Event()
         self._thread = threading.Thread(
             target=_run,
@@ -156,7 +159,7 @@ class Flusher:
                 try:
                     self._sink.close()
                 except OSError as exc:
-                    problems.append(writer._writer_error(exc, "close the file", path))
+                    problems.append(self._failures.error(exc, "close the file", path))
         return problems
 
     def _drain_locked(self, writer: Host, *, keep: bool) -> None:
@@ -172,7 +175,7 @@ class Flusher:
             try:
                 self._close_finished()
             except OSError as exc:
-                raise writer._writer_error(exc, "close the finished file", path) from exc
+                raise self._failures.error(exc, "close the finished file", path) from exc
 
     def _write_segments(self, writer: Host, segments: list[Segment], *, keep: bool) -> None:
         """Write taken records; on failure put them back (``keep``) or leave them in
@@ -197,7 +200,7 @@ class Flusher:
                     else:
                         self._ledger.inflight = rest
                     self.bytes_written += written
-                error = writer._writer_error(failure, doing, path)
+                error = self._failures.error(failure, doing, path)
                 if keep:
                     error.add_note(
                         "The records not fully written stay buffered; the next flush retries them."
@@ -214,7 +217,7 @@ class Flusher:
             self.flushes += 1
         writer._notify()
         if durable_error is not None:
-            error = writer._writer_error(durable_error, "fsync", self._sink.path)
+            error = self._failures.error(durable_error, "fsync", self._sink.path)
             error.add_note(
                 "The records were handed to the OS and are not written again; "
                 "whether they reached the disk is unknown."
@@ -237,7 +240,7 @@ class Flusher:
                     self._link.point_at(path)
                 except OSError as exc:
                     doing = "point the link at the current file"
-                    writer._store_error(writer._writer_error(exc, doing, self._link.path))
+                    writer._store_error(self._failures.error(exc, doing, self._link.path))
 
     def _close_finished(self) -> None:
         """Close the sink's file and queue it for maintenance (compression, retention)."""

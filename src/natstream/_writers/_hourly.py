@@ -57,6 +57,7 @@ from typing import (
 from .._errors import WriterError
 from . import _core
 from ._core import Core
+from ._failures import Failures
 from ._flusher import Flusher
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
@@ -220,9 +221,7 @@ class HourlyFileWriter(Core):
         "_clock",
         "_close_lock",
         "_error",
-        "_errors",
-        "_files_compressed",
-        "_files_removed",
+        "_failures",
         "_flusher",
         "_half",
         "_hour",
@@ -292,11 +291,9 @@ class HourlyFileWriter(Core):
         self._hi = -math.inf
         self._sink = FileSink(self._lock, fsync=options.fsync)
         self._bytes_dropped = 0
-        self._errors = 0
-        self._files_compressed = 0
-        self._files_removed = 0
+        self._failures = Failures(self._lock, options.name)
 
-        self._maintenance = Maintenance(self, options)
+        self._maintenance = Maintenance(self, options, lock=self._lock, failures=self._failures)
         self._flusher = Flusher(
             self,
             options,
@@ -305,6 +302,7 @@ class HourlyFileWriter(Core):
             hour=self._hour,
             sink=self._sink,
             maintenance=self._maintenance,
+            failures=self._failures,
         )
         now, tz = self._now()
         self._rotate_locked(now, tz)  # the first hour: nothing to flush yet
@@ -433,9 +431,9 @@ class HourlyFileWriter(Core):
                 files_opened=self._sink.files_opened,
                 lines_repaired=self._sink.lines_repaired,
                 flushes=self._flusher.flushes,
-                errors=self._errors,
-                files_compressed=self._files_compressed,
-                files_removed=self._files_removed,
+                errors=self._failures.count,
+                files_compressed=self._maintenance.files_compressed,
+                files_removed=self._maintenance.files_removed,
             )
 
     def __enter__(self) -> Self:
@@ -575,14 +573,6 @@ class HourlyFileWriter(Core):
         observer = self._observer
         if observer is not None:
             observer()
-
-    def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError:
-        with self._lock:
-            self._errors += 1
-        message = f"writer {self._options.name!r} could not {doing}: {exc.strerror or exc}"
-        error = WriterError(exc.errno, message, path) if exc.errno else WriterError(message)
-        error.__cause__ = exc
-        return error
 
     def _in_use_locked(self) -> set[str]:
         used = self._ledger.paths()

@@ -38,14 +38,12 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import tzinfo
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+from typing import IO, Any, Final, Protocol
 
+from ._failures import Failures
 from ._options import Compression, Options
 from ._rotation import COMPRESSED_SUFFIXES, Retention
 from ._sink import fsync_dir
-
-if TYPE_CHECKING:
-    from .._errors import WriterError
 
 __all__ = ["Compress", "Host", "Maintenance", "MaintenanceTask", "Retain"]
 
@@ -57,18 +55,12 @@ _ZSTD_LEVEL: Final = 3
 class Host(Protocol):
     """What the tasks use of their writer (an ``HourlyFileWriter``).
 
-    ``_files_compressed`` and ``_files_removed`` are counted under ``_lock``;
-    ``_in_use_locked`` is called with it held, the methods without.
+    ``_in_use_locked`` is called with the writer's lock held, the others without.
     """
-
-    _lock: threading.Lock
-    _files_compressed: int
-    _files_removed: int
 
     def _in_use_locked(self) -> set[str]: ...
     def _now(self) -> tuple[float, tzinfo]: ...
     def _store_error(self, error: BaseException) -> None: ...
-    def _writer_error(self, exc: OSError, doing: str, path: str | None) -> WriterError: ...
     def _notify(self) -> None: ...
 
 
@@ -106,23 +98,37 @@ class Maintenance:
     Without ``compress`` and ``retention`` there is no thread and requests are ignored.
     """
 
-    __slots__ = ("_signal", "_thread")
+    __slots__ = ("_compress", "_retain", "_signal", "_thread")
 
-    def __init__(self, writer: Host, options: Options) -> None:
-        tasks: list[MaintenanceTask] = []
+    def __init__(
+        self, writer: Host, options: Options, *, lock: threading.Lock, failures: Failures
+    ) -> None:
+        self._compress: Compress | None = None
+        self._retain: Retain | None = None
         if options.compress is not None:
-            tasks.append(Compress(writer, options, options.compress))
+            self._compress = Compress(writer, options, lock, failures, options.compress)
         if options.retention is not None:
-            tasks.append(Retain(writer, options, options.retention))
+            self._retain = Retain(writer, options, lock, failures, options.retention)
+        tasks = tuple(task for task in (self._compress, self._retain) if task is not None)
         self._signal = Signal()
         self._thread: threading.Thread | None = None
         if tasks:
             self._thread = threading.Thread(
                 target=_run,
-                args=(self._signal, tuple(tasks)),
+                args=(self._signal, tasks),
                 name=options.thread_name("maintenance"),
                 daemon=True,
             )
+
+    @property
+    def files_compressed(self) -> int:
+        """Finished files compressed, under the writer's lock."""
+        return 0 if self._compress is None else self._compress.done
+
+    @property
+    def files_removed(self) -> int:
+        """Finished files removed by retention, under the writer's lock."""
+        return 0 if self._retain is None else self._retain.done
 
     def start(self) -> None:
         """Start the thread with a first round (for files left by earlier runs)."""
@@ -159,13 +165,21 @@ class MaintenanceTask(ABC):
 
     Holds its writer only weakly (and strongly only while it runs), so a writer that was
     never closed can be collected; its ``__del__`` then stops the thread.
+
+    Attributes:
+        done: files this task compressed or removed, under the writer's lock.
     """
 
-    __slots__ = ("_options", "_writer")
+    __slots__ = ("_failures", "_lock", "_options", "_writer", "done")
 
-    def __init__(self, writer: Host, options: Options) -> None:
+    def __init__(
+        self, writer: Host, options: Options, lock: threading.Lock, failures: Failures
+    ) -> None:
         self._writer = weakref.ref(writer)
         self._options = options
+        self._lock = lock  # the writer's
+        self._failures = failures
+        self.done = 0
 
     def run(self, signal: Signal) -> bool:
         """Do one round of this work; False once the writer is gone.
@@ -200,17 +214,16 @@ class MaintenanceTask(ABC):
                 continue
             if stat.S_ISREG(info.st_mode):
                 found.append((path, info, match))
-        with writer._lock:
+        with self._lock:
             used = writer._in_use_locked()
         return [entry for entry in found if entry[0] not in used]
 
-
-def _guarded(writer: Host, doing: str, path: str, action: Callable[[str], None]) -> None:
-    """Run ``action(path)``; an OSError is counted and stored in the writer, not raised."""
-    try:
-        action(path)
-    except OSError as exc:
-        writer._store_error(writer._writer_error(exc, doing, path))
+    def _guarded(self, writer: Host, doing: str, path: str, action: Callable[[str], None]) -> None:
+        """Run ``action(path)``; an OSError is counted and stored in the writer, not raised."""
+        try:
+            action(path)
+        except OSError as exc:
+            writer._store_error(self._failures.error(exc, doing, path))
 
 
 class Compress(MaintenanceTask):
@@ -219,21 +232,28 @@ class Compress(MaintenanceTask):
 
     __slots__ = ("_mode",)
 
-    def __init__(self, writer: Host, options: Options, mode: Compression) -> None:
-        super().__init__(writer, options)
+    def __init__(
+        self,
+        writer: Host,
+        options: Options,
+        lock: threading.Lock,
+        failures: Failures,
+        mode: Compression,
+    ) -> None:
+        super().__init__(writer, options, lock, failures)
         self._mode = mode
 
     def _run(self, writer: Host, signal: Signal) -> None:
         files = self._finished_files(writer)
         for path, _, match in files:
             if match.group("tmp"):
-                _guarded(writer, "remove a stale temporary file", path, _unlink_quietly)
+                self._guarded(writer, "remove a stale temporary file", path, _unlink_quietly)
         for path, info, match in files:
             if signal.stopped:
                 return
             if not match.group("tmp") and not match.group("compressed"):
                 compress = functools.partial(self._compress, writer, info=info, signal=signal)
-                _guarded(writer, "compress a finished file", path, compress)
+                self._guarded(writer, "compress a finished file", path, compress)
 
     def _compress(self, writer: Host, path: str, info: os.stat_result, signal: Signal) -> None:
         target = path + COMPRESSED_SUFFIXES[self._mode]
@@ -252,7 +272,7 @@ class Compress(MaintenanceTask):
                 raw.flush()
                 os.fsync(raw.fileno())
         os.utime(temp, ns=(info.st_atime_ns, info.st_mtime_ns))
-        with writer._lock:
+        with self._lock:
             # Under the lock: the flush thread marks a path in use before opening it.
             now = os.stat(path)
             if path in writer._in_use_locked() or (now.st_size, now.st_mtime_ns) != (
@@ -274,7 +294,7 @@ class Compress(MaintenanceTask):
                 # else a crash came between compressing and removing: already contained.
                 _unlink_quietly(temp)
             os.unlink(path)
-            writer._files_compressed += 1
+            self.done += 1
         if self._options.fsync:
             fsync_dir(os.path.dirname(path))
 
@@ -292,8 +312,15 @@ class Retain(MaintenanceTask):
 
     __slots__ = ("_retention",)
 
-    def __init__(self, writer: Host, options: Options, retention: Retention) -> None:
-        super().__init__(writer, options)
+    def __init__(
+        self,
+        writer: Host,
+        options: Options,
+        lock: threading.Lock,
+        failures: Failures,
+        retention: Retention,
+    ) -> None:
+        super().__init__(writer, options, lock, failures)
         self._retention = retention
 
     def _run(self, writer: Host, signal: Signal) -> None:
@@ -313,17 +340,17 @@ class Retain(MaintenanceTask):
             doomed += [path for path, info in files if info.st_mtime_ns < oldest]
         remove = functools.partial(self._remove, writer)
         for path in dict.fromkeys(doomed):
-            _guarded(writer, "remove an expired file", path, remove)
+            self._guarded(writer, "remove an expired file", path, remove)
 
     def _remove(self, writer: Host, path: str) -> None:
-        with writer._lock:
+        with self._lock:
             if path in writer._in_use_locked():
                 return
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 return
-            writer._files_removed += 1
+            self.done += 1
         self._prune_dirs(os.path.dirname(path))
 
     def _prune_dirs(self, directory: str) -> None:
