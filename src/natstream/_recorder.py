@@ -6,21 +6,17 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._connection import drain_subscription, log
+from ._writers import RecordSink
 
 __all__ = ["Recording", "RecordingStats", "default_formatter"]
 
 Formatter = Callable[[Msg], bytes]
-
-
-class _Writer(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> None: ...
 
 
 _time: Final = time.time
@@ -87,7 +83,7 @@ class Recording:
     error.
     """
 
-    def __init__(self, subject: str, writer: _Writer, formatter: Formatter) -> None:
+    def __init__(self, subject: str, writer: RecordSink, formatter: Formatter) -> None:
         self.subject = subject
         self.writer = writer
         self.formatter = formatter

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -54,6 +54,7 @@ from ._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, pack_items
 from ._recorder import Recording, default_formatter
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._timer import LazyTimer
+from ._writers import RecordSink
 
 __all__ = [
     "BatchHandler",
@@ -73,11 +74,6 @@ GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes
 # What a handler form produces: a reply (or, from a generator, a list of replies to
 # send together) and its position (None: the default, seq - 1).
 _Item = tuple["bytes | list[bytes]", int | str | None]
-
-
-class StreamWriterLike(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> None: ...
 
 
 # A serving loop yields to the event loop after this many replies, or once this many
@@ -1102,7 +1098,7 @@ class Subscriber:
     async def stream_subscribe_with_writer(
         self,
         subject: str,
-        writer: StreamWriterLike,
+        writer: RecordSink,
         formatter: Callable[[Msg], bytes] = default_formatter,
         *,
         queue: str | None = None,

@@ -1,37 +1,27 @@
-"""File writers: the :class:`StreamWriter` protocol and :class:`HourlyFileWriter`.
+"""The front of the hourly writer: :class:`HourlyFileWriter` and :class:`WriterStats`.
 
-:class:`HourlyFileWriter` appends records (one ``write()`` call each, normally one line
-ending in ``b"\\n"``) to one file per wall-clock hour. Naming and rotation are pure
-functions of time in :mod:`natstream._writers._rotation`; this module does the buffering, the I/O
-and the background work (flush thread, compression and retention thread).
+:class:`HourlyFileWriter` holds the buffer (under its lock; its lock-free ``write()`` is
+the core's, :mod:`._core`), follows the clock from hour to hour, keeps the state and the
+stored error, gathers the stats and closes; its parts do the rest: :mod:`._flusher`
+(flush thread, buffer to files), :mod:`._sink` (the file, the link), :mod:`._maintenance`
+(compression, retention), :mod:`._ledger` (which file each record goes to).
 
-Guarantees, in one place:
+Guarantees kept here:
 
 * A record goes to the file of the hour the clock shows when ``write()`` accepts it,
   whole, in the order records were accepted. With the default clock a ``write()``
   racing an hour change on another thread may be accepted on either side of it, but
-  always in an hour the clock showed during that call. Records go to disk in batches,
-  one ``os.writev`` per batch on a file opened with ``O_APPEND``, so they are not
-  interleaved with bytes other writers append to the same file.
+  always in an hour the clock showed during that call.
 * ``write()`` returning means the record was accepted (it is in memory); raising means it
   was not. Accepted records are written by the next flush: every ``flush_interval``
   seconds and when half the buffer is used (on the flush thread), at each rotation, on
   ``flush()`` and on ``close()``, and by ``write()`` itself when the buffer is full.
-* When writing fails (disk full, file too large, permissions), the file is cut back to
-  the end of the last record written whole (``ftruncate``), the records not fully
-  written stay buffered, and the next flush writes them: nothing is written twice and no
-  partial record is left behind. (If another process appended to the file meanwhile, it
-  is not cut; the file is reopened as after a crash, below.)
-* When ``fsync`` fails, the records were already handed to the OS: they are not written
-  again, and whether they reached the disk is unknown (the error says so).
 * Errors are never swallowed: a failure in the caller's ``flush()``/``close()``, or in
   ``write()`` writing out a full buffer, is raised there; a failure of the background
   threads (flush, link, compression, retention) is stored and raised once, from the
   next ``write()``, ``flush()`` or ``close()``.
-* ``close()`` always closes; records it cannot write are dropped, counted in
-  ``stats().bytes_dropped`` and reported in the exception's notes.
-* A file that does not end in ``b"\\n"`` when opened (a crash cut its last line) first
-  gets a ``b"\\n"``, so the next record starts on a fresh line.
+* ``close()`` always closes: it stops both threads; records it cannot write are dropped,
+  counted in ``stats().bytes_dropped`` and reported in the exception's notes.
 """
 
 from __future__ import annotations
@@ -49,9 +39,7 @@ from types import TracebackType
 from typing import (
     Final,
     NoReturn,
-    Protocol,
     Self,
-    runtime_checkable,
 )
 
 from .._errors import WriterError
@@ -62,38 +50,10 @@ from ._flusher import Flusher
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import DEFAULT_BUFFER_SIZE, Options
-from ._rotation import LOCAL_TIME, CurrentHour, Retention, clock_reading, parse_retention
+from ._rotation import LOCAL_TIME, CurrentHour, Retention, clock_reading
 from ._sink import FileSink
 
-__all__ = [
-    "DEFAULT_BUFFER_SIZE",
-    "HourlyFileWriter",
-    "Retention",
-    "StreamWriter",
-    "WriterStats",
-    "parse_retention",
-]
-
-
-@runtime_checkable
-class StreamWriter(Protocol):
-    """Where a recorder puts records: anything with these three methods.
-
-    natstream's writers are also context managers (``with`` closes them); the protocol
-    asks only for the methods, so a binary file object qualifies too.
-    """
-
-    def write(self, data: bytes) -> int:
-        """Accept one record; return ``len(data)``."""
-        ...
-
-    def flush(self) -> None:
-        """Hand every accepted record to the operating system."""
-        ...
-
-    def close(self) -> None:
-        """Flush, release files; later writes fail."""
-        ...
+__all__ = ["HourlyFileWriter", "WriterStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +129,13 @@ class HourlyFileWriter(Core):
     (``WRITER_IMPL == "c"``; set ``NATSTREAM_NO_EXTENSIONS=1`` to use the Python one);
     both behave the same.
 
-    Errors: see the module docstring. In short: the file is cut back to the last whole
-    record, unwritten records stay buffered for the next flush, and the error is raised
-    from ``flush()``/``close()`` (or ``write()`` writing out a full buffer), or, if the
-    flush thread hit it, once from the next
-    ``write()``/``flush()``/``close()``. A ``write()`` that raises did not accept its
-    record. ``close()`` always closes; records it cannot write are dropped and counted in
-    :attr:`WriterStats.bytes_dropped`.
+    Errors (each guarantee is stated in the docstring of the module of
+    :mod:`natstream._writers` that keeps it). In short: the file is cut back to the last
+    whole record, unwritten records stay buffered for the next flush, and the error is
+    raised from ``flush()``/``close()`` (or ``write()`` writing out a full buffer), or, if
+    the flush thread hit it, once from the next ``write()``/``flush()``/``close()``. A
+    ``write()`` that raises did not accept its record. ``close()`` always closes; records
+    it cannot write are dropped and counted in :attr:`WriterStats.bytes_dropped`.
 
     Restart: a new writer appends to the current hour's file, starting a fresh line if
     the file does not end in ``b"\\n"``.
