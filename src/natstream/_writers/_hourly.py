@@ -1,10 +1,10 @@
 """The front of the hourly writer: :class:`HourlyFileWriter` and :class:`WriterStats`.
 
-:class:`HourlyFileWriter` holds the buffer (under its lock; its lock-free ``write()`` is
-the core's, :mod:`._core`), follows the clock from hour to hour, keeps the state and the
-stored error, gathers the stats and closes; its parts do the rest: :mod:`._flusher`
-(flush thread, buffer to files), :mod:`._sink` (the file, the link), :mod:`._maintenance`
-(compression, retention), :mod:`._ledger` (which file each record goes to).
+:class:`HourlyFileWriter` holds the buffer under its lock (its lock-free ``write()`` is
+the core's, ``_core``), follows the clock from hour to hour, keeps the state and the
+stored error, gathers the stats and closes. Its parts do the rest: ``_flusher`` (the
+flush thread, buffer to files), ``_sink`` (the file, the link), ``_maintenance``
+(compression, retention), ``_ledger`` (which file each record goes to).
 
 Guarantees kept here:
 
@@ -36,11 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
-from typing import (
-    Final,
-    NoReturn,
-    Self,
-)
+from typing import Final, NoReturn, Self
 
 from .._errors import WriterError
 from . import _core
@@ -129,13 +125,13 @@ class HourlyFileWriter(Core):
     (``WRITER_IMPL == "c"``; set ``NATSTREAM_NO_EXTENSIONS=1`` to use the Python one);
     both behave the same.
 
-    Errors (each guarantee is stated in the docstring of the module of
-    :mod:`natstream._writers` that keeps it). In short: the file is cut back to the last
-    whole record, unwritten records stay buffered for the next flush, and the error is
-    raised from ``flush()``/``close()`` (or ``write()`` writing out a full buffer), or, if
-    the flush thread hit it, once from the next ``write()``/``flush()``/``close()``. A
-    ``write()`` that raises did not accept its record. ``close()`` always closes; records
-    it cannot write are dropped and counted in :attr:`WriterStats.bytes_dropped`.
+    Errors, in short (the docstrings of ``natstream._writers`` state each guarantee in
+    full): the file is cut back to the last whole record, unwritten records stay
+    buffered for the next flush, and the error is raised from ``flush()``/``close()`` (or
+    ``write()`` writing out a full buffer), or, if the flush thread hit it, once from the
+    next ``write()``/``flush()``/``close()``. A ``write()`` that raises did not accept its
+    record. ``close()`` always closes; records it cannot write are dropped and counted in
+    :attr:`WriterStats.bytes_dropped`.
 
     Restart: a new writer appends to the current hour's file, starting a fresh line if
     the file does not end in ``b"\\n"``.
@@ -224,7 +220,7 @@ class HourlyFileWriter(Core):
             link_name=link_name,
         )
         self._options = options
-        self._clock = clock
+        self._clock = options.clock  # with _tz, read on every locked write()
         self._tz: tzinfo = UTC if utc else LOCAL_TIME
 
         self._lock = threading.Lock()
