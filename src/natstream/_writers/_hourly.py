@@ -425,7 +425,7 @@ class HourlyFileWriter(Core):
         clock = self._clock
         if clock is None:
             return _core._time(), self._tz
-        return clock_reading(clock(), utc=self._options.utc)
+        return clock_reading(clock(), self._options.utc)
 
     def _follow_clock_locked(self) -> None:
         now, tz = self._now()
