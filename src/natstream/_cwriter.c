@@ -1,7 +1,8 @@
 /* natstream._cwriter: the lock-free fast path of HourlyFileWriter.write, in C.
  *
- * Optional: natstream works without it (the pure-Python WriterCore in _writers.py has
- * the same attributes and the same write()); NATSTREAM_NO_EXTENSIONS=1 turns it off.
+ * Optional: natstream works without it (the pure-Python WriterCore in
+ * _writers/_core.py has the same attributes and the same write());
+ * NATSTREAM_NO_EXTENSIONS=1 turns it off.
  *
  * WriterCore holds the fields the fast path reads (_lo, _hi, _fill, _gate, _chunks,
  * _live) as members readable and writable from Python under the same names, so
@@ -27,7 +28,7 @@ typedef struct {
     PyObject_HEAD
     double lo;          /* the fast path's hour: lo <= now < hi (empty range: shut) */
     double hi;
-    Py_ssize_t fill;    /* bytes in chunks (an estimate, see _writers.py) */
+    Py_ssize_t fill;    /* bytes in chunks (an estimate, see _writers/_hourly.py) */
     Py_ssize_t gate;    /* the fast path needs fill + size < gate */
     PyObject *chunks;   /* list of accepted records (bytes), oldest first */
     char live;          /* the writer is open: read after the append */
@@ -100,8 +101,8 @@ WriterCore_write(WriterCore *self, PyObject *const *args, Py_ssize_t nargs, PyOb
         PyErr_SetString(PyExc_TypeError, "write() takes exactly one argument (data)");
         return NULL;
     }
-    /* The fast path of _writers.WriterCore.write: exact bytes, default clock inside
-     * the armed hour, buffer below the gate. See the comment there. */
+    /* The fast path of _writers._core.WriterCore.write: exact bytes, default clock
+     * inside the armed hour, buffer below the gate. See the comment there. */
     if (PyBytes_CheckExact(data)) {
         double now;
         if (read_clock(&now) < 0) {

@@ -7,24 +7,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._transport import drain_subscription
+from ._writers import RecordSink
 
 __all__ = ["Recording", "RecordingStats", "default_formatter"]
 
 log = logging.getLogger("natstream")
 
 Formatter = Callable[[Msg], bytes]
-
-
-class _Writer(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> None: ...
 
 
 _time: Final = time.time
@@ -91,7 +87,7 @@ class Recording:
     error.
     """
 
-    def __init__(self, subject: str, writer: _Writer, formatter: Formatter) -> None:
+    def __init__(self, subject: str, writer: RecordSink, formatter: Formatter) -> None:
         self.subject = subject
         self.writer = writer
         self.formatter = formatter

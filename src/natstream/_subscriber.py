@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -58,6 +58,7 @@ from ._transport import (
     subscribe_live,
     translate_connect_error,
 )
+from ._writers import RecordSink
 
 log = logging.getLogger("natstream")
 
@@ -79,11 +80,6 @@ GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes
 # What a handler form produces: a reply (or, from a generator, a list of replies to
 # send together) and its position (None: the default, seq - 1).
 _Item = tuple["bytes | list[bytes]", int | str | None]
-
-
-class StreamWriterLike(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-    def flush(self) -> None: ...
 
 
 # A serving loop yields to the event loop after this many replies, or once this many
@@ -1092,7 +1088,7 @@ class Subscriber:
     async def stream_subscribe_with_writer(
         self,
         subject: str,
-        writer: StreamWriterLike,
+        writer: RecordSink,
         formatter: Callable[[Msg], bytes] = default_formatter,
         *,
         queue: str | None = None,

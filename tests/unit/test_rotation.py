@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natstream._errors import ConfigError
-from natstream._rotation import (
+from natstream._writers._rotation import (
     LOCAL_TIME,
     HourBucket,
     Retention,

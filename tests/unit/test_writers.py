@@ -1,7 +1,7 @@
 """HourlyFileWriter: rotation, DST, restart, errors, background work, concurrency.
 
 No test sleeps to wait: time is a FakeClock, background work is awaited through the
-writer's change notifications (``_wait_for``) or driven directly (``_background_tick``).
+writer's change notifications (``wait_for``) or driven directly (``_background_tick``).
 
 Every test runs once per implementation of the writer's core (its lock-free
 ``write()``): the C extension ``natstream._cwriter`` when it is in use, and the
@@ -38,17 +38,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from natstream._errors import ConfigError, NatstreamError, WriterError
-from natstream._rotation import Retention
 from natstream._writers import (
-    _PIECE,
     WRITER_IMPL,
     HourlyFileWriter,
     StreamWriter,
-    WriterCore,
     WriterStats,
-    _pieces,
     parse_retention,
 )
+from natstream._writers._core import WriterCore
+from natstream._writers._rotation import Retention
+from natstream._writers._sink import _PIECE, _pieces
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WAIT = 10.0  # seconds; a bound on waiting for background work, never a sleep
@@ -123,7 +122,7 @@ def system_time() -> Iterator[Callable[[Callable[[], float]], None]]:
     patch = pytest.MonkeyPatch()
 
     def install(fake: Callable[[], float]) -> None:
-        patch.setattr("natstream._writers._time", fake)
+        patch.setattr("natstream._writers._core._time", fake)
         if WRITER_IMPL == "c":
             cwriter._set_time(fake)
 
@@ -172,6 +171,34 @@ def clock() -> FakeClock:
 
 def utc_writer(base: Path, clock: FakeClock, **options: object) -> HourlyFileWriter:
     return HourlyFileWriter(base, "stream_data", utc=True, clock=clock, **options)  # type: ignore[arg-type]
+
+
+def wait_for(
+    writer: HourlyFileWriter, predicate: Callable[[WriterStats], bool], timeout: float
+) -> WriterStats:
+    """Block until ``predicate(writer.stats())`` holds; raise TimeoutError after ``timeout``.
+
+    Woken through the writer's observer hook, which it calls (never holding its lock)
+    whenever its counters or state change.
+    """
+    changed = threading.Condition()
+
+    def notify() -> None:
+        with changed:
+            changed.notify_all()
+
+    writer._observer = notify
+    try:
+        deadline = time.monotonic() + timeout
+        with changed:
+            while not predicate(snapshot := writer.stats()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{writer!r}: condition not reached; last stats {snapshot}")
+                changed.wait(remaining)
+        return snapshot
+    finally:
+        writer._observer = None
 
 
 def read_dir(base: Path) -> dict[str, bytes]:
@@ -264,7 +291,7 @@ def test_flush_thread_finishes_the_hour_without_new_writes(
         clock.advance(timedelta(hours=1))
         assert writer._background_tick()  # what the flush thread does each interval
         assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"a\n"}
-        assert writer._fd is None  # the finished hour's file is closed
+        assert writer._sink.fd is None  # the finished hour's file is closed
         assert writer.stats().current_path.name == "stream_data_2026-11-26_22.log"
 
 
@@ -671,7 +698,7 @@ def test_fsync_covers_the_file_and_new_directories(
 def test_flush_thread_flushes_on_its_interval(tmp_path: Path, clock: FakeClock) -> None:
     with utc_writer(tmp_path, clock, flush_interval=0.01) as writer:
         writer.write(b"by the thread\n")
-        writer._wait_for(lambda s: s.bytes_written == 14, WAIT)
+        wait_for(writer, lambda s: s.bytes_written == 14, WAIT)
         assert read_dir(tmp_path) == {"stream_data_2026-11-26_21.log": b"by the thread\n"}
 
 
@@ -679,7 +706,7 @@ def test_half_full_buffer_wakes_the_flush_thread(tmp_path: Path, clock: FakeCloc
     with utc_writer(tmp_path, clock, flush_interval=3600, buffer_size=100) as writer:
         for _ in range(6):
             writer.write(b"x" * 9 + b"\n")
-        writer._wait_for(lambda s: s.bytes_written >= 50, WAIT)
+        wait_for(writer, lambda s: s.bytes_written >= 50, WAIT)
 
 
 def test_gzip_compresses_finished_hours_only(tmp_path: Path, clock: FakeClock) -> None:
@@ -688,7 +715,7 @@ def test_gzip_compresses_finished_hours_only(tmp_path: Path, clock: FakeClock) -
         clock.advance(timedelta(hours=1))
         writer.write(b"hour 22\n")
         writer.flush()
-        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 1, WAIT)
         finished = tmp_path / "stream_data_2026-11-26_21.log.gz"
         assert gzip.decompress(finished.read_bytes()) == b"hour 21\n"
         assert sorted(read_dir(tmp_path)) == [
@@ -704,7 +731,7 @@ def test_leftovers_are_compressed_at_start(tmp_path: Path, clock: FakeClock) -> 
     (tmp_path / "stream_data_2026-11-26_18.log.gz.tmp").write_bytes(b"interrupted")
     (tmp_path / "notes.txt").write_bytes(b"not ours")
     with utc_writer(tmp_path, clock, compress="gzip") as writer:
-        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 1, WAIT)
     compressed = tmp_path / "stream_data_2026-11-26_19.log.gz"
     assert gzip.decompress(compressed.read_bytes()) == b"from a previous run\n"
     assert compressed.stat().st_mtime == 1_700_000_000  # mtime kept, for retention
@@ -718,7 +745,7 @@ def test_compression_failure_is_raised_and_other_files_go_on(
         (tmp_path / f"stream_data_2026-11-26_{hour}.log").write_bytes(b"%d\n" % hour)
     (tmp_path / "stream_data_2026-11-26_18.log.gz").mkdir()  # blocks compressing 18
     writer = utc_writer(tmp_path, clock, compress="gzip")
-    writer._wait_for(lambda s: s.files_compressed == 1 and s.errors == 1, WAIT)
+    wait_for(writer, lambda s: s.files_compressed == 1 and s.errors == 1, WAIT)
     with pytest.raises(WriterError, match="compress") as caught:
         writer.close()
     assert caught.value.filename == str(tmp_path / "stream_data_2026-11-26_18.log")
@@ -733,12 +760,12 @@ def test_reopened_hour_is_appended_as_another_gzip_member(tmp_path: Path, clock:
         writer.write(b"first\n")
         clock.advance(timedelta(hours=1))
         writer.flush()
-        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 1, WAIT)
         clock.advance(timedelta(hours=-1))  # the clock steps back into hour 21
         writer.write(b"late\n")
         clock.advance(timedelta(hours=1))
         writer.flush()
-        writer._wait_for(lambda s: s.files_compressed == 2, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 2, WAIT)
     data = (tmp_path / "stream_data_2026-11-26_21.log.gz").read_bytes()
     assert gzip.decompress(data) == b"first\nlate\n"
 
@@ -750,7 +777,7 @@ def test_zstd_compression(tmp_path: Path, clock: FakeClock) -> None:
         writer.write(b"hour 21\n")
         clock.advance(timedelta(hours=1))
         writer.flush()
-        writer._wait_for(lambda s: s.files_compressed == 1, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 1, WAIT)
     data = (tmp_path / "stream_data_2026-11-26_21.log.zst").read_bytes()
     assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == b"hour 21\n"
 
@@ -776,14 +803,14 @@ def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
     (tmp_path / "stream_data_backup.log").write_bytes(b"not ours")
     os.utime(tmp_path / "stream_data_backup.log", (0, 0))
     with utc_writer(tmp_path, clock, retention="7d") as writer:
-        writer._wait_for(lambda s: s.files_removed == 2, WAIT)
+        wait_for(writer, lambda s: s.files_removed == 2, WAIT)
     assert sorted(read_dir(tmp_path)) == sorted([*keep, current.name, "stream_data_backup.log"])
 
 
 def test_retention_by_count_after_compression(tmp_path: Path, clock: FakeClock) -> None:
     make_hour_files(tmp_path, clock(), [5, 4, 3, 2, 1])
     with utc_writer(tmp_path, clock, compress="gzip", retention=2) as writer:
-        writer._wait_for(lambda s: s.files_compressed == 5 and s.files_removed == 3, WAIT)
+        wait_for(writer, lambda s: s.files_compressed == 5 and s.files_removed == 3, WAIT)
         writer.write(b"now\n")
     assert sorted(read_dir(tmp_path)) == [
         "stream_data_2026-11-26_19.log.gz",
@@ -798,7 +825,7 @@ def test_retention_prunes_emptied_directories(tmp_path: Path, clock: FakeClock) 
     old.write_bytes(b"old\n")
     os.utime(old, (0, 0))
     with utc_writer(tmp_path, clock, pattern="%Y/%m/%d/%H.log", retention="1d") as writer:
-        writer._wait_for(lambda s: s.files_removed == 1, WAIT)
+        wait_for(writer, lambda s: s.files_removed == 1, WAIT)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1034,7 +1061,7 @@ def close_while_writing(base: Path) -> None:
     for thread in threads:
         thread.start()
     started.wait(WAIT)
-    writer._wait_for(lambda s: s.records > 20_000, WAIT)
+    wait_for(writer, lambda s: s.records > 20_000, WAIT)
     writer.close()
     for thread in threads:
         thread.join(WAIT)
@@ -1116,8 +1143,8 @@ def test_short_writes_and_many_pieces_complete_the_batch(
         calls += 1
         return os.write(fd, buffers[0][:7])  # at most 7 bytes of the first piece
 
-    monkeypatch.setattr("natstream._writers._PIECE", 16)
-    monkeypatch.setattr("natstream._writers._IOV_MAX", 2)
+    monkeypatch.setattr("natstream._writers._sink._PIECE", 16)
+    monkeypatch.setattr("natstream._writers._sink._IOV_MAX", 2)
     monkeypatch.setattr(os, "writev", short_writev)
     records = [b"%d\n" % i * (i % 7 + 1) for i in range(40)]
     with utc_writer(tmp_path, clock) as writer:
@@ -1363,11 +1390,11 @@ def test_natstream_no_extensions_selects_the_python_core(disabled: str) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     if disabled:
-        assert done.stdout.split() == ["python", "natstream._writers"]
+        assert done.stdout.split() == ["python", "natstream._writers._core"]
     elif importlib.util.find_spec("natstream._cwriter") is not None:
         assert done.stdout.split() == ["c", "natstream._cwriter"]
     else:
-        assert done.stdout.split() == ["python", "natstream._writers"]
+        assert done.stdout.split() == ["python", "natstream._writers._core"]
 
 
 # -- protocol ---------------------------------------------------------------------------

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Final
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = [
     "LOCAL_TIME",
+    "CurrentHour",
     "HourBucket",
     "Retention",
+    "clock_reading",
     "compile_pattern",
     "hour_bucket",
     "parse_retention",
@@ -274,6 +277,55 @@ def render_path(compiled: CompiledPattern, bucket: HourBucket) -> str:
     if bucket.shared_hour and tell_apart:
         return head + stamp.strftime("%z") + ext
     return head + ext
+
+
+def clock_reading(now: datetime, utc: bool) -> tuple[float, tzinfo]:
+    """What a clock's ``now`` says: seconds since the epoch, and the zone hours are
+    counted in (UTC with ``utc``; else ``now``'s own zone, or the system's local time
+    when ``now`` is naive).
+
+    ``utc`` is positional because an injected clock is read on every ``write()``:
+    passing it by keyword measurably slows that path.
+    """
+    tz = now.tzinfo
+    if tz is None:
+        tz = UTC if utc else LOCAL_TIME
+        now = now.replace(tzinfo=tz)
+    elif utc:
+        tz = UTC
+    return now.timestamp(), tz
+
+
+class CurrentHour:
+    """The bucket a writer's records go to now: its file's path and its bounds.
+
+    Starts with no path and an empty range, so the first :meth:`move` sets both.
+
+    Attributes:
+        path: the file's path, ``base`` joined with the rendered pattern.
+        start: the bucket's first instant, in seconds since the epoch.
+        end: the next bucket's first instant, in seconds since the epoch.
+    """
+
+    __slots__ = ("_base", "_pattern", "end", "path", "start")
+
+    def __init__(self, base: str, pattern: CompiledPattern) -> None:
+        self._base = base
+        self._pattern = pattern
+        self.path = ""
+        self.start = math.inf
+        self.end = -math.inf
+
+    def move(self, now: float, tz: tzinfo) -> bool:
+        """Make the bucket of ``now`` (seconds since the epoch; hours counted in ``tz``)
+        the current one; True when its file is another."""
+        bucket = hour_bucket(datetime.fromtimestamp(now, tz))
+        path = os.path.join(self._base, render_path(self._pattern, bucket))
+        changed = path != self.path
+        self.path = path
+        self.start = bucket.start.timestamp()
+        self.end = bucket.end.timestamp()
+        return changed
 
 
 def _names_hours(compiled: CompiledPattern, bucket: HourBucket) -> bool:
