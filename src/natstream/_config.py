@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["Config", "StreamOptions"]
+__all__ = ["Config", "StreamOptions", "as_config"]
 
 _SECRET_FIELDS = frozenset({"password", "token", "nkeys_seed"})
 
@@ -122,8 +123,17 @@ class Config:
     def __post_init__(self) -> None:
         if isinstance(self.servers, str):
             self.servers = [s.strip() for s in self.servers.split(",") if s.strip()]
+        elif not isinstance(self.servers, (list, tuple)):
+            raise ConfigError(
+                f"servers must be a list of URLs (or one comma-separated str), "
+                f"not {type(self.servers).__name__}"
+            )
+        else:
+            self.servers = list(self.servers)
         if not self.servers:
             raise ConfigError("servers must list at least one server URL")
+        for url in self.servers:
+            _check_url(url)
         if self.idle_per_server < 1:
             raise ConfigError(f"idle_per_server must be >= 1, got {self.idle_per_server}")
         for name in ("connect_timeout", "health_check_interval", "health_check_timeout"):
@@ -183,6 +193,45 @@ class Config:
                 value = [_without_userinfo(url) for url in value]
             out[f.name] = "***" if f.name in _SECRET_FIELDS and value is not None else value
         return out
+
+
+def as_config(servers: Config | Sequence[str] | str) -> Config:
+    """``servers`` as a :class:`Config`: a Config as it is, else its server URLs (a
+    list, or one str of comma-separated URLs) with every other option at its default.
+
+    Raises:
+        TypeError: ``servers`` is none of these.
+        ConfigError: a URL is not a NATS server URL.
+    """
+    if isinstance(servers, Config):
+        return servers
+    if isinstance(servers, str) or (
+        isinstance(servers, (list, tuple)) and all(isinstance(u, str) for u in servers)
+    ):
+        if isinstance(servers, str):
+            return Config(servers=[u.strip() for u in servers.split(",") if u.strip()])
+        return Config(servers=list(servers))
+    raise TypeError(
+        "expected a Config, a list of server URLs or a str of comma-separated URLs, "
+        f"not {type(servers).__name__}"
+    )
+
+
+_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _check_url(url: object) -> None:
+    """A server URL: ``scheme://host:port`` with a NATS scheme, or ``host:port``."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"a server URL must be a non-empty str, got {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() not in _SCHEMES:
+        raise ConfigError(
+            f"server URL {_without_userinfo(url)!r}: {scheme!r} is not a NATS scheme; "
+            "use nats://, tls://, ws:// or wss://"
+        )
+    if not (rest if sep else url).rpartition("@")[2]:
+        raise ConfigError(f"server URL {_without_userinfo(url)!r} names no host")
 
 
 def _without_userinfo(url: str) -> str:

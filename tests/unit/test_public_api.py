@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import natstream
-from natstream import Config, StreamOptions
+from natstream import Config, Pool, StreamOptions
 
 
 def test_all_is_sorted_and_importable() -> None:
@@ -138,3 +138,30 @@ def test_safe_server_strips_credentials() -> None:
 
     assert safe_server("nats://user:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert safe_server("127.0.0.1:4222") == "127.0.0.1:4222"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:4222", "https://h:1", "nats://", "ftp://x", "nats://user:pw@"]
+)
+def test_server_urls_must_be_nats_urls(url: str) -> None:
+    with pytest.raises(natstream.ConfigError) as info:
+        Config([url])
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["nats://a:4222", "tls://a:4222", "ws://a:80", "wss://a:443", "a:4222", "NATS://a:1"]
+)
+def test_every_nats_scheme_is_accepted(url: str) -> None:
+    assert Config([url]).servers == [url]
+
+
+def test_a_pool_takes_a_config_or_server_urls() -> None:
+    assert Pool(["nats://a:4222"]).config.servers == ["nats://a:4222"]
+    assert Pool("nats://a:4222, nats://b:4222").config.servers == ["nats://a:4222", "nats://b:4222"]
+    config = Config(["nats://a:4222"], idle_per_server=2)
+    assert Pool(config).config is config
+    with pytest.raises(TypeError, match="list of server URLs"):
+        Pool({"servers": ["nats://a:4222"]})  # type: ignore[arg-type]
+    with pytest.raises(natstream.ConfigError):
+        Config(servers={"nats://a:4222"})  # type: ignore[arg-type]

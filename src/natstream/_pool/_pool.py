@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 
-from .._config import Config, StreamOptions
+from .._config import Config, StreamOptions, as_config
 from .._errors import NatstreamError, NoServersError, PoolClosedError
 from .._requester import Handler, Stream
 from .._transport import safe_server, translate_connect_error
@@ -37,12 +38,14 @@ _ABORT_WAIT = 1.0
 class Pool:
     """Connections to every configured server, and streamed requests over them.
 
-    ``pool = await Pool.connect(config)`` or ``async with Pool(config) as pool:``.
+    ``pool = await Pool.connect(config)`` or ``async with Pool(config) as pool:``,
+    ``config`` being a :class:`Config` or server URLs alone.
     See the module docstring for routing, health checks and connection lifecycle;
     :meth:`stats` for what is counted; :meth:`close` for how it drains.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config | Sequence[str] | str) -> None:
+        config = as_config(config)
         self.config = config
         self._state = PoolState.NEW
         self._servers = [Server(url, safe_server(url)) for url in config.servers]
@@ -59,8 +62,14 @@ class Pool:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, config: Config) -> Pool:
-        """Create a pool and open it (see :meth:`open`)."""
+    async def connect(cls, config: Config | Sequence[str] | str) -> Pool:
+        """Create a pool and open it (see :meth:`open`). ``config`` may also be server
+        URLs alone (a list, or one str of comma-separated URLs).
+
+        Raises:
+            NoServersError: see :meth:`open`.
+            TypeError, ConfigError: ``config`` is not a Config or valid server URLs.
+        """
         pool = cls(config)
         await pool.open()
         return pool

@@ -121,9 +121,11 @@ async def connect(
         servers=servers,
         allow_reconnect=allow_reconnect,
         error_cb=error_cb,
-        # nats-py counts attempts per server and treats 0 as "forever" on the first
-        # connect; 1 means: try each server twice, then raise NoServersError.
-        max_reconnect_attempts=-1 if allow_reconnect else 1,
+        # nats-py counts attempts per server and treats 0 and -1 as "forever" on the
+        # first connect; 1 means: try each server twice, then raise NoServersError.
+        # The first connect fails that way with reconnects on too; once connected, a
+        # reconnecting connection retries for ever (set below).
+        max_reconnect_attempts=1,
         reconnect_time_wait=0.2,
     )
     if disconnected_cb is not None:
@@ -146,7 +148,7 @@ async def connect(
                 "never go out in plaintext; install a nats-py version natstream supports"
             )
         _refuse_plaintext(nc)
-    # With reconnect on, nats-py retries the first connect forever: bound it here.
+    # A bound on the whole first connect, whatever nats-py does meanwhile.
     first_connect = float(options.get("connect_timeout", 2.0)) * 2 * len(servers) + 1.0
     connecting = asyncio.create_task(nc.connect(**kwargs), name="natstream-connect")
     gave_up = asyncio.create_task(rejected.wait(), name="natstream-connect-rejected")
@@ -156,6 +158,8 @@ async def connect(
         if not connecting.done():
             raise rejections[-1]
         connecting.result()
+        if allow_reconnect:
+            nc.options["max_reconnect_attempts"] = -1
     except BaseException:
         for task in (connecting, gave_up):
             task.cancel()
