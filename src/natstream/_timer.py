@@ -17,13 +17,14 @@ class LazyTimer:
     (every message) never touches the event loop's timer heap.
     """
 
-    __slots__ = ("_at", "_callback", "_handle", "_loop")
+    __slots__ = ("_at", "_callback", "_handle", "_loop", "late")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
         self._at = math.inf
+        self.late = 0.0  # seconds the last firing came after its deadline
 
     @property
     def armed(self) -> bool:
@@ -48,6 +49,7 @@ class LazyTimer:
             self._at = math.inf
 
     def _fire(self) -> None:
+        self.late = self._loop.time() - self._at
         self._handle = None
         self._at = math.inf
         self._callback()

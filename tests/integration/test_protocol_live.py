@@ -379,3 +379,36 @@ def _counting(count: int):  # type: ignore[no-untyped-def]
         return str(index).encode(), True, None
 
     return handler
+
+
+@pytest.mark.parametrize("where", ["first reply", "later reply"])
+async def test_a_loop_blocked_by_the_callers_own_code_is_not_a_stall(
+    server: NatsServer, pool: Pool, subject: str, where: str
+) -> None:
+    """The caller's sync handler blocks the event loop for longer than the stall limit
+    (3 heartbeats) after the responder, in another process, sent everything: the
+    replies wait in the socket, and the late timer must let the reader take them
+    before it judges the stream. (The responder finishes within 3 heartbeats: a
+    requester silent for longer would rightly look gone to it.)"""
+    script = str(Path(__file__).with_name("responder_proc.py"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, script, server.url, subject, "q", "6", str(HB / 10),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+        block_at = b"0" if where == "first reply" else b"2"
+        seen: list[bytes] = []
+
+        def blocking(msg: Msg) -> bool:
+            seen.append(msg.data)
+            if msg.data == block_at:
+                time.sleep(HB * 5)  # the caller's own blocking work (> 3 heartbeats)
+            return True
+
+        await pool.stream_request(subject, b"", blocking)
+        assert seen == [b"0", b"1", b"2", b"3", b"4", b"5", natstream.STREAM_END]
+    finally:
+        proc.kill()
+        await proc.wait()

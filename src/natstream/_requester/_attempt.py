@@ -36,6 +36,12 @@ __all__ = ["Attempt"]
 
 log = logging.getLogger("natstream")
 
+# A timer that fires this late (seconds) means the event loop was blocked, by the
+# caller's own code maybe, while replies may sit unread in the socket: the stream's
+# clocks are checked again this much later, once the reader has run.
+_LATE = 0.05
+_RECHECK = 0.02
+
 # A peer without flow control can outrun us: past these we fail loudly instead of
 # growing without bound (nats-py's own per-subscription defaults).
 _PLAIN_MAX_BUFFERED = 512 * 1024
@@ -84,6 +90,7 @@ class Attempt:
         self.direct_task: asyncio.Task[Any] | None = None
         self.held: tuple[Msg, object, BaseException | None] | None = None
         self._deferred_soon = False  # a deferred_ack check is scheduled
+        self._rechecking = False  # a late timer's check was put off once
         lease.on_lost = self.connection_lost
 
     async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
@@ -278,6 +285,13 @@ class Attempt:
 
     def _on_timer(self) -> None:
         m = self.machine
+        if self._timer.late > _LATE and not self._rechecking:
+            # No stall, no silence while our own loop could not read: look again
+            # once the reader has taken what arrived meanwhile.
+            self._rechecking = True
+            self._timer.arm(self.loop.time() + _RECHECK)
+            return
+        self._rechecking = False
         action = m.on_timer(self.loop.time())
         if action.control is not None and m.control_subject is not None:
             self._spawn(self._send(m.control_subject, action.control), "heartbeat")
