@@ -208,9 +208,14 @@ def test_malformed_control_is_ignored_and_is_not_liveness(headers: dict[str, str
     assert r.on_timer(3.0) is ResponderTimer.REQUESTER_GONE
 
 
-def test_heartbeat_without_ack_is_liveness() -> None:
+def test_heartbeat_without_ack_is_not_liveness() -> None:
+    """A requester's heartbeat always carries its ack: a bare one (forged, or from a
+    broken peer) must not keep the stream, and its concurrency slot, alive."""
     r = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
-    assert r.on_control({HDR_CONTROL: CTL_HEARTBEAT}, 2.9) is Control.LIVENESS
+    assert r.on_control({HDR_CONTROL: CTL_HEARTBEAT}, 2.9) is Control.IGNORED
+    assert r.on_timer(3.0) is ResponderTimer.REQUESTER_GONE
+    r = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
+    assert r.on_control(ack(0, 0, CTL_HEARTBEAT), 2.9) is Control.LIVENESS
     assert r.on_timer(3.0) is not ResponderTimer.REQUESTER_GONE
 
 
@@ -247,7 +252,7 @@ def test_heartbeat_when_quiet() -> None:
 
 def test_requester_gone_after_stall_factor_intervals() -> None:
     r = ResponderMachine(v1(heartbeat_ms=500), 0.0, stall_factor=3.0)
-    r.on_control({HDR_CONTROL: CTL_HEARTBEAT}, 1.0)
+    assert r.on_control(ack(0, 0, CTL_HEARTBEAT), 1.0) is Control.LIVENESS
     r.heartbeat_headers(2.0)
     assert r.on_timer(2.49) is ResponderTimer.NOTHING
     assert r.on_timer(2.5) is ResponderTimer.REQUESTER_GONE

@@ -245,18 +245,18 @@ class ResponderMachine:
             return Control.CANCEL
         if kind not in (CTL_HEARTBEAT, CTL_ACK):
             return Control.IGNORED
-        raw = headers.get(HDR_ACK)
-        if raw is not None:
-            ack = parse_ack(raw)
-            if ack is None:
-                return Control.IGNORED
-            seq, nbytes = ack
-            if not (self.acked_seq <= seq <= self.sent_seq) or not (
-                self.acked_bytes <= nbytes <= self.sent_bytes
-            ):
-                return Control.IGNORED
-            self.acked_seq = seq
-            self.acked_bytes = nbytes
+        # Heartbeats and acks both carry the requester's cumulative ack: one without
+        # a plausible one is noise (and no sign that the requester is alive).
+        ack = parse_ack(headers.get(HDR_ACK))
+        if ack is None:
+            return Control.IGNORED
+        seq, nbytes = ack
+        if not (self.acked_seq <= seq <= self.sent_seq) or not (
+            self.acked_bytes <= nbytes <= self.sent_bytes
+        ):
+            return Control.IGNORED
+        self.acked_seq = seq
+        self.acked_bytes = nbytes
         self._last_rx = now
         return Control.LIVENESS
 
