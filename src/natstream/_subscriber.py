@@ -1099,20 +1099,20 @@ class Subscriber:
     ) -> Recording:
         """Write every message on ``subject`` (wildcards allowed) to ``writer``.
 
-        Each message goes through ``formatter(msg) -> bytes`` (default: the seed's
-        ``[time] subject: data`` line) and one ``writer.write`` call, in arrival order.
-        Returns once the subscription is live. :meth:`Recording.stop`, or closing this
-        subscriber, drains what was received and flushes the writer (it does not close
-        it: the writer is yours). Messages nats-py dropped because the recorder fell
-        behind are counted in ``stats().dropped`` and logged.
+        Each message goes through ``formatter(msg) -> bytes`` (default: one
+        ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data`` line) and one ``writer.write``
+        call, in arrival order. Returns once the subscription is live.
+        :meth:`Recording.stop`, or closing this subscriber, drains what was received
+        and flushes the writer (it does not close it: the writer is yours). Messages
+        nats-py dropped because the recorder fell behind are counted in
+        ``stats().dropped`` and logged.
         """
         link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
         recording = Recording(subject, writer, formatter)
         sub = await subscribe_live(link.nc, subject, recording._on_msg, queue=q)
-        recording._sub = sub
-        recording._nc = link.nc
+        recording._attach(sub, link.nc)
         self._recordings[id(sub)] = recording
 
         async def closer() -> None:
