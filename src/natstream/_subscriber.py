@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ._config import Config
-from ._errors import ConfigError, NoServersError, SubscriberClosedError
+from ._errors import ConfigError, NatstreamError, NoServersError, SubscriberClosedError
 from ._protocol import (
     STREAM_ERROR_PREFIX,
     HeaderError,
@@ -61,7 +61,7 @@ from ._transport import (
 
 log = logging.getLogger("natstream")
 
-__all__ = ["Subscriber"]
+__all__ = ["Subscriber", "SubscriberState"]
 
 
 class StreamWriterLike(Protocol):
@@ -69,16 +69,22 @@ class StreamWriterLike(Protocol):
     def flush(self) -> None: ...
 
 
-class _State(enum.Enum):
+class SubscriberState(enum.Enum):
+    """Where a subscriber is in its life; it is opened once and closed once."""
+
+    NEW = "new"
+    OPENING = "opening"
     OPEN = "open"
-    CLOSING = "closing"
+    CLOSING = "closing"  # no new requests; in-flight streams get the grace period
     CLOSED = "closed"
 
 
 class Subscriber:
     """Responds to streamed requests; also records subjects into writers.
 
-    ``sub = await Subscriber.connect(servers)``; ``await sub.close()``.
+    ``async with Subscriber(config) as sub:``, or ``sub = await
+    Subscriber.connect(servers)`` and ``await sub.close()``. A subscriber is opened
+    once: after :meth:`close` create a new one.
 
     Args:
         close_grace: seconds :meth:`close` lets in-flight streams finish (max 5 by
@@ -116,7 +122,8 @@ class Subscriber:
         self.max_stream_duration = max_stream_duration
         self.send_exception_text = send_exception_text
         self.stall_factor = stall_factor
-        self._state = _State.CLOSED
+        self._state = SubscriberState.NEW
+        self._closed = asyncio.Event()
         self._link: Link | None = None
         self._control_prefix = ""
         self._controls: dict[str, ResponderStream] = {}
@@ -145,50 +152,111 @@ class Subscriber:
         return sub
 
     async def _open(self) -> None:
+        """Connect and subscribe to the control subjects; opening an open subscriber
+        does nothing. Cancellation (or a failure) leaves it closed.
+
+        Raises:
+            NoServersError: no server could be reached.
+            SubscriberClosedError: it was closed (before or while opening).
+        """
+        state = self._state
+        if state is SubscriberState.OPEN:
+            return
+        if state is SubscriberState.OPENING:
+            raise NatstreamError("this subscriber is already opening; await the first opening")
+        if state is not SubscriberState.NEW:
+            raise SubscriberClosedError(
+                "this subscriber is closed and cannot be reopened; create a new Subscriber"
+            )
+        self._state = SubscriberState.OPENING
         cfg = self.config
         try:
-            self._link = await connect(
+            link = await connect(
                 list(cfg.servers),
                 cfg.nats_options(),
                 allow_reconnect=True,
                 error_counter=self._on_nats_error,
             )
         except Exception as exc:
+            self._set_closed()
             servers = [safe_server(s) for s in cfg.servers]
             reason = translate_connect_error(exc)
             raise NoServersError(servers, [reason] * len(servers)) from None
-        self._state = _State.OPEN
-        self._control_prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
-        await subscribe_live(
-            self._link.nc,
-            f"{self._control_prefix}.*",
-            self._on_control,
-            pending_bytes_limit=0,
-            direct=self._control_now,
-        )
+        except BaseException:
+            self._set_closed()
+            raise
+        prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
+        try:
+            await subscribe_live(
+                link.nc,
+                f"{prefix}.*",
+                self._on_control,
+                pending_bytes_limit=0,
+                direct=self._control_now,
+            )
+            if self._state is not SubscriberState.OPENING:  # close() was called meanwhile
+                raise SubscriberClosedError("this subscriber was closed while it was opening")
+        except BaseException:
+            self._set_closed()
+            await _close_quietly(link)
+            raise
+        self._link = link
+        self._control_prefix = prefix
+        self._state = SubscriberState.OPEN
+
+    def _set_closed(self) -> None:
+        self._state = SubscriberState.CLOSED
+        self._closed.set()
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking requests; let in-flight streams finish within ``grace`` seconds
-        (``close_grace`` when None), cancel the rest, flush recorders, disconnect.
+        (``close_grace`` when None), cancel the rest, flush recorders, give the
+        subscriber's pending sends (heartbeats, rejections) what is left of the grace
+        period and cancel the rest, disconnect. Returns once every task the subscriber
+        and its streams started has ended.
 
-        Idempotent.
+        Idempotent; a second concurrent call waits for the first. Closing a
+        subscriber that was never opened only marks it closed.
         """
-        if self._state is not _State.OPEN:
+        state = self._state
+        if state is SubscriberState.CLOSED:
             return
-        self._state = _State.CLOSING
+        if state is SubscriberState.CLOSING:
+            await self._closed.wait()
+            return
+        if state is not SubscriberState.OPEN:  # an opening in progress sees this
+            self._set_closed()
+            return
+        self._state = SubscriberState.CLOSING
         grace = self.close_grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         try:
             subs = list(self._subscriptions)
             await asyncio.gather(*(s.stop(grace) for s in subs))
             for closer in self._closers:
                 await closer()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
             link, self._link = self._link, None
             if link is not None:
                 await _close_quietly(link)
-            self._state = _State.CLOSED
+            self._set_closed()
 
     async def __aenter__(self) -> Subscriber:
+        """Open the subscriber (see :meth:`connect`); an open one is returned as it is.
+
+        Raises:
+            NoServersError: no server could be reached.
+            SubscriberClosedError: it was closed: create a new one.
+        """
+        await self._open()
         return self
 
     async def __aexit__(
@@ -202,20 +270,24 @@ class Subscriber:
     @property
     def nc(self) -> Client:
         """The underlying nats-py connection."""
-        if self._link is None:
-            raise SubscriberClosedError("this subscriber is closed")
-        return self._link.nc
+        return self._check_open().nc
 
     def _check_open(self) -> Link:
-        if self._state is not _State.OPEN or self._link is None:
-            raise SubscriberClosedError("this subscriber is closed; create a new one")
-        return self._link
+        link = self._link
+        if self._state is not SubscriberState.OPEN or link is None:
+            if self._state in (SubscriberState.NEW, SubscriberState.OPENING):
+                raise SubscriberClosedError(
+                    "this subscriber is not open yet; use `async with Subscriber(...)` "
+                    "or `await Subscriber.connect(...)`"
+                )
+            raise SubscriberClosedError("this subscriber is closed; create a new Subscriber")
+        return link
 
     # ------------------------------------------------------------ what streams need (Host)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a small send as a task called ``name`` (``natstream-...``), without
-        waiting for it; a reference is kept until it is done."""
+        waiting for it; :meth:`close` stops it."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -331,7 +403,7 @@ class Subscriber:
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
         """A request arrived (from the connection's read loop: do no I/O here but spawn)."""
         link = self._link
-        if not msg.reply or link is None or self._state is not _State.OPEN:
+        if not msg.reply or link is None or self._state is not SubscriberState.OPEN:
             return
         now = time.monotonic()
         try:
