@@ -89,8 +89,9 @@ class Subscriber:
     Args:
         close_grace: seconds :meth:`close` lets in-flight streams finish (max 5 by
             default), after which they are cancelled.
-        max_concurrent_streams: default per-subscription limit; requests beyond it
-            get an immediate retryable 503 "busy" error.
+        max_concurrent_streams: default per-subscription limit (a subscription's own
+            ``max_concurrent_streams``, when not None, replaces it); requests beyond
+            it get an immediate retryable 503 "busy" error.
         max_request_size: larger requests get a 413 error reply (None: only the
             server's max_payload limits them).
         max_stream_duration: seconds any one stream may last (None: no limit).
@@ -98,6 +99,9 @@ class Subscriber:
             requester (off by default: a generic message with an error id is sent and
             the traceback is logged locally with that id).
         stall_factor: missed requester heartbeats before its stream is stopped.
+
+    Raises:
+        ConfigError: an argument is out of range.
     """
 
     def __init__(
@@ -111,10 +115,19 @@ class Subscriber:
         send_exception_text: bool = False,
         stall_factor: float = 3.0,
     ) -> None:
-        if max_concurrent_streams < 1:
-            raise ConfigError(f"max_concurrent_streams must be >= 1, got {max_concurrent_streams}")
+        _check_limit("max_concurrent_streams", max_concurrent_streams)
         if close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
+        if max_request_size is not None and max_request_size < 0:
+            raise ConfigError(
+                f"max_request_size must be >= 0 bytes or None, got {max_request_size}"
+            )
+        if max_stream_duration is not None and max_stream_duration <= 0:
+            raise ConfigError(
+                f"max_stream_duration must be > 0 seconds or None, got {max_stream_duration}"
+            )
+        if stall_factor < 1:
+            raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
         self.config = config
         self.close_grace = close_grace
         self.max_concurrent_streams = max_concurrent_streams
@@ -327,9 +340,11 @@ class Subscriber:
         link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
-        handle = StreamSubscription(
-            self, subject, q, kind, max_concurrent_streams or self.max_concurrent_streams
-        )
+        if max_concurrent_streams is None:
+            max_concurrent_streams = self.max_concurrent_streams
+        else:
+            _check_limit("max_concurrent_streams", max_concurrent_streams)
+        handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams)
         serve = partial(self._serve, handle)
 
         async def on_request(msg: Msg) -> None:
@@ -489,6 +504,11 @@ class Subscriber:
 
         self._closers.append(closer)
         return recording
+
+
+def _check_limit(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 async def _send_rejection(

@@ -183,8 +183,21 @@ async def test_close_stops_streams_in_flight_and_pending_sends(
     [
         {"max_concurrent_streams": 0},
         {"close_grace": -1},
+        {"max_request_size": -1},
+        {"max_stream_duration": 0},
+        {"stall_factor": 0.5},
     ],
 )
 def test_out_of_range_options_are_config_errors(options: dict[str, float]) -> None:
-    with pytest.raises(natstream.ConfigError):
+    with pytest.raises(natstream.ConfigError, match=next(iter(options))):
         Subscriber(Config(["nats://127.0.0.1:4222"]), **options)  # type: ignore[arg-type]
+
+
+async def test_a_subscription_limit_out_of_range_is_a_config_error(
+    subscriber: Subscriber, subject: str
+) -> None:
+    for limit in (0, -1):
+        with pytest.raises(natstream.ConfigError, match="max_concurrent_streams"):
+            await subscriber.stream_handler(subject, nothing, max_concurrent_streams=limit)
+    handle = await subscriber.stream_handler(subject, nothing, max_concurrent_streams=None)
+    assert handle.max_concurrent_streams == subscriber.max_concurrent_streams
