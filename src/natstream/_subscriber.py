@@ -15,7 +15,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from types import TracebackType
 from typing import Any, Protocol
@@ -26,14 +26,7 @@ from nats.aio.msg import Msg
 
 from ._config import Config
 from ._errors import ConfigError, NatstreamError, NoServersError, SubscriberClosedError
-from ._protocol import (
-    STREAM_ERROR_PREFIX,
-    HeaderError,
-    ResponderMachine,
-    error_headers,
-    parse_request_headers,
-)
-from ._protocol._wire import HDR_VERSION
+from ._protocol import HeaderError, ResponderMachine, parse_request_headers
 from ._recording import Recording, default_formatter
 from ._responder import (
     BAD_REQUEST,
@@ -48,16 +41,10 @@ from ._responder import (
     ResponderStream,
     StreamSubscription,
     index_kind,
+    send_rejection,
 )
 from ._subjects import validate_queue, validate_subscribe_subject
-from ._transport import (
-    Link,
-    connect,
-    publish,
-    safe_server,
-    subscribe_live,
-    translate_connect_error,
-)
+from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
 
 log = logging.getLogger("natstream")
 
@@ -141,9 +128,8 @@ class Subscriber:
         self._control_prefix = ""
         self._controls: dict[str, ResponderStream] = {}
         self._subscriptions: set[StreamSubscription] = set()
-        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._recordings: dict[int, Recording] = {}
+        self._recordings: dict[int, Recording] = {}  # by id() of their subscription
 
     # ------------------------------------------------------------ lifecycle
 
@@ -182,23 +168,12 @@ class Subscriber:
                 "this subscriber is closed and cannot be reopened; create a new Subscriber"
             )
         self._state = SubscriberState.OPENING
-        cfg = self.config
         try:
-            link = await connect(
-                list(cfg.servers),
-                cfg.nats_options(),
-                allow_reconnect=True,
-                error_counter=self._on_nats_error,
-            )
-        except Exception as exc:
-            self._set_closed()
-            servers = [safe_server(s) for s in cfg.servers]
-            reason = translate_connect_error(exc)
-            raise NoServersError(servers, [reason] * len(servers)) from None
+            link = await _connect(self.config, self._on_nats_error)
         except BaseException:
             self._set_closed()
             raise
-        prefix = f"{cfg.inbox_prefix}.{secrets.token_hex(12)}"
+        prefix = f"{self.config.inbox_prefix}.{secrets.token_hex(12)}"
         try:
             await subscribe_live(
                 link.nc,
@@ -247,8 +222,8 @@ class Subscriber:
         try:
             subs = list(self._subscriptions)
             await asyncio.gather(*(s.stop(grace) for s in subs))
-            for closer in self._closers:
-                await closer()
+            for key in list(self._recordings):
+                await _stop_recording(self._recordings.pop(key))
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         finally:
@@ -282,19 +257,15 @@ class Subscriber:
 
     @property
     def nc(self) -> Client:
-        """The underlying nats-py connection."""
-        return self._check_open().nc
+        """The underlying nats-py connection (until :meth:`close` has closed it)."""
+        if self._link is None:
+            raise _not_open(self._state)
+        return self._link.nc
 
     def _check_open(self) -> Link:
-        link = self._link
-        if self._state is not SubscriberState.OPEN or link is None:
-            if self._state in (SubscriberState.NEW, SubscriberState.OPENING):
-                raise SubscriberClosedError(
-                    "this subscriber is not open yet; use `async with Subscriber(...)` "
-                    "or `await Subscriber.connect(...)`"
-                )
-            raise SubscriberClosedError("this subscriber is closed; create a new Subscriber")
-        return link
+        if self._state is not SubscriberState.OPEN or self._link is None:
+            raise _not_open(self._state)
+        return self._link
 
     # ------------------------------------------------------------ what streams need (Host)
 
@@ -456,14 +427,8 @@ class Subscriber:
         retryable: bool,
     ) -> None:
         """Answer a request with an error marker alone, from a task."""
-        if machine is not None:
-            headers = machine.error_headers(message, code, retryable, 0.0)
-        elif msg.headers and HDR_VERSION in msg.headers:  # a v1 request we could not parse
-            headers = error_headers(0, message, code, retryable)
-        else:
-            headers = None
         self._spawn(
-            _send_rejection(link, msg.reply, message, headers, code),
+            send_rejection(link, msg, machine, message, code, retryable),
             f"natstream-stream-{handle.subject}-rejected-{code}",
         )
 
@@ -493,31 +458,48 @@ class Subscriber:
         recording = Recording(subject, writer, formatter)
         sub = await subscribe_live(link.nc, subject, recording._on_msg, queue=q)
         recording._attach(sub, link.nc)
-        self._recordings[id(sub)] = recording
-
-        async def closer() -> None:
-            self._recordings.pop(id(sub), None)
-            try:
-                await recording.stop()
-            except Exception:
-                log.exception("recording of %r: flushing the writer failed", subject)
-
-        self._closers.append(closer)
+        self._recordings[id(sub)] = recording  # closing the subscriber stops it
         return recording
+
+
+async def _connect(config: Config, on_error: Callable[[Exception], None]) -> Link:
+    """A connection to one of ``config``'s servers, reconnecting by itself.
+
+    Raises:
+        NoServersError: none could be reached (named each, with why).
+    """
+    try:
+        return await connect(
+            list(config.servers),
+            config.nats_options(),
+            allow_reconnect=True,
+            error_counter=on_error,
+        )
+    except Exception as exc:
+        servers = [safe_server(s) for s in config.servers]
+        reason = translate_connect_error(exc)
+        raise NoServersError(servers, [reason] * len(servers)) from None
+
+
+async def _stop_recording(recording: Recording) -> None:
+    try:
+        await recording.stop()
+    except Exception:
+        log.exception("recording of %r: flushing the writer failed", recording.subject)
+
+
+def _not_open(state: SubscriberState) -> SubscriberClosedError:
+    if state in (SubscriberState.NEW, SubscriberState.OPENING):
+        return SubscriberClosedError(
+            "this subscriber is not open yet; use `async with Subscriber(...)` "
+            "or `await Subscriber.connect(...)`"
+        )
+    return SubscriberClosedError("this subscriber is closed; create a new Subscriber")
 
 
 def _check_limit(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
-
-
-async def _send_rejection(
-    link: Link, reply: str, message: str, headers: dict[str, str] | None, code: int
-) -> None:
-    try:
-        await publish(link, reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
-    except Exception:
-        log.debug("could not send a %d reply", code, exc_info=True)
 
 
 async def _close_quietly(link: Link) -> None:

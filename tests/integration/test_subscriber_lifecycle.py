@@ -13,6 +13,7 @@ import natstream
 from conftest import assert_no_subscriber_tasks
 from natstream import (
     STREAM_END,
+    STREAM_ERROR_PREFIX,
     Config,
     NoServersError,
     Pool,
@@ -115,26 +116,22 @@ async def test_close_stops_streams_in_flight_and_pending_sends(
     """Streams whose handlers never finish, heartbeats and a busy rejection whose
     sends never finish: close() cancels each after the grace period, awaits it,
     and leaves no task behind (a second close() waits for the first)."""
-    from natstream import _subscriber
     from natstream._responder import _sender
 
     never = asyncio.Event()  # nothing sets it: what waits on it waits until cancelled
     heartbeat_stuck, reply_stuck, handler_waits = (asyncio.Event() for _ in range(3))
-    stream_publish, reply_publish = _sender.publish, _subscriber.publish
+    publish = _sender.publish
 
-    async def stuck_heartbeats(link, subject, payload, **kw):  # type: ignore[no-untyped-def]
+    async def stuck(link, subject, payload, **kw):  # type: ignore[no-untyped-def]
         if (kw.get("headers") or {}).get(HDR_CONTROL) == CTL_HEARTBEAT:
             heartbeat_stuck.set()
             await never.wait()
-        await stream_publish(link, subject, payload, **kw)
+        if payload.startswith(STREAM_ERROR_PREFIX + b"busy"):
+            reply_stuck.set()
+            await never.wait()
+        await publish(link, subject, payload, **kw)
 
-    async def stuck_replies(link, subject, payload, **kw):  # type: ignore[no-untyped-def]
-        reply_stuck.set()
-        await never.wait()
-        await reply_publish(link, subject, payload, **kw)
-
-    monkeypatch.setattr(_sender, "publish", stuck_heartbeats)
-    monkeypatch.setattr(_subscriber, "publish", stuck_replies)
+    monkeypatch.setattr(_sender, "publish", stuck)
 
     async def waits(request: StreamRequest, index: int) -> tuple[bytes, bool, None]:
         handler_waits.set()

@@ -19,6 +19,7 @@ from ._request import (
     IndexResult,
     StreamRequest,
 )
+from ._sender import send_rejection
 from ._stream import ResponderStream
 from ._subscription import Host, StreamSubscription, SubscriptionStats
 
@@ -41,4 +42,5 @@ __all__ = [
     "StreamSubscription",
     "SubscriptionStats",
     "index_kind",
+    "send_rejection",
 ]

@@ -18,14 +18,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from nats.aio.msg import Msg
+
 from .._errors import PayloadTooLargeError
-from .._protocol import STREAM_ERROR_PREFIX, ResponderMachine
+from .._protocol import STREAM_ERROR_PREFIX, ResponderMachine, error_headers
 from .._protocol._frames import hpub_prefix
-from .._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, pack_items
+from .._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, HDR_VERSION, pack_items
 from .._transport import HEADER_ALLOWANCE, Link, publish
 from ._request import TOO_LARGE
 
-__all__ = ["PAUSE", "QUEUED", "Sender", "default_position"]
+__all__ = ["PAUSE", "QUEUED", "Sender", "default_position", "send_rejection"]
 
 log = logging.getLogger("natstream")
 
@@ -36,6 +38,29 @@ _PAUSE_BYTES = 256 * 1024  # queued on the connection
 # What :meth:`Sender.send_now` did (0: nothing, take :meth:`Sender.emit`).
 QUEUED = 1  # queued, and the flusher woken if it was idle
 PAUSE = 2  # queued; a pause is due: the caller awaits :meth:`Sender.pause`
+
+
+async def send_rejection(
+    link: Link,
+    msg: Msg,
+    machine: ResponderMachine | None,
+    message: str,
+    code: int,
+    retryable: bool,
+) -> None:
+    """Answer a request with an error marker alone (no stream was opened for it);
+    ``machine`` None for a request whose headers could not be parsed. A failure
+    is logged, not raised."""
+    if machine is not None:
+        headers = machine.error_headers(message, code, retryable, 0.0)
+    elif msg.headers and HDR_VERSION in msg.headers:  # a v1 request we could not parse
+        headers = error_headers(0, message, code, retryable)
+    else:
+        headers = None
+    try:
+        await publish(link, msg.reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
+    except Exception:
+        log.debug("could not send a %d reply", code, exc_info=True)
 
 
 def default_position(i: int) -> None:
