@@ -106,16 +106,16 @@ class Index:
         self.handler = handler
         self.sync = sync  # not a coroutine function: it may be called in the dispatch
 
-    def start(self, request: StreamRequest) -> FirstCall:
+    def start(self, request: StreamRequest, resume: Resume | None) -> FirstCall:
         """Make the first call now; what it returned or raised is kept for the task."""
-        index = index_start(request._machine.resume)
+        index = index_start(resume)
         try:
             return FirstCall(self, index, self.handler(request, index), None)
         except Exception as exc:
             return FirstCall(self, index, None, exc)
 
     async def run(self, request: StreamRequest, sender: Sender) -> bool:
-        index = index_start(request._machine.resume)
+        index = index_start(sender.machine.resume)
         return await self.run_from(request, sender, index, self.handler(request, index), False)
 
     async def run_from(
@@ -168,9 +168,10 @@ class FirstCall:
 
 class PackedIndex:
     """A sync index handler with ``pack=True``: for a requester that unpacks, results
-    of consecutive calls are sent together, once ``_PACK_HOLD`` are held, or
-    ``_PACK_LINGER`` seconds after the first of them, before awaiting an async
-    result, or at the end. Other requesters get one message per reply."""
+    of consecutive calls are sent together, once ``_PACK_HOLD`` (or a message's
+    worth of bytes) are held, ``_PACK_LINGER`` seconds after the first of them,
+    before awaiting an async result, or at the end. Other requesters get one
+    message per reply, as from :class:`Index`."""
 
     __slots__ = ("handler", "plain")
 
@@ -182,7 +183,7 @@ class PackedIndex:
         if not sender.machine.pack:
             return await self.plain.run(request, sender)
         handler = self.handler
-        index = index_start(request._machine.resume)
+        index = index_start(sender.machine.resume)
         loop = sender.loop
         limit = sender.limit
         held: list[bytes] = []
@@ -237,7 +238,7 @@ class Batch:
 
     async def run(self, request: StreamRequest, sender: Sender) -> bool:
         handler = self.handler
-        batch, skip = batch_start(request._machine.resume)
+        batch, skip = batch_start(sender.machine.resume)
         while True:
             result: Any = handler(request, batch)
             if inspect.isawaitable(result):
@@ -267,11 +268,12 @@ class Generator:
         gen = self.fn(request)
         if not hasattr(gen, "__anext__"):
             raise TypeError("stream_handler needs an async generator function")
-        resume = request._machine.resume
+        resume = sender.machine.resume
         skip = resume.seq if resume is not None else 0
         emit = sender.emit
         try:
             async for item in gen:
+                # A handler that read request.resume skips the delivered items itself.
                 if skip and not request._resume_read:
                     if type(item) is list and skip < len(item):
                         item, skip = item[skip:], 0  # its rest is sent below

@@ -98,7 +98,7 @@ class ResponderStream:
         Returns True when that was the whole stream (the handler said no more): the
         end marker is queued too, the stream is finished, and no task is needed.
         """
-        first = kind.start(self.request)
+        first = kind.start(self.request, self.machine.resume)
         self.kind = first
         result = first.result
         if type(result) is not tuple or len(result) != 3 or result[2] is not None:
