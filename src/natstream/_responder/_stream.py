@@ -136,7 +136,7 @@ class ResponderStream:
     async def run(self) -> None:
         """The stream's task: run the handler's kind, then send the end marker, or the
         error marker of what it raised. Cancelled when the requester cancels or
-        vanishes, at the deadline (the 504 error is sent first), or on close."""
+        vanishes, at the deadline (it then sends the 504 error), or on close."""
         m = self.machine
         sender = self.sender
         outcome = Outcome.FAILED
