@@ -74,9 +74,9 @@ FAST = StreamOptions(heartbeat=0.2)
 
 @pytest.fixture
 async def subscriber(server: NatsServer) -> AsyncIterator[Subscriber]:
-    sub = await Subscriber.connect([server.url], close_grace=1.0)
-    yield sub
-    await sub.close()
+    """An open Subscriber; once it is closed, nothing it or its streams started runs."""
+    async with Subscriber(Config([server.url]), close_grace=1.0) as sub:
+        yield sub
     assert_no_natstream_tasks()
 
 
@@ -97,17 +97,50 @@ async def no_task_left_behind(request: pytest.FixtureRequest) -> AsyncIterator[N
 
 
 def assert_no_natstream_tasks(*, streams: bool = True) -> None:
-    """No background task of ours outlives the object that started it.
+    """No background task of ours outlives the object that started it, and every
+    task the Subscriber and its streams start is named ``natstream-...``.
 
-    ``streams=False`` leaves out a responder's stream tasks: they belong to the
-    Subscriber, and when a pool closes first a stream it cancelled may still be
-    stopping (the cancel is on its way); the Subscriber fixture checks them.
+    ``streams=False`` leaves out the Subscriber's tasks (its streams and their
+    sends, named ``natstream-stream-...``): when a pool closes first a stream it
+    cancelled may still be stopping (the cancel is on its way); the Subscriber
+    fixture checks them.
     """
+    left = []
+    for t in asyncio.all_tasks():
+        if t.done():
+            continue
+        name = t.get_name()
+        if name.startswith("natstream-stream-") or _runs_responder_code(t):
+            if streams:
+                left.append(_described(t))
+        elif name.startswith("natstream-"):
+            left.append(name)
+    assert not left, f"tasks left running: {left}"
+
+
+def assert_no_subscriber_tasks() -> None:
+    """:func:`assert_no_natstream_tasks` for the Subscriber's tasks alone (a pool may
+    still be open)."""
     left = [
-        t.get_name()
+        _described(t)
         for t in asyncio.all_tasks()
-        if t.get_name().startswith("natstream-")
-        and not t.done()
-        and (streams or not t.get_name().startswith("natstream-stream-"))
+        if not t.done()
+        and (t.get_name().startswith("natstream-stream-") or _runs_responder_code(t))
     ]
     assert not left, f"tasks left running: {left}"
+
+
+def _described(task: asyncio.Task[object]) -> str:
+    name = task.get_name()
+    return name if name.startswith("natstream-") else f"{name} (unnamed: {task.get_coro()!r})"
+
+
+_RESPONDER_MODULES = ("natstream._subscriber", "natstream._responder.")
+
+
+def _runs_responder_code(task: asyncio.Task[object]) -> bool:
+    """Whether ``task`` runs a coroutine of the Subscriber or the responder (so they
+    started it: it should have been named)."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return module == _RESPONDER_MODULES[0] or module.startswith(_RESPONDER_MODULES[1])

@@ -29,7 +29,8 @@ from ._pool import Pool, PoolStats, ServerStats
 from ._protocol import STREAM_END, STREAM_ERROR_PREFIX, Resume
 from ._recording import Recording, RecordingStats, default_formatter
 from ._requester import Stream
-from ._subscriber import StreamRequest, StreamSubscription, Subscriber, SubscriptionStats
+from ._responder import StreamRequest, StreamSubscription, SubscriptionStats
+from ._subscriber import Subscriber
 from ._writers import HourlyFileWriter, Retention, StreamWriter, WriterStats, parse_retention
 
 __version__ = "0.1.0.dev0"

@@ -45,7 +45,7 @@ def _render_stamp(millis: int) -> bytes:
 
 
 def default_formatter(msg: Msg) -> bytes:
-    """The seed's line format: ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data\\n`` (local time).
+    """One line per message: ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data\\n`` (local time).
 
     The time is when the formatter runs, truncated to the millisecond. Backslashes,
     newlines and carriage returns in the payload are escaped (``\\\\``, ``\\n``,
@@ -100,6 +100,12 @@ class Recording:
         self.started = time.time()
         self.error: BaseException | None = None
         self._done = asyncio.Event()
+
+    def _attach(self, sub: Subscription, nc: Client) -> None:
+        """The subscription this recording writes from, and its connection (set once,
+        by the subscriber that made it; :meth:`stop` drains it)."""
+        self._sub = sub
+        self._nc = nc
 
     async def _on_msg(self, msg: Msg) -> None:
         """nats-py's callback for the subscription."""

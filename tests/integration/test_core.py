@@ -535,17 +535,17 @@ async def test_streams_finished_in_the_request_dispatch(
     arrives (reply and end marker queued together, no task): requesters see the same
     stream, plain requesters included, and the subscription counts it as completed."""
 
-    from natstream._subscriber import _ResponderStream
+    from natstream._responder._stream import ResponderStream
 
     runs = 0
-    run = _ResponderStream.run
+    run = ResponderStream.run
 
-    async def counted(self: _ResponderStream) -> None:
+    async def counted(self: ResponderStream) -> None:
         nonlocal runs
         runs += 1
         await run(self)
 
-    monkeypatch.setattr(_ResponderStream, "run", counted)
+    monkeypatch.setattr(ResponderStream, "run", counted)
 
     def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
         return first, False, None

@@ -1,7 +1,7 @@
 """The two machines wired together in memory, h11-style: no sockets, no event loop.
 
 A :class:`Sim` plays both drivers (what ``natstream._requester`` and
-``natstream._subscriber`` do with the machines' answers) over two simulated one-way
+``natstream._responder`` do with the machines' answers) over two simulated one-way
 channels whose faults a scenario chooses: loss, duplication, reordering. Hypothesis
 draws the scenario and an interleaving of events: responders producing data of random
 sizes, messages crossing the channels (or not), the consumer taking messages, timers
@@ -162,7 +162,7 @@ TERMINAL_R = {ResponderState.ENDED, ResponderState.FAILED, ResponderState.CANCEL
 
 
 class Responder:
-    """The responder's driver (``_ResponderStream``) around one ResponderMachine."""
+    """The responder's driver (``ResponderStream``) around one ResponderMachine."""
 
     def __init__(self, sim: Sim, rid: int, request: dict[str, str], plain: bool) -> None:
         self.sim = sim
@@ -181,7 +181,7 @@ class Responder:
         self.paused = False  # a slow handler: settle() does not make it produce
         self.blocked = 0  # times it had to wait for credit
         self._acked = (self.m.acked_seq, self.m.acked_bytes)
-        # No separate accept (as in ``_ResponderStream.run``): its first reply (data,
+        # No separate accept (as in ``ResponderStream.run``): its first reply (data,
         # end, error, or a heartbeat after one quiet interval) tells our control subject.
 
     def _start(self, resume: Resume | None) -> int:

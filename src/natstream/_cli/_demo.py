@@ -23,7 +23,8 @@ from .._config import Config
 from .._errors import StreamError
 from .._pool import Pool
 from .._protocol import STREAM_END, STREAM_ERROR_PREFIX
-from .._subscriber import IndexResult, StreamRequest, Subscriber
+from .._responder import IndexResult, StreamRequest
+from .._subscriber import Subscriber
 
 __all__ = ["FlakyService", "Printer", "run_demo"]
 

@@ -1,0 +1,244 @@
+"""``ResponderStream``: one stream being served, from its request to its outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from nats.aio.msg import Msg
+
+from .._errors import ConnectionLostError, StreamError
+from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
+from .._timer import LazyTimer
+from .._transport import Link
+from ._kinds import Index, Kind
+from ._request import DEADLINE, INTERNAL, HandlerError, StreamRequest
+from ._sender import Sender
+
+__all__ = ["Owner", "ResponderStream"]
+
+log = logging.getLogger("natstream")
+
+
+class Owner(Protocol):
+    """What a stream needs of the subscription it serves (private names: the
+    subscription is public, this is not part of its API)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def _send_exception_text(self) -> bool:
+        """Whether a handler's exception text goes to the requester (else an error id)."""
+        ...
+
+    def _stream_done(self, stream: ResponderStream, outcome: Outcome, replies: int) -> None:
+        """``stream`` is over: count it; it takes no more control messages."""
+        ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a send that must not hold up the stream, as a task called ``name`` that
+        the subscriber stops when it closes."""
+        ...
+
+
+class ResponderStream:
+    """One stream being served: the machine, the timer (heartbeats, requester gone,
+    deadline), control messages, and the task that runs the handler's kind and sends
+    the end (none when :meth:`start_now` finished the stream in the dispatch).
+
+    Attributes:
+        machine: the stream's :class:`ResponderMachine`.
+        token: the last token of ``control_subject``, where the requester's control
+            messages arrive (None ``control_subject`` for a plain requester).
+        name: of the task, and the prefix of its sends' tasks.
+    """
+
+    def __init__(
+        self,
+        owner: Owner,
+        kind: Kind,
+        link: Link,
+        msg: Msg,
+        machine: ResponderMachine,
+        control_subject: str | None,
+        token: str,
+        name: str,
+    ) -> None:
+        self.owner = owner
+        self.kind = kind
+        self.link = link
+        self.machine = machine
+        self.control_subject = control_subject
+        self.token = token
+        self.name = name
+        self.request = StreamRequest(msg, machine)
+        self.sender = Sender(link, machine, msg.reply, control_subject, owner.subject)
+        self.task: asyncio.Task[None] | None = None
+        self.loop = self.sender.loop
+        self._timer = LazyTimer(self.loop, self._on_timer)
+        self._deadline_passed = False  # a cancellation then sends the 504 error
+
+    def start(self, first_now: Index | None) -> None:
+        """Serve the stream: ``first_now``'s first reply at once (see
+        :meth:`start_now`), the rest in a task."""
+        if first_now is not None and self.start_now(first_now):
+            return  # a one-reply stream, already finished
+        self.task = asyncio.create_task(self.run(), name=self.name)
+
+    def start_now(self, kind: Index) -> bool:
+        """Call a sync index handler for the first reply at once, in the request's
+        dispatch, and queue that reply if it can go the fast way: the stream's task
+        starts an event-loop iteration later, which would delay the first reply. The
+        task continues from that call (its result or its exception).
+
+        Returns True when that was the whole stream (the handler said no more): the
+        end marker is queued too, the stream is finished, and no task is needed.
+        """
+        first = kind.start(self.request, self.machine.resume)
+        self.kind = first
+        result = first.result
+        if type(result) is not tuple or len(result) != 3 or result[2] is not None:
+            return False
+        data, more, _ = result
+        try:
+            done = not more
+        except Exception:  # e.g. an array's ambiguous truth value: the task raises it
+            return False
+        link = self.link
+        # Finishing here needs a v1 requester (the end marker's headers, our control
+        # subject) and a link that queues commands now; else the task sends the end.
+        finish = done and self.sender.fast and link.ready()
+        if data is not None:
+            if not self.sender.send_now(data, first.index):
+                return False
+            first.queued = True
+        elif not finish:
+            return False
+        if finish:
+            self._end_now()
+        link.kick_soon()
+        return finish
+
+    def _end_now(self) -> None:
+        """Finish a stream whose handler is done from :meth:`start_now`: queue the end
+        marker behind its reply (one write for both), count it, let it go."""
+        headers = self.machine.end_headers(self.loop.time())
+        if not self.link.queue_publish(
+            self.sender.reply, self.control_subject or "", STREAM_END, headers
+        ):  # not expected (start_now checked): send it from a task instead
+            self._send_later(STREAM_END, headers, "end", logging.WARNING)
+        self._finish(Outcome.COMPLETED)
+
+    async def run(self) -> None:
+        """The stream's task: run the handler's kind, then send the end marker, or the
+        error marker of what it raised. Cancelled when the requester cancels or
+        vanishes, at the deadline (it then sends the 504 error), or on close."""
+        m = self.machine
+        sender = self.sender
+        outcome = Outcome.FAILED
+        try:
+            # No separate accept: the first reply (data, end, error, or the first
+            # heartbeat if the handler is slow) tells the requester our control subject.
+            self._arm()
+            ended = await self.kind.run(self.request, sender)
+            if sender.too_large:
+                return
+            if ended and not m.terminal:
+                await sender.publish(STREAM_END, m.end_headers(self.loop.time()))
+                outcome = Outcome.COMPLETED
+                return
+            outcome = Outcome.CANCELLED
+        except (HandlerError, StreamError) as e:  # StreamError: raised on purpose, sent as is
+            if not m.terminal:
+                await sender.send_error(e.message, e.code, e.retryable)
+        except asyncio.CancelledError:
+            outcome = Outcome.CANCELLED
+            if self._deadline_passed and not m.terminal:
+                await sender.send_error("stream deadline exceeded", DEADLINE, False)
+            raise
+        except ConnectionLostError:
+            log.debug("stream on %r: connection lost", self.owner.subject)
+        except Exception as exc:
+            await self._internal_error(exc)
+        finally:
+            self._finish(outcome)
+
+    async def _internal_error(self, exc: Exception) -> None:
+        owner = self.owner
+        error_id = secrets.token_hex(6)
+        log.error(
+            "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
+        )
+        if owner._send_exception_text:
+            message = f"{type(exc).__name__}: {exc} (error id {error_id})"
+        else:
+            message = f"internal error (error id {error_id})"
+        if not self.machine.terminal:
+            try:
+                await self.sender.send_error(message, INTERNAL, False)
+            except ConnectionLostError:
+                pass
+
+    def _finish(self, outcome: Outcome) -> None:
+        m = self.machine
+        self._timer.cancel()
+        self.owner._stream_done(self, outcome, m.sent_seq - (m.resume.seq if m.resume else 0))
+
+    # ------------------------------------------------------------ control
+
+    def on_control(self, msg: Msg) -> None:
+        """A message arrived on this stream's control subject."""
+        verdict = self.machine.on_control(msg.headers, self.loop.time())
+        if verdict is Control.CANCEL:
+            self._stop()
+        elif verdict is Control.LIVENESS:
+            self.sender.credit_changed()
+
+    def _stop(self) -> None:
+        self.machine.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self) -> None:
+        self._timer.arm(self.machine.next_deadline())
+
+    def _on_timer(self) -> None:
+        m = self.machine
+        action = m.on_timer(self.loop.time())
+        if action is ResponderTimer.HEARTBEAT:
+            self._send_later(b"", m.heartbeat_headers(self.loop.time()), "heartbeat")
+        elif action is ResponderTimer.REQUESTER_GONE:
+            log.debug("stream on %r: requester gone, stopping", self.owner.subject)
+            self._stop()
+            return
+        elif action is ResponderTimer.DEADLINE:
+            self._deadline_passed = True
+            if self.task is not None and not self.task.done():
+                self.task.cancel()
+            return
+        self._arm()
+
+    def _send_later(
+        self,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        what: str,
+        level: int = logging.DEBUG,
+    ) -> None:
+        """Send from a task of its own (the subscriber's, named after this stream): a
+        failure is logged at ``level``, not raised."""
+        self.owner._spawn(self._quiet_send(payload, headers, what, level), f"{self.name}-{what}")
+
+    async def _quiet_send(
+        self, payload: bytes, headers: dict[str, str] | None, what: str, level: int
+    ) -> None:
+        try:
+            await self.sender.publish(payload, headers)
+        except Exception:
+            log.log(level, "stream on %r: %s not sent", self.owner.subject, what, exc_info=True)
