@@ -99,3 +99,13 @@ def test_the_streaming_tests_pass_with_the_fast_paths_off() -> None:
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]
+
+
+async def test_writable_follows_the_connection_state(server: NatsServer) -> None:
+    """The responder's per-reply path reads ``writable`` instead of nats-py's status."""
+    link = await connect([server.url], {}, allow_reconnect=False)
+    assert isinstance(link, FastClient)
+    assert link.writable
+    await link.close()
+    assert not link.writable
+    assert not PlainLink(Client()).writable

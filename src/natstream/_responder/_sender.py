@@ -138,19 +138,17 @@ class Sender:
         m = self.machine
         link = self.link
         size = len(data)
-        if pos != m.sent_seq or size > self.limit or not link.ready():
+        if pos != m.sent_seq or size > self.limit or not link.writable:
             return 0
         seq = m.send_next(size, self.loop.time())
         if not seq:
             return 0
-        link.queue_seq(prefix, seq, data)
+        pending = link.queue_seq(prefix, seq, data)  # the flusher is woken if idle
         sent = self.sent = self.sent + 1
         # The pacing rule (see the module docstring), here and not in a method of its
         # own: this runs once per reply, and a call costs as much as the rule.
-        if not sent & _PAUSE_MASK or link.pending_size() > _PAUSE_BYTES:
+        if not sent & _PAUSE_MASK or pending > _PAUSE_BYTES:
             return PAUSE
-        if link.flusher_idle():
-            link.kick_soon()
         return QUEUED
 
     async def pause(self) -> None:

@@ -111,7 +111,7 @@ class ResponderStream:
         link = self.link
         # Finishing here needs a v1 requester (the end marker's headers, our control
         # subject) and a link that queues commands now; else the task sends the end.
-        finish = done and self.sender.fast and link.ready()
+        finish = done and self.sender.fast and link.writable
         if data is not None:
             if not self.sender.send_now(data, first.index):
                 return False

@@ -70,6 +70,7 @@ class FastClient(Client):
     """
 
     fast = True
+    writable = False  # see _status
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,6 +87,17 @@ class FastClient(Client):
     @property
     def nc(self) -> Client:
         return self
+
+    # nats-py keeps its state in ``_status``; the drivers' per-message paths read
+    # ``writable`` instead (a plain attribute, kept in step here), so they need no call.
+    @property
+    def _status(self) -> int:
+        return self._state_now
+
+    @_status.setter
+    def _status(self, value: int) -> None:
+        self._state_now = value
+        self.writable = value == _CONNECTED
 
     # ------------------------------------------------------------ receiving
 
@@ -167,16 +179,8 @@ class FastClient(Client):
 
     # ------------------------------------------------------------ sending
 
-    def ready(self) -> bool:
-        """Connected: commands may be queued directly."""
-        return self._status == _CONNECTED
-
     def pending_size(self) -> int:
         return self._pending_data_size
-
-    def flusher_idle(self) -> bool:
-        queue = self._flush_queue
-        return queue is not None and queue.empty()
 
     def queue_publish(
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
@@ -191,8 +195,18 @@ class FastClient(Client):
         self._queue(publish_command(subject, reply, payload, block), len(payload))
         return True
 
-    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> None:
-        self._queue(hpub_seq_command(prefix, seq, payload), len(payload))
+    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> int:
+        # The responder's per-reply path: one call, the command's bytes built here.
+        cmd = hpub_seq_command(prefix, seq, payload)
+        self._pending.append(cmd)
+        pending = self._pending_data_size = self._pending_data_size + len(cmd)
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        queue = self._flush_queue
+        if queue is not None and queue.empty():
+            self.kick_soon()
+        return pending
 
     def _queue(self, cmd: bytes, size: int) -> None:
         self._pending.append(cmd)

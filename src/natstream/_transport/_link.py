@@ -34,11 +34,14 @@ class Link(Protocol):
     Attributes:
         nc: nats-py's client, for its public API.
         fast: whether this link has the fast paths (then it is the client itself).
+        writable: whether commands may be queued directly now (:meth:`queue_seq`):
+            connected; always False on a plain link. An attribute, read per reply.
         item_type: a light ``Msg`` class for header-less replies of this connection.
         yield_soon: set by a raw handler's True result; the parser yields once.
     """
 
     fast: bool
+    writable: bool
     item_type: type[Msg]
     yield_soon: bool
 
@@ -66,17 +69,8 @@ class Link(Protocol):
         """A ``Msg`` from raw parts (fast links only call raw handlers)."""
         ...
 
-    def ready(self) -> bool:
-        """Whether commands may be queued directly now (:meth:`queue_seq`); always
-        False on a plain link."""
-        ...
-
     def pending_size(self) -> int:
         """Bytes waiting for the socket."""
-        ...
-
-    def flusher_idle(self) -> bool:
-        """Whether the flusher has no wake-up pending (a kick is needed)."""
         ...
 
     def queue_publish(
@@ -89,9 +83,11 @@ class Link(Protocol):
         max_payload, headers it must encode, or a plain link."""
         ...
 
-    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> None:
+    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> int:
         """Queue a data message whose only header is ``Ns-Seq`` (``prefix`` from
-        :func:`~natstream._protocol._frames.hpub_prefix`). Only after :meth:`ready`."""
+        :func:`~natstream._protocol._frames.hpub_prefix`) and wake the flusher if it
+        is idle; returns the bytes now waiting for the socket. Only while
+        :attr:`writable`."""
         ...
 
     def write_now(self) -> bool:
@@ -133,6 +129,7 @@ class PlainLink:
     dispatches by token, as the fast client's parser does."""
 
     fast = False
+    writable = False
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
@@ -175,22 +172,16 @@ class PlainLink:
     def message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
         raise NotImplementedError("a plain link delivers Msg objects, not raw parts")
 
-    def ready(self) -> bool:
-        return False
-
     def pending_size(self) -> int:
         return self._nc.pending_data_size
-
-    def flusher_idle(self) -> bool:
-        return False
 
     def queue_publish(
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
     ) -> bool:
         return False
 
-    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> None:
-        raise NotImplementedError("a plain link queues nothing itself; check ready() first")
+    def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> int:
+        raise NotImplementedError("a plain link queues nothing itself; check writable first")
 
     def write_now(self) -> bool:
         return False
