@@ -15,6 +15,7 @@
         ├── NoRespondersError                nobody subscribes to the subject
         ├── PayloadTooLargeError             data exceeds the server's max_payload
         ├── ConnectionLostError              the connection carrying the stream broke
+        ├── PermissionDeniedError            the server refused a subscribe or publish
         ├── ProtocolViolationError           sequence gap or malformed control traffic
         └── StreamTimeoutBase (TimeoutError)
             ├── RequestTimeoutError          silence longer than request_timeout
@@ -36,6 +37,7 @@ __all__ = [
     "NoRespondersError",
     "NoServersError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PoolClosedError",
     "ProtocolViolationError",
     "RequestTimeoutError",
@@ -142,6 +144,26 @@ class ConnectionLostError(StreamFailure, ConnectionError):
     """The connection carrying the stream closed or broke mid-stream."""
 
     retryable = True
+
+
+class PermissionDeniedError(StreamFailure):
+    """The server refused a subscription or a publish (a permissions violation).
+
+    Raised at once where it happens: by a subscribe (``Subscriber.connect``,
+    ``stream_subscribe_handler``...) or by the stream whose request, inbox or control
+    messages were refused. Not retryable: the same permissions refuse it again.
+    docs/security.md lists the permissions each side needs.
+
+    Attributes:
+        subject: the refused subject, as the server names it.
+        operation: ``"subscribe"`` or ``"publish"``.
+    """
+
+    def __init__(self, subject: str, operation: str, hint: str = "") -> None:
+        message = f"the server refused to let this connection {operation} {subject!r}"
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.subject = subject
+        self.operation = operation
 
 
 class ProtocolViolationError(StreamFailure):

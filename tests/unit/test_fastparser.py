@@ -32,6 +32,7 @@ class FakeClient:
         self.events: list[tuple[Any, ...]] = []
         self.yield_soon = False
         self.wakes: set[bytes] = set()  # payloads that wake a consumer (see yield_soon)
+        self.raw_errors: list[str] = []
 
     def _dispatch(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -58,7 +59,10 @@ class FakeClient:
         self.events.append(("info", info))
 
     async def _process_err(self, message: str) -> None:
-        self.events.append(("err", message))
+        # nats-py's parser lower-cases the text; ours passes it as it came and
+        # FastClient lower-cases it for nats-py (test_error_text_keeps_its_case).
+        self.events.append(("err", message.lower()))
+        self.raw_errors.append(message)
 
 
 token = st.text(alphabet="abcxyz019_-$>*", min_size=1, max_size=12)
@@ -250,3 +254,11 @@ def test_encoded_headers_read_back(headers: dict[str, str]) -> None:
 )
 def test_headers_we_do_not_encode_are_left_to_nats_py(headers: dict[str, str]) -> None:
     assert encode_headers(headers) is None
+
+
+async def test_error_text_keeps_its_case() -> None:
+    """A refused subject is case-sensitive: our parser passes -ERR text as it came."""
+    client = FakeClient()
+    line = b"-ERR 'Permissions Violation for Publish to \"Orders.EU\"'\r\n"
+    await FastParser(client).parse(line)  # type: ignore[arg-type]
+    assert client.raw_errors == ["'Permissions Violation for Publish to \"Orders.EU\"'"]

@@ -18,6 +18,7 @@ __all__ = [
     "hpub_prefix",
     "hpub_seq_command",
     "lone_seq",
+    "parse_denial",
     "parse_header_lines",
     "parse_headers",
     "publish_command",
@@ -136,6 +137,23 @@ def encode_headers(headers: dict[str, str]) -> bytes | None:
 _ENCODED_MAX = 1024  # lines; then forgotten all at once
 _ENCODED_VALUE = 64  # characters
 _encoded: dict[tuple[str, str], bytes] = {}
+
+
+_DENIAL = re.compile(
+    r"permissions violation for (subscription|publish) to \"([^\"]*)\"", re.IGNORECASE
+)
+
+
+def parse_denial(text: str) -> tuple[str, str] | None:
+    """``("subscribe" | "publish", subject)`` from the text of a server's
+    ``-ERR 'Permissions Violation for Publish to "x"'`` (or ``Subscription to``);
+    None for any other error. nats-py hands the text on lower-cased: the subject is
+    then lower-cased too."""
+    match = _DENIAL.search(text)
+    if match is None:
+        return None
+    kind, subject = match.groups()
+    return ("subscribe" if kind.lower() == "subscription" else "publish"), subject
 
 
 def publish_command(subject: str, reply: str, payload: bytes, block: bytes | None) -> bytes:

@@ -28,7 +28,7 @@ from .._protocol import (
 )
 from .._protocol._frames import lone_seq
 from .._timer import LazyTimer
-from .._transport import check_payload, publish
+from .._transport import Listening, check_payload, publish
 from ._delivery import Pack, call_direct
 from ._lease import Lease
 
@@ -73,7 +73,7 @@ class Attempt:
         self.loop = loop
         self.buffer: deque[Msg | Pack] = deque()
         self.marker: Msg | None = None
-        self._token: bytes | None = None  # of our inbox on the connection
+        self._listening: Listening | None = None  # the inbox's subscription
         self.inbox = ""
         # The bound responder's control subject, once known (the fast path compares bytes).
         self._control: bytes | None = None
@@ -97,8 +97,8 @@ class Attempt:
         """Take a fresh inbox on the connection; send the request."""
         link = self.link
         check_payload(link.nc, data)
-        inbox, self._token = await link.stream_inbox(self._on_raw, self._on_msg)
-        self.inbox = inbox
+        inbox = self.inbox = link.new_inbox()
+        self._listening = await link.listen(inbox, self._on_raw, self._on_msg)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
@@ -339,9 +339,12 @@ class Attempt:
         cancel = m.cancel()
         if cancel is not None and m.control_subject is not None:
             await self._send(m.control_subject, cancel)
-        token, self._token = self._token, None
-        if token is not None:
-            self.link.drop_inbox(token)
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            # A responder that sent its end or error marker sends nothing more: the
+            # UNSUB can go with the next write. Otherwise (stopped early, a plain peer
+            # that cannot be told, a failure) the server must stop delivering now.
+            await listening.close(promptly=self.marker is None)
         held, self.held = self.held, None
         if held is not None and inspect.iscoroutine(held[1]):
             held[1].close()  # a direct call's result the consumer never got to await

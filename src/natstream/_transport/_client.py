@@ -14,16 +14,17 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._protocol._frames import encode_headers, hpub_seq_command, parse_headers, publish_command
+from ._denials import Denials
 from ._parser import FastParser
 
-__all__ = ["FastClient", "RawHandler", "light_msg_type"]
+__all__ = ["FastClient", "Listening", "RawHandler", "light_msg_type"]
 
 log = logging.getLogger("natstream")
 
@@ -33,6 +34,18 @@ returns True when it woke a consumer that should run before the parser goes on (
 stream's first reply), else None or False."""
 
 MsgHandler = Callable[[Msg], object]
+
+
+class Listening(Protocol):
+    """A subscription made by :meth:`Link.listen`."""
+
+    async def close(self, *, promptly: bool = True) -> None:
+        """Unsubscribe: the server stops delivering. Idempotent. ``promptly=False``
+        when nothing more is expected: the UNSUB may then wait for the connection's
+        next write instead of costing one of its own."""
+        ...
+
+
 _CONNECTED = Client.CONNECTED
 
 
@@ -62,7 +75,7 @@ class FastClient(Client):
     :class:`natstream._transport._link.Link` for what each method promises).
 
     * its parser splits ``MSG``/``HMSG`` lines without regular expressions and hands
-      stream replies (:meth:`stream_inbox`) and :meth:`set_direct` subscriptions'
+      stream replies (:meth:`listen`) and :meth:`set_direct` subscriptions'
       messages to plain functions, without nats-py's per-message coroutine, queue and
       task hop;
     * publishes are queued as whole commands (:meth:`queue_publish`,
@@ -75,14 +88,12 @@ class FastClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._ps = FastParser(self)
-        self._mux: dict[bytes, RawHandler] = {}
+        self._raw: dict[int, RawHandler] = {}  # sid -> handler (see listen)
         self._direct: dict[int, Callable[[Msg], None]] = {}
-        self._mux_sid = -1
-        self._mux_prefix = b""
-        self._mux_at = 0
-        self._mux_lock = asyncio.Lock()
         self.yield_soon = False  # the parser yields once after the current message
         self.item_type = light_msg_type(self)
+        self.denials = Denials(exact=True)
+        self._inbox_base = ""
 
     @property
     def nc(self) -> Client:
@@ -101,29 +112,32 @@ class FastClient(Client):
 
     # ------------------------------------------------------------ receiving
 
-    async def stream_inbox(self, on_raw: RawHandler, on_msg: MsgHandler) -> tuple[str, bytes]:
-        """A fresh reply subject whose messages go to ``on_raw``, straight from the
-        parser (``on_msg`` is for links without a fast parser).
+    def new_inbox(self) -> str:
+        """A reply subject nobody can guess: the inbox prefix and 96 random bits."""
+        base = self._inbox_base
+        if not base:
+            base = self._inbox_base = super().new_inbox().rpartition(".")[0]
+        return f"{base}.{secrets.token_hex(12)}"
 
-        All of them share one wildcard subscription per connection,
-        ``<inbox>.*``; each stream's last token is 96 random bits, so nobody can guess
-        another stream's inbox. Returns the subject and its token, for
-        :meth:`drop_inbox`.
-        """
-        if self._mux_sid < 0:
-            async with self._mux_lock:
-                if self._mux_sid < 0:
-                    prefix = self.new_inbox().encode()
-                    sub = await self.subscribe(prefix.decode() + ".*", cb=_never_called)
-                    self._mux_prefix = prefix + b"."
-                    self._mux_at = len(self._mux_prefix)
-                    self._mux_sid = sub._id
-        token = secrets.token_hex(12).encode()
-        self._mux[token] = on_raw
-        return (self._mux_prefix + token).decode(), token
+    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+        """Subscribe ``subject``: its messages go to ``on_raw`` straight from the
+        parser. The SUB is queued: it reaches the server before anything published
+        on this connection after this call, and it is replayed on a reconnect."""
+        self._sid += 1
+        sid = self._sid
+        self._subs[sid] = Subscription(self, sid, subject)
+        self._raw[sid] = on_raw
+        self._queue_command(b"SUB %s %d\r\n" % (subject.encode(), sid))
+        return _RawListening(self, sid)
 
-    def drop_inbox(self, token: bytes) -> None:
-        self._mux.pop(token, None)
+    def _stop_listening(self, sid: int, promptly: bool) -> None:
+        if self._raw.pop(sid, None) is None:
+            return
+        self._subs.pop(sid, None)
+        if self.writable:
+            self._queue_command(b"UNSUB %d\r\n" % sid)
+            if promptly:
+                self.kick_soon()
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         self._direct[sub._id] = handler
@@ -142,20 +156,19 @@ class FastClient(Client):
     def _dispatch(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> bool:
-        """Deliver a message of the shared stream inbox or of a :meth:`set_direct`
-        subscription synchronously (called by the parser); False for any other
-        subscription (nats-py's ``_process_msg`` must take it)."""
-        if sid == self._mux_sid:
+        """Deliver a message of a :meth:`listen` or :meth:`set_direct` subscription
+        synchronously (called by the parser); False for any other subscription
+        (nats-py's ``_process_msg`` must take it)."""
+        raw = self._raw.get(sid)
+        if raw is not None:
             stats = self.stats
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
-            handler = self._mux.get(subject[self._mux_at :])
-            if handler is not None:
-                try:
-                    if handler(subject, reply, data, headers):
-                        self.yield_soon = True
-                except Exception:  # a bug, or input no check foresaw: never the read loop
-                    log.exception("a stream reply could not be handled; message dropped")
+            try:
+                if raw(subject, reply, data, headers):
+                    self.yield_soon = True
+            except Exception:  # a bug, or input no check foresaw: never the read loop
+                log.exception("a stream message could not be handled; message dropped")
             return True
         direct = self._direct.get(sid)
         if direct is None:
@@ -207,6 +220,10 @@ class FastClient(Client):
         if queue is not None and queue.empty():
             self.kick_soon()
         return pending
+
+    def _queue_command(self, cmd: bytes) -> None:
+        self._pending.append(cmd)
+        self._pending_data_size += len(cmd)
 
     def _queue(self, cmd: bytes, size: int) -> None:
         self._pending.append(cmd)
@@ -293,11 +310,26 @@ class FastClient(Client):
         self._direct.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
 
+    async def _process_err(self, err_msg: str) -> None:
+        # The parser passes the server's text as it came (subjects keep their case);
+        # nats-py wants it lower-cased. A refusal is also reported to its watchers.
+        self.denials.server_error(err_msg)
+        await super()._process_err(err_msg.lower())
+
     async def _process_headers(self, headers: Any) -> dict[str, str] | None:
         # Always the tolerant parser: nats-py's raises on a status line that is not
         # UTF-8, inside its read loop, which then stops reading for good.
         return parse_headers(headers)
 
 
-async def _never_called(msg: Any) -> None:
-    """Callback of the shared stream inbox: its messages are dispatched directly."""
+class _RawListening:
+    """A :meth:`FastClient.listen` subscription; :meth:`close` ends it."""
+
+    __slots__ = ("_nc", "_sid")
+
+    def __init__(self, nc: FastClient, sid: int) -> None:
+        self._nc = nc
+        self._sid = sid
+
+    async def close(self, *, promptly: bool = True) -> None:
+        self._nc._stop_listening(self._sid, promptly)

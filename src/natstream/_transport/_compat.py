@@ -51,6 +51,8 @@ CLIENT_ATTRIBUTES = (
     "_pongs",
     "_pongs_received",
     "_pings_outstanding",
+    "_sid",  # the last subscription id given out (FastClient.listen takes the next)
+    "_subs",  # subscriptions by id, replayed on reconnect
 )
 
 # Methods called or overridden, with the parameter names relied on.

@@ -109,6 +109,9 @@ async def connect(
         if isinstance(exc, nats.errors.SlowConsumerError):
             log.warning("slow consumer on %s: messages dropped", exc.subject)
             return
+        # A FastClient reports refusals itself (with the subject's case kept).
+        if not link.fast and link.denials.server_error(str(exc)):
+            return
         log.debug("nats connection error: %s", translate_connect_error(exc))
         if not first_connect_done and is_rejection(exc):
             rejections.append(exc)
@@ -139,6 +142,7 @@ async def connect(
     if not allow_reconnect:
         kwargs["dont_randomize"] = True
     nc: Client = FastClient() if fast_paths() else Client()
+    link: Link = nc if isinstance(nc, FastClient) else PlainLink(nc)
     if _wants_tls(servers, options):
         missing = missing_tls_check_names()
         if missing:
@@ -169,7 +173,7 @@ async def connect(
     finally:
         first_connect_done = True
         gave_up.cancel()
-    return nc if isinstance(nc, FastClient) else PlainLink(nc)
+    return link
 
 
 async def _discard(nc: Client) -> None:

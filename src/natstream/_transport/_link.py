@@ -19,7 +19,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._client import MsgHandler, RawHandler, light_msg_type
+from ._client import Listening, MsgHandler, RawHandler, light_msg_type
+from ._denials import Denials
 
 __all__ = ["Link", "PlainLink"]
 
@@ -38,6 +39,8 @@ class Link(Protocol):
             connected; always False on a plain link. An attribute, read per reply.
         item_type: a light ``Msg`` class for header-less replies of this connection.
         yield_soon: set by a raw handler's True result; the parser yields once.
+        denials: who hears of the server refusing a subscription or a publish of this
+            connection (permissions), by subject; each refusal is logged once.
     """
 
     fast: bool
@@ -48,15 +51,19 @@ class Link(Protocol):
     @property
     def nc(self) -> Client: ...
 
-    async def stream_inbox(self, on_raw: RawHandler, on_msg: MsgHandler) -> tuple[str, bytes]:
-        """A fresh reply subject: its messages go to ``on_raw`` straight from the parser
-        (fast) or to ``on_msg`` from nats-py's subscription task (plain). Handlers
-        must be quick; an exception they raise is logged and the message dropped.
-        Returns the subject and a token for :meth:`drop_inbox`."""
+    denials: Denials
+
+    def new_inbox(self) -> str:
+        """A reply subject nobody can guess: the inbox prefix and 96 random bits."""
         ...
 
-    def drop_inbox(self, token: bytes) -> None:
-        """Stop delivering to a :meth:`stream_inbox`; later messages are dropped."""
+    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+        """Subscribe ``subject`` (wildcards allowed): its messages go to ``on_raw``
+        straight from the parser (fast) or to ``on_msg`` from nats-py's subscription
+        task (plain). Handlers must be quick; an exception they raise is logged and
+        the message dropped. The subscription reaches the server before anything
+        published on this link after this call; ``close()`` ends it, and the server
+        stops delivering."""
         ...
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
@@ -125,8 +132,7 @@ class Link(Protocol):
 
 class PlainLink:
     """A :class:`Link` over nats-py's public API: no fast parser, publishes through
-    ``Client.publish``. Stream inboxes share one wildcard subscription whose callback
-    dispatches by token, as the fast client's parser does."""
+    ``Client.publish``, subscriptions through ``Client.subscribe``."""
 
     fast = False
     writable = False
@@ -135,36 +141,25 @@ class PlainLink:
         self._nc = nc
         self.item_type = light_msg_type(nc)
         self.yield_soon = False
-        self._mux: dict[str, MsgHandler] = {}
-        self._mux_prefix = ""
-        self._mux_lock = asyncio.Lock()
+        self.denials = Denials(exact=False)  # nats-py lower-cases the server's errors
         self._ping: asyncio.Task[float] | None = None  # the PING in flight, if any
 
     @property
     def nc(self) -> Client:
         return self._nc
 
-    async def stream_inbox(self, on_raw: RawHandler, on_msg: MsgHandler) -> tuple[str, bytes]:
-        if not self._mux_prefix:
-            async with self._mux_lock:
-                if not self._mux_prefix:
-                    prefix = self._nc.new_inbox()
-                    await self._nc.subscribe(prefix + ".*", cb=self._on_inbox)
-                    self._mux_prefix = prefix + "."
-        token = secrets.token_hex(12)
-        self._mux[token] = on_msg
-        return self._mux_prefix + token, token.encode()
+    def new_inbox(self) -> str:
+        return f"{self._nc.new_inbox().rpartition('.')[0]}.{secrets.token_hex(12)}"
 
-    async def _on_inbox(self, msg: Msg) -> None:
-        handler = self._mux.get(msg.subject.rpartition(".")[2])
-        if handler is not None:
+    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+        async def deliver(msg: Msg) -> None:
             try:
-                handler(msg)
+                on_msg(msg)
             except Exception:
-                log.exception("a stream reply could not be handled; message dropped")
+                log.exception("a stream message could not be handled; message dropped")
 
-    def drop_inbox(self, token: bytes) -> None:
-        self._mux.pop(token.decode(), None)
+        sub = await self._nc.subscribe(subject, cb=deliver)
+        return _PlainListening(sub)
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         return None
@@ -211,3 +206,18 @@ class PlainLink:
         if not done:
             raise TimeoutError(f"no PONG within {limit:g} s")
         return task.result()
+
+
+class _PlainListening:
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub: Subscription | None = sub
+
+    async def close(self, *, promptly: bool = True) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be gone; nothing left to undo then
+                log.debug("unsubscribe failed", exc_info=True)

@@ -13,8 +13,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .._errors import ConnectionLostError, PayloadTooLargeError
+from .._errors import ConnectionLostError, PayloadTooLargeError, PermissionDeniedError
 from ._client import FastClient
+from ._denials import Denials
 from ._link import Link
 
 __all__ = [
@@ -41,8 +42,13 @@ async def subscribe_live(
     pending_msgs_limit: int = 512 * 1024,
     pending_bytes_limit: int = 128 * 1024 * 1024,
     direct: Callable[[Msg], None] | None = None,
+    denials: Denials | None = None,
 ) -> Subscription:
     """Subscribe and return once the server has registered the subscription.
+
+    ``denials``: the link's (:attr:`Link.denials`); with it, a subscription the server
+    refuses raises :class:`PermissionDeniedError` (its ``-ERR`` comes back before the
+    round trip's PONG).
 
     ``direct``: on a :class:`FastClient`, messages go to this quick, non-blocking
     function straight from the protocol parser instead of to ``cb`` through nats-py's
@@ -62,11 +68,25 @@ async def subscribe_live(
     )
     if direct is not None and isinstance(nc, FastClient):
         nc.set_direct(sub, direct)
+    refused: list[str] = []
+
+    def on_denied(operation: str, denied: str) -> None:
+        if operation == "subscribe":
+            refused.append(denied)
+
+    if denials is not None:
+        denials.watch(subject, on_denied)
     try:
         await flush_ordered(nc)
     except BaseException:
         await _quiet_unsubscribe(sub)
         raise
+    finally:
+        if denials is not None:
+            denials.unwatch(subject, on_denied)
+    if refused:
+        await _quiet_unsubscribe(sub)
+        raise PermissionDeniedError(refused[0], "subscribe")
     return sub
 
 

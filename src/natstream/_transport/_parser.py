@@ -129,7 +129,9 @@ class FastParser(Parser):
             await nc._process_info(json.loads(info.group(1).decode()))
         elif (err := ERR_RE.match(line)) is not None:
             message = err.group(1)
-            await nc._process_err(message.decode().lower() if message else "")
+            # As it came: FastClient lower-cases it for nats-py, and keeps the case of
+            # a refused subject for natstream.
+            await nc._process_err(message.decode(errors="replace") if message else "")
         else:
             raise ProtocolError("nats: unknown protocol")
         return end
