@@ -25,8 +25,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ._config import Config, as_config
-from ._errors import ConfigError, NatstreamError, NoServersError, SubscriberClosedError
+from ._errors import (
+    ConfigError,
+    NatstreamError,
+    NoServersError,
+    PermissionDeniedError,
+    SubscriberClosedError,
+)
 from ._protocol import HeaderError, ResponderMachine, parse_request_headers
+from ._protocol._frames import IMPORT_REPLY_PREFIX
+from ._protocol._wire import HDR_CONTROL
 from ._recording import Recording, default_formatter
 from ._responder import (
     BAD_REQUEST,
@@ -82,6 +90,18 @@ class Subscriber:
             requester (off by default: a generic message with an error id is sent and
             the traceback is logged locally with that id).
         stall_factor: missed requester heartbeats before its stream is stopped.
+        control: where requesters send a stream's control messages (acks, heartbeats,
+            cancel). ``"auto"``: to a subject under the inbox prefix that this
+            subscriber subscribes once, or, when the server refuses that subscription
+            (least-privilege permissions), as with ``"service"``: to
+            ``<request subject>.<stream id>``, which each stream subscribes itself
+            (docs/protocol.md; streams through an account import always do this).
+
+    The subscribing methods (``stream_subscribe_handler``, ``stream_handler``...)
+    return once the subscription is live on the server, and raise
+    :class:`PermissionDeniedError` when the server refuses it,
+    :class:`SubscriberClosedError` when the subscriber is not open, and
+    :class:`InvalidSubjectError` for a bad subject or queue group.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -97,8 +117,11 @@ class Subscriber:
         max_stream_duration: float | None = None,
         send_exception_text: bool = False,
         stall_factor: float = 3.0,
+        control: str = "auto",
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
+        if control not in ("auto", "service"):
+            raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
         if close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
         if max_request_size is not None and max_request_size < 0:
@@ -121,6 +144,10 @@ class Subscriber:
         self._state = SubscriberState.NEW
         self._closed = asyncio.Event()
         self._link: Link | None = None
+        self.control = control
+        # Where requesters send control messages: under this prefix (one wildcard
+        # subscription of ours), or, when it is "" (refused, or control="service"),
+        # to each stream's <request subject>.<id>.
         self._control_prefix = ""
         self._controls: dict[str, ResponderStream] = {}
         self._subscriptions: set[StreamSubscription] = set()
@@ -167,15 +194,8 @@ class Subscriber:
         except BaseException:
             self._set_closed()
             raise
-        prefix = f"{self.config.inbox_prefix}.{secrets.token_hex(12)}"
         try:
-            await subscribe_live(
-                link.nc,
-                f"{prefix}.*",
-                self._on_control,
-                pending_bytes_limit=0,
-                direct=self._control_now,
-            )
+            prefix = await self._subscribe_control(link)
             if self._state is not SubscriberState.OPENING:  # close() was called meanwhile
                 raise SubscriberClosedError("this subscriber was closed while it was opening")
         except BaseException:
@@ -185,6 +205,32 @@ class Subscriber:
         self._link = link
         self._control_prefix = prefix
         self._state = SubscriberState.OPEN
+
+    async def _subscribe_control(self, link: Link) -> str:
+        """Subscribe the control subjects under the inbox prefix and return their
+        prefix; "" (service-routed control) with ``control="service"`` or when the
+        server refuses that subscription (least-privilege permissions)."""
+        if self.control == "service":
+            return ""
+        prefix = f"{self.config.inbox_prefix}.{secrets.token_hex(12)}"
+        try:
+            await subscribe_live(
+                link.nc,
+                f"{prefix}.*",
+                self._on_control,
+                pending_bytes_limit=0,
+                direct=self._control_now,
+                denials=link.denials,
+                refusal_expected=True,
+            )
+        except PermissionDeniedError:
+            log.info(
+                "control messages come through the service subjects: this connection "
+                "may not subscribe %s.* (see docs/security.md)",
+                self.config.inbox_prefix,
+            )
+            return ""
+        return prefix
 
     def _set_closed(self) -> None:
         self._state = SubscriberState.CLOSED
@@ -315,7 +361,11 @@ class Subscriber:
         async def on_request(msg: Msg) -> None:
             serve(msg)
 
-        handle._attach(await subscribe_live(link.nc, subject, on_request, queue=q, direct=serve))
+        handle._attach(
+            await subscribe_live(
+                link.nc, subject, on_request, queue=q, direct=serve, denials=link.denials
+            )
+        )
         self._subscriptions.add(handle)
         return handle
 
@@ -385,14 +435,29 @@ class Subscriber:
         link = self._link
         if not msg.reply or link is None or self._state is not SubscriberState.OPEN:
             return
+        headers = msg.headers
+        if headers and HDR_CONTROL in headers:
+            # A stream's control message caught by a wildcard subscription: the
+            # stream's own subscription takes it; it is never a request.
+            return
         now = time.monotonic()
         try:
-            options = parse_request_headers(msg.headers)
+            options = parse_request_headers(headers)
         except HeaderError as exc:
             self._reject(handle, link, msg, None, str(exc), BAD_REQUEST, False)
             return
+        token = secrets.token_hex(12)
+        # Through an account import (the server's _R_ reply subjects) control is
+        # always service-routed: a reply subject on every reply would leave the
+        # server one mapping per reply.
+        imported = msg.reply.startswith(IMPORT_REPLY_PREFIX)
+        service = imported or not self._control_prefix
         machine = ResponderMachine(
-            options, now, stall_factor=self.stall_factor, max_duration=self.max_stream_duration
+            options,
+            now,
+            stall_factor=self.stall_factor,
+            max_duration=self.max_stream_duration,
+            stream_id=token if service else None,
         )
         if not handle._admit():
             self._reject(handle, link, msg, machine, "busy: too many streams", BUSY, True)
@@ -403,10 +468,14 @@ class Subscriber:
             )
             self._reject(handle, link, msg, machine, message, TOO_LARGE, False)
             return
-        token = secrets.token_hex(12)
-        control = f"{self._control_prefix}.{token}" if machine.v1 else None
-        stream = handle._open_stream(link, msg, machine, control, token)
-        if control is not None:
+        if not machine.v1:
+            control = None
+        elif service:
+            control = f"{msg.subject}.{token}"
+        else:
+            control = f"{self._control_prefix}.{token}"
+        stream = handle._open_stream(link, msg, machine, control, token, imported=imported)
+        if control is not None and not service:
             self._controls[token] = stream
         handle._serve(stream)
 
@@ -450,7 +519,9 @@ class Subscriber:
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
         recording = Recording(subject, writer, formatter)
-        sub = await subscribe_live(link.nc, subject, recording._on_msg, queue=q)
+        sub = await subscribe_live(
+            link.nc, subject, recording._on_msg, queue=q, denials=link.denials
+        )
         recording._attach(sub, link.nc)
         self._recordings[id(sub)] = recording  # closing the subscriber stops it
         return recording

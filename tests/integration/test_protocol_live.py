@@ -159,7 +159,9 @@ async def test_requester_that_vanishes_stops_the_responder(
     gone_at = time.monotonic()
     await asyncio.wait_for(handle.wait_idle(), 5)
     assert time.monotonic() - gone_at < 3 * HB * 2.5
-    assert handle.stats().streams_cancelled == 1
+    # Never heard from: its control messages may not reach us, so the stream ends
+    # with an error marker saying so (which nobody reads here), counted as failed.
+    assert handle.stats().streams_failed == 1
 
 
 async def _ignore(msg: Msg) -> None:

@@ -299,6 +299,10 @@ class Responder:
             self._send(message, headers, ("error", self.rid))
         elif action is ResponderTimer.REQUESTER_GONE:
             assert m.state is ResponderState.CANCELLED
+        elif action is ResponderTimer.UNREACHED:
+            headers = m.error_headers("no control message reached me", 502, False, self.sim.now)
+            message = STREAM_ERROR_PREFIX + b"no control message reached me"
+            self._send(message, headers, ("error", self.rid))
 
     def check(self) -> None:
         m = self.m

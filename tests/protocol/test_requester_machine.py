@@ -1045,3 +1045,91 @@ def test_direct_delivery_never_leaves_the_responder_blocked(
         else:  # the next heartbeat acks the rest; until then room is left
             assert unacked_msgs < window_messages
             assert unacked_bytes + m._largest <= window_bytes or unacked_msgs == 0
+
+
+# ---------------------------------------------------------------- service-routed control
+
+SVC = "remote.svc.orders"
+
+
+def with_id(headers: dict[str, str], sid: str = "abc123") -> dict[str, str]:
+    return {**headers, "Ns-Id": sid}
+
+
+def test_a_stream_without_reply_subject_is_bound_by_its_id() -> None:
+    """Service-routed control (account imports, locked-down inboxes): no reply subject;
+    every message carries Ns-Id; control goes to <request subject>.<id>."""
+    m = RequesterMachine(0.0, subject=SVC, heartbeat=1.0)
+    assert m.on_reply(0.1, with_id(accept()), b"", "") is Reply.DROP
+    assert (m.stream_id, m.control_subject) == ("abc123", f"{SVC}.abc123")
+    assert m.on_reply(0.2, with_id(data(1)), b"a", "") is Reply.DELIVER
+    # Through an import each message may arrive with a fresh reply subject, or none:
+    # the id, not the reply subject, says whose it is. Never cancel our own stream.
+    assert m.on_reply(0.3, with_id(data(2)), b"b", "_R_.x.y") is Reply.DELIVER
+    assert m.on_reply(0.4, with_id(end(2)), STREAM_END, "_R_.x.z") is Reply.END
+
+
+def test_another_id_is_a_foreign_responder_cancelled_at_its_own_control_subject() -> None:
+    m = RequesterMachine(0.0, subject=SVC, heartbeat=1.0)
+    m.on_reply(0.1, with_id(data(1)), b"a", "")
+    assert m.on_reply(0.2, with_id(data(1), "zzz"), b"x", "") is Reply.CANCEL_FOREIGN
+    assert m.foreign_target == f"{SVC}.zzz"
+    assert m.on_reply(0.3, with_id(data(2), "zzz"), b"y", "") is Reply.DROP  # told once
+    assert m.on_reply(0.4, data(2), b"y", "") is Reply.DROP  # no id, no way to tell it
+    assert m.on_reply(0.5, data(2), b"y", OTHER) is Reply.CANCEL_FOREIGN
+    assert m.foreign_target == OTHER
+    assert m.received_seq == 1
+
+
+@pytest.mark.parametrize("sid", ["a.b", "*", ">", "a b", "", "x" * 65, "é"])
+def test_a_malformed_stream_id_fails_the_stream(sid: str) -> None:
+    m = RequesterMachine(0.0, subject=SVC)
+    assert m.on_reply(0.1, with_id(data(1), sid), b"a", "") is Reply.FAIL
+    assert isinstance(m.error, ProtocolViolationError)
+    assert m.control_subject is None
+
+
+def test_a_reply_subject_still_binds_as_before() -> None:
+    m = RequesterMachine(0.0, subject=SVC)
+    assert m.on_reply(0.1, data(1), b"a", CTL) is Reply.DELIVER
+    assert (m.stream_id, m.control_subject) == (None, CTL)
+
+
+def test_only_the_first_message_through_an_import_fails_fast_and_says_why() -> None:
+    """The first of an opening pair says another follows at once (Ns-Next); through
+    an import that passes one reply, the second never comes."""
+    fast = RequesterMachine(0.0, subject=SVC, heartbeat=0.2, stall_factor=3.0)
+    fast.on_reply(0.0, with_id({**accept(), "Ns-Next": "1"}), b"", "")
+    assert fast.next_deadline() == pytest.approx(0.2)  # our heartbeat is due first
+    assert fast.on_timer(0.2).control is not None
+    assert fast.next_deadline() == pytest.approx(0.3)  # half the stall limit (0.6)
+    assert fast.on_timer(0.31).fail
+    assert isinstance(fast.error, ProtocolViolationError)
+    m2 = RequesterMachine(0.0, subject=SVC, heartbeat=1.0)
+    m2.on_reply(0.0, with_id({**accept(), "Ns-Next": "1"}), b"", "")
+    assert m2.next_deadline() == pytest.approx(1.0)
+    action = m2.on_timer(1.0)
+    assert action.fail
+    assert isinstance(m2.error, ProtocolViolationError)
+    assert not m2.error.retryable
+    assert "response_type: stream" in str(m2.error)
+
+
+def test_the_second_message_of_the_pair_clears_the_wait() -> None:
+    m = RequesterMachine(0.0, subject=SVC, heartbeat=1.0)
+    m.on_reply(0.0, with_id({**accept(), "Ns-Next": "1"}), b"", "")
+    m.on_reply(0.001, with_id(accept()), b"", "")
+    m.on_timer(1.5)  # our heartbeat is due; no failure
+    assert not m.terminal
+    assert m.error is None
+
+
+def test_a_fresh_reply_subject_at_most_once_per_heartbeat() -> None:
+    m = RequesterMachine(0.0, subject=SVC, heartbeat=2.0)
+    assert not m.renewal_due(1.9)
+    assert m.renewal_due(2.0)
+    assert not m.renewal_due(3.9)
+    assert m.renewal_due(4.0)
+    fast = RequesterMachine(0.0, subject=SVC, heartbeat=0.2)
+    assert not fast.renewal_due(0.5)  # at least a second apart
+    assert fast.renewal_due(1.0)

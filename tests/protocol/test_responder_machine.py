@@ -205,7 +205,7 @@ def test_ack_must_be_plausible() -> None:
 def test_malformed_control_is_ignored_and_is_not_liveness(headers: dict[str, str] | None) -> None:
     r = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
     assert r.on_control(headers, 2.9) is Control.IGNORED
-    assert r.on_timer(3.0) is ResponderTimer.REQUESTER_GONE
+    assert r.on_timer(3.0) is ResponderTimer.UNREACHED  # nothing plausible ever came
 
 
 def test_heartbeat_without_ack_is_not_liveness() -> None:
@@ -213,10 +213,29 @@ def test_heartbeat_without_ack_is_not_liveness() -> None:
     broken peer) must not keep the stream, and its concurrency slot, alive."""
     r = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
     assert r.on_control({HDR_CONTROL: CTL_HEARTBEAT}, 2.9) is Control.IGNORED
-    assert r.on_timer(3.0) is ResponderTimer.REQUESTER_GONE
+    assert r.on_timer(3.0) is ResponderTimer.UNREACHED
     r = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
     assert r.on_control(ack(0, 0, CTL_HEARTBEAT), 2.9) is Control.LIVENESS
-    assert r.on_timer(3.0) is not ResponderTimer.REQUESTER_GONE
+    assert r.on_timer(3.0) not in (ResponderTimer.REQUESTER_GONE, ResponderTimer.UNREACHED)
+
+
+def test_a_requester_never_heard_from_is_told_once_heard_from_is_gone() -> None:
+    """Silence after a first control message: the requester is gone, nothing more is
+    sent. Silence from the start: its control messages may not reach us (permissions,
+    an import that does not cover the control subject): the driver sends an error
+    marker saying so, which ends the stream."""
+    never = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
+    assert never.on_timer(2.99) is ResponderTimer.HEARTBEAT
+    never.heartbeat_headers(2.99)
+    assert never.on_timer(3.0) is ResponderTimer.UNREACHED
+    assert never.state is ResponderState.OPEN  # the error marker ends it
+    never.error_headers("no control message reached me", 502, False, 3.0)
+    assert never.state is ResponderState.FAILED
+    assert never.next_deadline() is None
+    heard = ResponderMachine(v1(heartbeat_ms=1000), 0.0)
+    assert heard.on_control(ack(0, 0, CTL_HEARTBEAT), 1.0) is Control.LIVENESS
+    assert heard.on_timer(4.0) is ResponderTimer.REQUESTER_GONE
+    assert heard.state is ResponderState.CANCELLED
 
 
 def test_cancel() -> None:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "IMPORT_REPLY_PREFIX",
+    "LONE_TAIL",
     "SEQ_AT",
     "SEQ_PREFIX",
+    "data_seq",
     "encode_headers",
     "hpub_prefix",
     "hpub_seq_command",
+    "hpub_seq_id_command",
+    "id_tail",
     "lone_seq",
     "parse_denial",
     "parse_header_lines",
@@ -33,16 +38,36 @@ _SEQ_HDR_LEN = len(b"NATS/1.0\r\nNs-Seq: \r\n\r\n")
 _MAX_SEQ_DIGITS = 20  # int() of a huge digit string is slow; the machine bounds it anyway
 
 
-def lone_seq(raw: bytes) -> int:
-    """The sequence number of a header block whose only header is ``Ns-Seq``; 0 for
-    any other block (or a malformed number)."""
-    if raw.startswith(SEQ_PREFIX):
-        end = len(raw) - 4
+IMPORT_REPLY_PREFIX = "_R_."
+"""How the reply subjects start that nats-server gives messages crossing an account's
+service import (a fresh one per message carrying a reply subject)."""
+
+LONE_TAIL = b"\r\n\r\n"
+"""What follows the sequence number in a plain data message's header block."""
+
+
+def id_tail(stream_id: str) -> bytes:
+    """What follows the sequence number in a service-routed data message's header
+    block (``Ns-Seq``, then ``Ns-Id``)."""
+    return b"\r\nNs-Id: %s\r\n\r\n" % stream_id.encode()
+
+
+def data_seq(raw: bytes, tail: bytes) -> int:
+    """The sequence number of a header block made of ``Ns-Seq: <n>`` and ``tail``
+    (:data:`LONE_TAIL` or an :func:`id_tail`); 0 for any other block (or a malformed
+    number)."""
+    if raw.startswith(SEQ_PREFIX) and raw.endswith(tail):
+        end = len(raw) - len(tail)
         if raw.find(b"\r\n", SEQ_AT) == end and end - SEQ_AT <= _MAX_SEQ_DIGITS:
             digits = raw[SEQ_AT:end]
             if digits.isdigit():
                 return int(digits)
     return 0
+
+
+def lone_seq(raw: bytes) -> int:
+    """:func:`data_seq` of a block whose only header is ``Ns-Seq``."""
+    return data_seq(raw, LONE_TAIL)
 
 
 def parse_headers(raw: bytes | None) -> dict[str, str] | None:
@@ -171,6 +196,14 @@ def hpub_prefix(subject: str, reply: str) -> bytes:
     :func:`hpub_seq_command`."""
     target = f"{subject} {reply}" if reply else subject
     return b"HPUB %s " % target.encode()
+
+
+def hpub_seq_id_command(prefix: bytes, seq: int, tail: bytes, payload: bytes) -> bytes:
+    """The ``HPUB`` command of a data message with ``Ns-Seq: seq`` and the ``tail``
+    of :func:`id_tail`."""
+    block = b"NATS/1.0\r\nNs-Seq: %d%s" % (seq, tail)
+    hlen = len(block)
+    return b"%s%d %d\r\n%s%s\r\n" % (prefix, hlen, hlen + len(payload), block, payload)
 
 
 def hpub_seq_command(prefix: bytes, seq: int, payload: bytes) -> bytes:

@@ -34,6 +34,8 @@ from ._wire import (
     HDR_DEADLINE,
     HDR_END,
     HDR_HEARTBEAT,
+    HDR_ID,
+    HDR_NEXT,
     HDR_PACK,
     HDR_POS,
     HDR_RESUME,
@@ -53,6 +55,7 @@ from ._wire import (
     PROTOCOL_VERSION,
     STREAM_END,
     STREAM_ERROR_PREFIX,
+    STREAM_ID_RE,
     Resume,
     format_window,
     parse_int,
@@ -64,6 +67,11 @@ from ._wire import (
 __all__ = ["Reply", "RequesterMachine", "RequesterState", "TimerAction", "cancel_headers"]
 
 _MAX_FOREIGN = 16  # foreign responders we remember (and cancel) per stream
+# After a first message saying another follows at once (Ns-Next), seconds allowed for
+# it: this, or half the stall limit when that is shorter (but not under the minimum).
+NEXT_WAIT = 1.0
+_NEXT_WAIT_MIN = 0.1
+_RENEW_MIN = 1.0  # seconds between fresh reply subjects, at least
 _STREAMING = RequesterState.STREAMING  # Enum member lookup is slow in Python 3.11
 
 
@@ -112,6 +120,12 @@ class RequesterMachine(Credit):
         self.state = RequesterState.WAITING
         self.error: StreamFailure | None = None
         self.control_subject: str | None = None  # the bound responder's, once known
+        # Service-routed control (see docs/protocol.md): the bound stream's Ns-Id, which
+        # every message of it carries; None when the reply subject identifies it.
+        self.stream_id: str | None = None
+        self.foreign_target: str | None = None  # where to cancel the last foreign reply
+        self._next_by: float | None = None  # the message announced by Ns-Next is due
+        self._renewed = now  # the last control message that carried a fresh reply subject
         self.v1: bool | None = None  # None until the first reply tells
         self._skip_legacy = resume.seq if resume else 0  # a plain responder restarts from 0
         self._legacy_count = 0
@@ -168,11 +182,19 @@ class RequesterMachine(Credit):
         if seq_s is None:
             # Headers, but none of ours: a plain peer whose publisher adds headers.
             return self._on_plain(now, payload)
+        stream_id = headers.get(HDR_ID)
         if self.v1 is None:
-            self.v1 = True
-            self.control_subject = reply_subject or None
-        elif not self.v1 or (reply_subject or None) != self.control_subject:
-            return self._foreign_reply(reply_subject)
+            verdict = self._bind(now, headers, stream_id, reply_subject)
+            if verdict is not None:
+                return verdict
+        elif not self.v1:
+            return self._foreign_reply(reply_subject, stream_id)
+        elif self.stream_id is not None:
+            if stream_id != self.stream_id:
+                return self._foreign_reply(reply_subject, stream_id)
+            self._next_by = None
+        elif (reply_subject or None) != self.control_subject:
+            return self._foreign_reply(reply_subject, stream_id)
         self.state = RequesterState.STREAMING
         self._last_rx = now
         seq = parse_int(seq_s)
@@ -227,6 +249,30 @@ class RequesterMachine(Credit):
         self._received_bytes += len(payload)
         self._largest = max(self._largest, len(payload))
         return Reply.DELIVER
+
+    def _bind(
+        self, now: float, headers: dict[str, str], stream_id: str | None, reply_subject: str
+    ) -> Reply | None:
+        """The first v1 message binds the stream to its responder: by its reply
+        subject (the responder's control subject), or, without one, by its Ns-Id
+        (control messages then go to ``<request subject>.<id>``)."""
+        self.v1 = True
+        if reply_subject:
+            self.control_subject = reply_subject
+            return None
+        if stream_id is None:
+            return None  # nowhere to send control messages: heartbeats, acks, cancel
+        if STREAM_ID_RE.fullmatch(stream_id) is None:
+            return self._fail(ProtocolViolationError(f"malformed {HDR_ID} {stream_id[:40]!r}"))
+        self.stream_id = stream_id
+        self.control_subject = f"{self.subject}.{stream_id}"
+        if headers.get(HDR_NEXT) == "1":
+            # Sent right behind the first: wait well under the stall limit for it.
+            wait = NEXT_WAIT
+            if self.heartbeat > 0:
+                wait = max(_NEXT_WAIT_MIN, min(wait, self.heartbeat * self.stall_factor / 2))
+            self._next_by = now + wait
+        return None
 
     def _on_pack(self, seq: int, count_s: str, pos: str | None, payload: bytes) -> Reply:
         """A packed data message: items ``seq`` to ``seq + count - 1``, counted and
@@ -326,14 +372,16 @@ class RequesterMachine(Credit):
         self._responder_done = True
         return Reply.ERROR
 
-    def _foreign_reply(self, reply_subject: str) -> Reply:
-        if (
-            not reply_subject
-            or reply_subject in self._foreign
-            or len(self._foreign) >= _MAX_FOREIGN
-        ):
+    def _foreign_reply(self, reply_subject: str, stream_id: str | None) -> Reply:
+        """A message of another responder: cancel it once (at :attr:`foreign_target`)
+        when it can be told, else ignore it."""
+        target = reply_subject
+        if not target and stream_id is not None and STREAM_ID_RE.fullmatch(stream_id):
+            target = f"{self.subject}.{stream_id}"
+        if not target or target in self._foreign or len(self._foreign) >= _MAX_FOREIGN:
             return Reply.DROP
-        self._foreign.add(reply_subject)
+        self._foreign.add(target)
+        self.foreign_target = target
         return Reply.CANCEL_FOREIGN
 
     def _gap(self, seq: int) -> Reply:
@@ -361,6 +409,8 @@ class RequesterMachine(Credit):
             times.append(self.deadline)
         if self._waiting_since is not None and self.request_timeout is not None:
             times.append(max(self._last_rx, self._waiting_since) + self.request_timeout)
+        if self._next_by is not None:
+            times.append(self._next_by)
         if self.v1 and self.heartbeat > 0:
             times.append(self._last_rx + self.heartbeat * self.stall_factor)
             if self.control_subject is not None:
@@ -386,6 +436,16 @@ class RequesterMachine(Credit):
                 )
             )
             return TimerAction(None, True)
+        if self._next_by is not None and now >= self._next_by:
+            self._fail(
+                ProtocolViolationError(
+                    f"only the first message of the stream on {self.subject!r} arrived: it "
+                    "crosses an account import that passes one reply, the server's default "
+                    "(export the service with response_type: stream)",
+                    retryable=False,
+                )
+            )
+            return TimerAction(None, True)
         if self.v1 and self.heartbeat > 0:
             if now >= self._last_rx + self.heartbeat * self.stall_factor:
                 self._fail(
@@ -399,6 +459,16 @@ class RequesterMachine(Credit):
                 self._last_tx = now
                 return TimerAction(self._ack_headers(CTL_HEARTBEAT), False)
         return TimerAction(None, False)
+
+    def renewal_due(self, now: float) -> bool:
+        """Whether the control message about to go out should carry a fresh reply
+        subject (once per heartbeat interval, at least every second): a responder
+        whose permission to reply expires (``allow_responses``) is granted anew by
+        each, and replies to the latest. Marks it done when True."""
+        if now - self._renewed < max(self.heartbeat, _RENEW_MIN):
+            return False
+        self._renewed = now
+        return True
 
     def on_connection_lost(self, error: StreamFailure) -> None:
         """The connection broke: the stream fails with ``error`` (retryable)."""

@@ -27,6 +27,9 @@ from ._wire import (
     HDR_ACK,
     HDR_CONTROL,
     HDR_END,
+    HDR_ID,
+    HDR_NEXT,
+    HDR_PACK,
     HDR_POS,
     HDR_SEQ,
     RequestOptions,
@@ -61,6 +64,8 @@ class ResponderTimer(enum.IntEnum):
     HEARTBEAT = 1  # publish ``heartbeat_headers()``
     REQUESTER_GONE = 2  # no control message for too long: stop, send nothing more
     DEADLINE = 3  # the stream's deadline passed: send a 504 error and stop
+    UNREACHED = 4  # no control message ever came: send an error marker (its headers
+    # from ``error_headers``, which ends the stream), naming the control subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,8 @@ class ResponderMachine:
         now: current time in seconds (monotonic).
         stall_factor: missed requester heartbeat intervals before it is presumed gone.
         max_duration: the responder's own limit on a stream's length in seconds.
+        stream_id: with service-routed control (see docs/protocol.md), the stream's
+            id: every message then carries it (``Ns-Id``) and has no reply subject.
     """
 
     def __init__(
@@ -92,8 +99,11 @@ class ResponderMachine:
         *,
         stall_factor: float = 3.0,
         max_duration: float | None = None,
+        stream_id: str | None = None,
     ) -> None:
         self.v1 = options.version is not None
+        self.stream_id = stream_id if self.v1 else None
+        self._heard = False  # a plausible control message has arrived
         self.pack = self.v1 and options.pack  # the requester takes packed messages
         self.limits = _Limits(
             options.window_messages,
@@ -196,14 +206,35 @@ class ResponderMachine:
         self._last_tx = now
         if not self.v1:
             return None
-        if pos is None:
-            return {HDR_SEQ: str(self.sent_seq)}
-        return {HDR_SEQ: str(self.sent_seq), HDR_POS: pos}
+        headers = {HDR_SEQ: str(self.sent_seq)}
+        if pos is not None:
+            headers[HDR_POS] = pos
+        if self.stream_id is not None:
+            headers[HDR_ID] = self.stream_id
+        return headers
 
-    def heartbeat_headers(self, now: float) -> dict[str, str]:
-        """Headers of a heartbeat (also sent once as the accept when the stream opens)."""
+    def pack_headers(self, seq: int, count: int, pos: str | None) -> dict[str, str]:
+        """Headers of a packed message sent with :meth:`send_pack` (``pos``: the first
+        item's position when it is not ``seq - 1``)."""
+        headers = {HDR_SEQ: str(seq), HDR_PACK: str(count)}
+        if pos is not None:
+            headers[HDR_POS] = pos
+        if self.stream_id is not None:
+            headers[HDR_ID] = self.stream_id
+        return headers
+
+    def heartbeat_headers(self, now: float, *, another_follows: bool = False) -> dict[str, str]:
+        """Headers of a heartbeat. ``another_follows``: the first of the two messages a
+        stream through an account import opens with (``Ns-Next: 1``), so that a
+        requester behind an import passing one reply fails at once instead of
+        stalling."""
         self._last_tx = now
-        return {HDR_CONTROL: CTL_HEARTBEAT, HDR_SEQ: str(self.sent_seq)}
+        headers = {HDR_CONTROL: CTL_HEARTBEAT, HDR_SEQ: str(self.sent_seq)}
+        if self.stream_id is not None:
+            headers[HDR_ID] = self.stream_id
+            if another_follows:
+                headers[HDR_NEXT] = "1"
+        return headers
 
     def end_headers(self, now: float) -> dict[str, str] | None:
         """Finish the stream normally; headers of the end marker (None: plain requester).
@@ -215,6 +246,8 @@ class ResponderMachine:
         self._last_tx = now
         if not self.v1:
             return None
+        if self.stream_id is not None:
+            return {HDR_END: "1", HDR_SEQ: str(self.sent_seq), HDR_ID: self.stream_id}
         return {HDR_END: "1", HDR_SEQ: str(self.sent_seq)}
 
     def error_headers(
@@ -231,7 +264,10 @@ class ResponderMachine:
         self._last_tx = now
         if not self.v1:
             return None
-        return error_headers(self.sent_seq, message, code, retryable)
+        headers = error_headers(self.sent_seq, message, code, retryable)
+        if self.stream_id is not None:
+            headers[HDR_ID] = self.stream_id
+        return headers
 
     # ------------------------------------------------------------------ control
 
@@ -258,6 +294,7 @@ class ResponderMachine:
         self.acked_seq = seq
         self.acked_bytes = nbytes
         self._last_rx = now
+        self._heard = True
         return Control.LIVENESS
 
     def cancel(self) -> None:
@@ -287,6 +324,8 @@ class ResponderMachine:
         hb = self.limits.heartbeat
         if hb > 0:
             if now >= self._last_rx + hb * self.limits.stall_factor:
+                if not self._heard:
+                    return ResponderTimer.UNREACHED  # error_headers() ends the stream
                 self.state = ResponderState.CANCELLED
                 return ResponderTimer.REQUESTER_GONE
             if now >= self._last_tx + hb:

@@ -23,6 +23,8 @@ __all__ = [
     "HDR_DEADLINE",
     "HDR_END",
     "HDR_HEARTBEAT",
+    "HDR_ID",
+    "HDR_NEXT",
     "HDR_PACK",
     "HDR_POS",
     "HDR_RESUME",
@@ -38,6 +40,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "STREAM_END",
     "STREAM_ERROR_PREFIX",
+    "STREAM_ID_RE",
     "HeaderError",
     "RequestOptions",
     "Resume",
@@ -73,6 +76,8 @@ HDR_RESUME = "Ns-Resume"  # "<seq> <pos>": continue after this delivered message
 HDR_PACK = "Ns-Pack"  # request: "1", packed replies welcome; data: items in this message
 
 # Replies (responder -> requester) and control (requester -> responder).
+HDR_ID = "Ns-Id"  # service-routed control: the stream's id, on every responder message
+HDR_NEXT = "Ns-Next"  # "1": another message of the stream follows at once (see docs)
 HDR_SEQ = "Ns-Seq"  # data: sequence number (from 1); end/error/heartbeat: data messages sent
 HDR_POS = "Ns-Pos"  # data: resume position when it is not "seq - 1"
 HDR_END = "Ns-End"  # end marker from a v1 responder (value: "1")
@@ -99,6 +104,7 @@ MAX_PACK = MAX_WINDOW_MESSAGES  # items in one packed message
 _POS_DIGITS = 16
 
 _POS_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,16})?")  # _POS_DIGITS
+STREAM_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")  # one subject token, no wildcards
 
 
 class HeaderError(ValueError):

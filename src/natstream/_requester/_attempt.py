@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from .._errors import ConnectionLostError, ProtocolViolationError
+from .._errors import ConnectionLostError, PermissionDeniedError, ProtocolViolationError
 from .._protocol import (
     Outcome,
     Reply,
@@ -26,7 +26,7 @@ from .._protocol import (
     attempt_outcome,
     cancel_headers,
 )
-from .._protocol._frames import lone_seq
+from .._protocol._frames import LONE_TAIL, data_seq, id_tail
 from .._timer import LazyTimer
 from .._transport import Listening, check_payload, publish
 from ._delivery import Pack, call_direct
@@ -74,10 +74,16 @@ class Attempt:
         self.buffer: deque[Msg | Pack] = deque()
         self.marker: Msg | None = None
         self._listening: Listening | None = None  # the inbox's subscription
-        self.inbox = ""
-        # The bound responder's control subject, once known (the fast path compares bytes).
-        self._control: bytes | None = None
-        self._control_str = ""
+        self.inbox = ""  # the request's reply subject: <base>.0
+        self._inbox_base = ""  # the attempt listens on <base>.*
+        self._generation = 0  # of the reply subject control messages carry (renewal)
+        # What the bound responder's data messages look like, for the fast path: their
+        # reply subject (its control subject, or none for service-routed control) and
+        # the end of their header block after the sequence number.
+        self._reply_match: bytes | None = None
+        self._reply_str = ""
+        self._tail = LONE_TAIL
+        self._watched: list[str] = []  # subjects whose refusal fails this attempt
         self._item_type: type[Msg] = self.link.item_type  # header-less messages
         self._waiter: asyncio.Future[None] | None = None
         self._timer = LazyTimer(self.loop, self._on_timer)
@@ -97,8 +103,11 @@ class Attempt:
         """Take a fresh inbox on the connection; send the request."""
         link = self.link
         check_payload(link.nc, data)
-        inbox = self.inbox = link.new_inbox()
-        self._listening = await link.listen(inbox, self._on_raw, self._on_msg)
+        base = self._inbox_base = link.new_inbox()
+        inbox = self.inbox = f"{base}.0"
+        self._watch(f"{base}.*")
+        self._watch(self.subject)
+        self._listening = await link.listen(f"{base}.*", self._on_raw, self._on_msg)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
@@ -109,18 +118,19 @@ class Attempt:
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """A reply straight from the parser (fast link): build the message, handle it.
 
-        Data from the bound responder with a lone ``Ns-Seq`` header, in order and
-        within the window, takes a short path (:meth:`RequesterMachine.on_data`) and
-        becomes a message without headers, as packed items do; it goes to the direct
-        handler when the consumer waits with one set.
+        Plain data from the bound responder (its reply subject, and a header block of
+        ``Ns-Seq`` alone or with its ``Ns-Id``), in order and within the window, takes
+        a short path (:meth:`RequesterMachine.on_data`) and becomes a message without
+        headers, as packed items do; it goes to the direct handler when the consumer
+        waits with one set.
         """
-        if headers is not None and reply == self._control:
-            seq = lone_seq(headers)
+        if headers is not None and reply == self._reply_match:
+            seq = data_seq(headers, self._tail)
             if seq and self.machine.on_data(now := self.loop.time(), seq, len(data)):
                 msg = _new(self._item_type)
                 msg.data = data
                 msg.subject = self.inbox
-                msg.reply = self._control_str
+                msg.reply = self._reply_str
                 lease = self.lease
                 lease.replies += 1
                 lease.bytes += len(data)
@@ -150,9 +160,8 @@ class Attempt:
         lease = self.lease
         first = lease.replies == 0 and self.marker is None
         verdict = m.on_reply(self.loop.time(), msg.headers, msg.data, msg.reply)
-        if self._control is None and m.control_subject is not None:
-            self._control_str = m.control_subject
-            self._control = m.control_subject.encode()
+        if self._reply_match is None and m.control_subject is not None:
+            self._bound(m.control_subject, m.stream_id)
         if verdict is Reply.DELIVER:
             offsets = m.pack_offsets
             if offsets is None:
@@ -177,7 +186,9 @@ class Attempt:
             self._arm()  # a heartbeat or the first reply may bring a deadline forward
             return False
         elif verdict is Reply.CANCEL_FOREIGN:
-            self._spawn(self._send(msg.reply, cancel_headers()), "cancel-foreign")
+            target = m.foreign_target
+            if target is not None:
+                self._spawn(self._send(target, cancel_headers()), "cancel-foreign")
             return False
         elif verdict is Reply.END or verdict is Reply.ERROR:
             self.marker = msg
@@ -187,12 +198,40 @@ class Attempt:
             self._arm()
         return first and woke
 
+    def _bound(self, control_subject: str, stream_id: str | None) -> None:
+        """The machine bound its responder: prepare the fast path for its data, and
+        fail at once if the server refuses our control messages."""
+        if stream_id is None:  # identified by its reply subject, its control subject
+            self._reply_match = control_subject.encode()
+            self._reply_str = control_subject
+        else:  # service-routed: no reply subject, Ns-Id on every message
+            self._reply_match = b""
+            self._tail = id_tail(stream_id)
+        self._watch(control_subject)
+
     def connection_lost(self) -> None:
         """The lease's connection broke (the source says so)."""
         self.machine.on_connection_lost(
             ConnectionLostError(f"connection to {self.lease.where} lost mid-stream")
         )
         self._wake()
+
+    def _watch(self, subject: str) -> None:
+        self.link.denials.watch(subject, self._on_denied)
+        self._watched.append(subject)
+
+    def _on_denied(self, operation: str, subject: str) -> None:
+        """The server refused our request, inbox or control messages: fail at once."""
+        if subject == self.subject or operation == "subscribe":
+            hint = "the request cannot be sent or answered"
+        else:
+            hint = (
+                "the responder's control subject: acks, heartbeats and cancel cannot "
+                "reach it (see docs/security.md)"
+            )
+        self.machine.on_connection_lost(PermissionDeniedError(subject, operation, hint))
+        self._wake()
+        self._arm()
 
     # ------------------------------------------------------------ consumer
 
@@ -250,12 +289,24 @@ class Attempt:
         subject = m.control_subject
         if subject is None:
             return
-        m.mark_sent(self.loop.time() if now is None else now)
+        now = self.loop.time() if now is None else now
+        m.mark_sent(now)
         link = self.link
-        if link.queue_publish(subject, "", b"", ack):
+        reply = self._renewal(now)
+        if link.queue_publish(subject, reply, b"", ack):
             link.kick_soon()
         else:  # nats-py must take it (e.g. reconnecting, or a plain link)
-            self._spawn(self._send(subject, ack), "ack")
+            self._spawn(self._send(subject, ack, reply), "ack")
+
+    def _renewal(self, now: float) -> str:
+        """The reply subject a control message carries: a fresh one of our inbox's
+        (at most once per heartbeat interval), else none. A responder whose server
+        grants replies only to the reply subjects of messages it received
+        (``allow_responses``) is granted anew by each, and replies to the latest."""
+        if not self.machine.renewal_due(now):
+            return ""
+        self._generation += 1
+        return f"{self._inbox_base}.{self._generation}"
 
     def defer_ack_check(self) -> None:
         """After a direct call left an ack deferred: send it once this read is parsed."""
@@ -292,9 +343,11 @@ class Attempt:
             self._timer.arm(self.loop.time() + _RECHECK)
             return
         self._rechecking = False
-        action = m.on_timer(self.loop.time())
+        now = self.loop.time()
+        action = m.on_timer(now)
         if action.control is not None and m.control_subject is not None:
-            self._spawn(self._send(m.control_subject, action.control), "heartbeat")
+            reply = self._renewal(now)
+            self._spawn(self._send(m.control_subject, action.control, reply), "heartbeat")
         if action.fail:
             self._wake()
         self._arm()
@@ -314,9 +367,9 @@ class Attempt:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, subject: str, headers: dict[str, str]) -> None:
+    async def _send(self, subject: str, headers: dict[str, str], reply: str = "") -> None:
         try:
-            await publish(self.link, subject, b"", headers=headers)
+            await publish(self.link, subject, b"", reply=reply, headers=headers)
         except ConnectionLostError:
             log.debug("control message to %s not sent: connection lost", subject)
 
@@ -339,6 +392,9 @@ class Attempt:
         cancel = m.cancel()
         if cancel is not None and m.control_subject is not None:
             await self._send(m.control_subject, cancel)
+        for subject in self._watched:
+            self.link.denials.unwatch(subject, self._on_denied)
+        self._watched.clear()
         listening, self._listening = self._listening, None
         if listening is not None:
             # A responder that sent its end or error marker sends nothing more: the

@@ -14,8 +14,10 @@ __all__ = [
     "BAD_REQUEST",
     "BUSY",
     "DEADLINE",
+    "FORBIDDEN",
     "INTERNAL",
     "TOO_LARGE",
+    "UNREACHED",
     "BatchHandler",
     "BatchResult",
     "ErrorValue",
@@ -36,8 +38,10 @@ GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes
 
 # Codes of the error markers natstream sends itself (HTTP-like, as NATS services use).
 BAD_REQUEST = 400
+FORBIDDEN = 403  # the server refused the responder something the stream needs
 TOO_LARGE = 413
 INTERNAL = 500
+UNREACHED = 502  # the requester's control messages never reached the responder
 BUSY = 503
 DEADLINE = 504
 

@@ -22,8 +22,8 @@ from nats.aio.msg import Msg
 
 from .._errors import PayloadTooLargeError
 from .._protocol import STREAM_ERROR_PREFIX, ResponderMachine, error_headers
-from .._protocol._frames import hpub_prefix
-from .._protocol._wire import HDR_PACK, HDR_POS, HDR_SEQ, HDR_VERSION, pack_items
+from .._protocol._frames import hpub_prefix, id_tail
+from .._protocol._wire import HDR_VERSION, pack_items
 from .._transport import HEADER_ALLOWANCE, Link, publish
 from ._request import TOO_LARGE
 
@@ -80,12 +80,13 @@ class Sender:
     __slots__ = (
         "_credit",
         "_prefix",
-        "control_subject",
+        "_tail",
         "limit",
         "link",
         "loop",
         "machine",
         "reply",
+        "reply_field",
         "sent",
         "subject",
         "too_large",
@@ -96,23 +97,35 @@ class Sender:
         link: Link,
         machine: ResponderMachine,
         reply: str,
-        control_subject: str | None,
+        reply_field: str,
         subject: str,
     ) -> None:
         self.link = link
         self.machine = machine
-        self.reply = reply
-        self.control_subject = control_subject
+        self.reply = reply  # where replies go: the requester's (latest) reply subject
+        self.reply_field = reply_field  # the reply subject our messages carry
         self.subject = subject  # the subscription's, for log lines
         self.loop = asyncio.get_running_loop()
         self.limit = link.nc.max_payload - HEADER_ALLOWANCE
         self.sent = 0
         self.too_large = False
         self._credit: asyncio.Future[None] | None = None
-        # The fast path needs a v1 requester and our own control subject.
+        # The fast path needs a v1 requester and a way for it to tell us apart: our
+        # control subject as the reply subject, or (service-routed) our stream id.
+        stream_id = machine.stream_id
+        self._tail = None if stream_id is None else id_tail(stream_id)
         self._prefix = (
-            hpub_prefix(reply, control_subject) if control_subject and machine.v1 else None
+            hpub_prefix(reply, reply_field)
+            if machine.v1 and (reply_field or stream_id is not None)
+            else None
         )
+
+    def retarget(self, reply: str) -> None:
+        """Send the replies from now on to ``reply`` (a fresh reply subject of the
+        requester's, which the server may have granted us anew)."""
+        self.reply = reply
+        if self._prefix is not None:
+            self._prefix = hpub_prefix(reply, self.reply_field)
 
     @property
     def fast(self) -> bool:
@@ -143,7 +156,11 @@ class Sender:
         seq = m.send_next(size, self.loop.time())
         if not seq:
             return 0
-        pending = link.queue_seq(prefix, seq, data)  # the flusher is woken if idle
+        tail = self._tail
+        if tail is None:
+            pending = link.queue_seq(prefix, seq, data)  # the flusher is woken if idle
+        else:
+            pending = link.queue_seq_id(prefix, seq, tail, data)
         sent = self.sent = self.sent + 1
         # The pacing rule (see the module docstring), here and not in a method of its
         # own: this runs once per reply, and a call costs as much as the rule.
@@ -252,11 +269,9 @@ class Sender:
                 continue
             payload = pack_items(items[i:j])
             seq = m.send_pack(j - i, len(payload) - 4 * (j - i), self.loop.time())
-            headers = {HDR_SEQ: str(seq), HDR_PACK: str(j - i)}
             first = pos(i)
-            if first is not None and first != seq - 1:
-                headers[HDR_POS] = str(first)
-            await self.publish(payload, headers)
+            at = None if first is None or first == seq - 1 else str(first)
+            await self.publish(payload, m.pack_headers(seq, j - i, at))
             self.sent += j - i
             i = j
             await asyncio.sleep(0)  # let other streams and the flusher in
@@ -265,14 +280,13 @@ class Sender:
     # ------------------------------------------------------------ markers
 
     async def publish(self, payload: bytes, headers: dict[str, str] | None) -> None:
-        """Publish one message of this stream (our control subject as its reply).
+        """Publish one message of this stream (carrying our control subject as its
+        reply subject, unless control is service-routed).
 
         Raises:
             ConnectionLostError: the connection is closed or draining.
         """
-        await publish(
-            self.link, self.reply, payload, reply=self.control_subject or "", headers=headers
-        )
+        await publish(self.link, self.reply, payload, reply=self.reply_field, headers=headers)
 
     async def send_error(self, message: str, code: int, retryable: bool) -> None:
         """End the stream with an error marker (the machine records it)."""

@@ -13,9 +13,16 @@ from nats.aio.msg import Msg
 from .._errors import ConnectionLostError, StreamError
 from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
 from .._timer import LazyTimer
-from .._transport import Link
+from .._transport import Link, Listening
 from ._kinds import Index, Kind
-from ._request import DEADLINE, INTERNAL, HandlerError, StreamRequest
+from ._request import (
+    DEADLINE,
+    FORBIDDEN,
+    INTERNAL,
+    UNREACHED,
+    HandlerError,
+    StreamRequest,
+)
 from ._sender import Sender
 
 __all__ = ["Owner", "ResponderStream"]
@@ -67,6 +74,8 @@ class ResponderStream:
         control_subject: str | None,
         token: str,
         name: str,
+        *,
+        imported: bool = False,
     ) -> None:
         self.owner = owner
         self.kind = kind
@@ -76,16 +85,26 @@ class ResponderStream:
         self.token = token
         self.name = name
         self.request = StreamRequest(msg, machine)
-        self.sender = Sender(link, machine, msg.reply, control_subject, owner.subject)
+        # Service-routed control (the machine has a stream id): the requester's control
+        # messages come to our own subscription of control_subject, ours carry no
+        # reply subject. Through an account import (``imported``) replies keep going
+        # to the request's reply subject; otherwise to the requester's latest one.
+        self.service = machine.stream_id is not None
+        self.imported = imported
+        self._reply_base = msg.reply.rpartition(".")[0]
+        self._listening: Listening | None = None
+        reply_field = "" if self.service else (control_subject or "")
+        self.sender = Sender(link, machine, msg.reply, reply_field, owner.subject)
         self.task: asyncio.Task[None] | None = None
         self.loop = self.sender.loop
         self._timer = LazyTimer(self.loop, self._on_timer)
-        self._deadline_passed = False  # a cancellation then sends the 504 error
+        # The error marker the task sends when it is cancelled (deadline, unreached).
+        self._stop_error: tuple[str, int] | None = None
 
     def start(self, first_now: Index | None) -> None:
         """Serve the stream: ``first_now``'s first reply at once (see
         :meth:`start_now`), the rest in a task."""
-        if first_now is not None and self.start_now(first_now):
+        if first_now is not None and not self.service and self.start_now(first_now):
             return  # a one-reply stream, already finished
         self.task = asyncio.create_task(self.run(), name=self.name)
 
@@ -141,6 +160,14 @@ class ResponderStream:
         sender = self.sender
         outcome = Outcome.FAILED
         try:
+            if self.service:
+                await self._open_control()
+            if self.imported:
+                # Two messages at once: through an import that passes one reply, the
+                # requester sees that the second never comes and fails at once.
+                now = self.loop.time()
+                await sender.publish(b"", m.heartbeat_headers(now, another_follows=True))
+                await sender.publish(b"", m.heartbeat_headers(now))
             # No separate accept: the first reply (data, end, error, or the first
             # heartbeat if the handler is slow) tells the requester our control subject.
             self._arm()
@@ -156,9 +183,11 @@ class ResponderStream:
             if not m.terminal:
                 await sender.send_error(e.message, e.code, e.retryable)
         except asyncio.CancelledError:
-            outcome = Outcome.CANCELLED
-            if self._deadline_passed and not m.terminal:
-                await sender.send_error("stream deadline exceeded", DEADLINE, False)
+            stop_error = self._stop_error
+            if stop_error is None:
+                outcome = Outcome.CANCELLED
+            elif not m.terminal:
+                await sender.send_error(stop_error[0], stop_error[1], False)
             raise
         except ConnectionLostError:
             log.debug("stream on %r: connection lost", self.owner.subject)
@@ -183,9 +212,36 @@ class ResponderStream:
             except ConnectionLostError:
                 pass
 
+    async def _open_control(self) -> None:
+        """Subscribe this stream's own control subject (service-routed control); a
+        refusal ends the stream with a 403 error marker saying so."""
+        subject = self.control_subject
+        assert subject is not None
+        self.link.denials.watch(subject, self._on_denied)
+        self._listening = await self.link.listen(subject, self._on_raw_control, self.on_control)
+
+    def _on_denied(self, operation: str, subject: str) -> None:
+        if operation == "subscribe":
+            self._stop_with(
+                f"the responder may not subscribe {subject!r} for this stream's control "
+                "messages: grant it subscribe permission on the service's subjects and "
+                "their children (see docs/security.md)",
+                FORBIDDEN,
+            )
+
+    def _on_raw_control(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.on_control(self.link.message(subject, reply, data, headers))
+
     def _finish(self, outcome: Outcome) -> None:
         m = self.machine
         self._timer.cancel()
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            assert self.control_subject is not None
+            self.link.denials.unwatch(self.control_subject, self._on_denied)
+            self.owner._spawn(listening.close(), f"{self.name}-unsubscribe")
         self.owner._stream_done(self, outcome, m.sent_seq - (m.resume.seq if m.resume else 0))
 
     # ------------------------------------------------------------ control
@@ -197,6 +253,16 @@ class ResponderStream:
             self._stop()
         elif verdict is Control.LIVENESS:
             self.sender.credit_changed()
+            reply = msg.reply
+            if (
+                reply
+                and not self.imported
+                and reply != self.sender.reply
+                and reply.rpartition(".")[0] == self._reply_base
+            ):
+                # A fresh reply subject of the requester's inbox: replies go there,
+                # where the server may have granted us anew (allow_responses).
+                self.sender.retarget(reply)
 
     def _stop(self) -> None:
         self.machine.cancel()
@@ -218,11 +284,25 @@ class ResponderStream:
             self._stop()
             return
         elif action is ResponderTimer.DEADLINE:
-            self._deadline_passed = True
-            if self.task is not None and not self.task.done():
-                self.task.cancel()
+            self._stop_with("stream deadline exceeded", DEADLINE)
+            return
+        elif action is ResponderTimer.UNREACHED:
+            waited = m.limits.heartbeat * m.limits.stall_factor
+            message = (
+                f"no control message from the requester reached {self.control_subject!r} "
+                f"in {waited:g} s: it may not be allowed to publish there, or an account "
+                "import may not cover it (see docs/security.md)"
+            )
+            log.info("stream on %r: %s", self.owner.subject, message)
+            self._stop_with(message, UNREACHED)
             return
         self._arm()
+
+    def _stop_with(self, message: str, code: int) -> None:
+        """Cancel the task, which sends this error marker as it stops."""
+        self._stop_error = (message, code)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
     def _send_later(
         self,

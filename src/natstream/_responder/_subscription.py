@@ -147,6 +147,8 @@ class StreamSubscription:
         machine: ResponderMachine,
         control_subject: str | None,
         token: str,
+        *,
+        imported: bool = False,
     ) -> ResponderStream:
         """A new stream of this subscription, counted as started (see :meth:`_serve`)."""
         self._started += 1
@@ -159,6 +161,7 @@ class StreamSubscription:
             control_subject,
             token,
             f"natstream-stream-{self.subject}-{self._started}",
+            imported=imported,
         )
         self._streams.add(stream)
         self._idle.clear()

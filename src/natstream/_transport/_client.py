@@ -20,7 +20,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .._protocol._frames import encode_headers, hpub_seq_command, parse_headers, publish_command
+from .._protocol._frames import (
+    encode_headers,
+    hpub_seq_command,
+    hpub_seq_id_command,
+    parse_headers,
+    publish_command,
+)
 from ._denials import Denials
 from ._parser import FastParser
 
@@ -207,6 +213,18 @@ class FastClient(Client):
                 return False
         self._queue(publish_command(subject, reply, payload, block), len(payload))
         return True
+
+    def queue_seq_id(self, prefix: bytes, seq: int, tail: bytes, payload: bytes) -> int:
+        cmd = hpub_seq_id_command(prefix, seq, tail, payload)
+        self._pending.append(cmd)
+        pending = self._pending_data_size = self._pending_data_size + len(cmd)
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += len(payload)
+        queue = self._flush_queue
+        if queue is not None and queue.empty():
+            self.kick_soon()
+        return pending
 
     def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> int:
         # The responder's per-reply path: one call, the command's bytes built here.

@@ -12,9 +12,10 @@ __all__ = ["Denials", "OnDenied"]
 
 log = logging.getLogger("natstream")
 
-OnDenied = Callable[[str, str], None]
+OnDenied = Callable[[str, str], "bool | None"]
 """Called with (operation, subject): ``"subscribe"`` or ``"publish"``, and the subject
-as the server names it."""
+as the server names it. True: the refusal was expected and is dealt with (it is then
+logged at DEBUG, not WARNING)."""
 
 
 class Denials:
@@ -50,21 +51,23 @@ class Denials:
                 del self._watchers[key]
 
     def server_error(self, text: str) -> bool:
-        """A server ``-ERR`` text: when it is a refusal, log it (WARNING) and tell
-        that subject's watchers; True then."""
+        """A server ``-ERR`` text: when it is a refusal, tell that subject's watchers
+        and log it (WARNING, unless a watcher expected it); True then."""
         denial = parse_denial(text)
         if denial is None:
             return False
         operation, subject = denial
-        log.warning(
+        expected = False
+        for callback in list(self._watchers.get(self._key(subject), ())):
+            try:
+                expected = bool(callback(operation, subject)) or expected
+            except Exception:
+                log.exception("a permission watcher raised")
+        log.log(
+            logging.DEBUG if expected else logging.WARNING,
             "the server refused to let this connection %s %r (permissions violation: "
             "see docs/security.md for the permissions natstream needs)",
             operation,
             subject,
         )
-        for callback in list(self._watchers.get(self._key(subject), ())):
-            try:
-                callback(operation, subject)
-            except Exception:
-                log.exception("a permission watcher raised")
         return True

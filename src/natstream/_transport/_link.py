@@ -97,6 +97,11 @@ class Link(Protocol):
         :attr:`writable`."""
         ...
 
+    def queue_seq_id(self, prefix: bytes, seq: int, tail: bytes, payload: bytes) -> int:
+        """:meth:`queue_seq` for a data message that also carries its stream's id
+        (``tail`` from :func:`~natstream._protocol._frames.id_tail`)."""
+        ...
+
     def write_now(self) -> bool:
         """Write the queued commands to the socket from this call, instead of at the
         flusher's next turn (a stream's request). False, having done nothing, when
@@ -176,6 +181,9 @@ class PlainLink:
         return False
 
     def queue_seq(self, prefix: bytes, seq: int, payload: bytes) -> int:
+        raise NotImplementedError("a plain link queues nothing itself; check writable first")
+
+    def queue_seq_id(self, prefix: bytes, seq: int, tail: bytes, payload: bytes) -> int:
         raise NotImplementedError("a plain link queues nothing itself; check writable first")
 
     def write_now(self) -> bool:

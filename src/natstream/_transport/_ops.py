@@ -43,12 +43,14 @@ async def subscribe_live(
     pending_bytes_limit: int = 128 * 1024 * 1024,
     direct: Callable[[Msg], None] | None = None,
     denials: Denials | None = None,
+    refusal_expected: bool = False,
 ) -> Subscription:
     """Subscribe and return once the server has registered the subscription.
 
     ``denials``: the link's (:attr:`Link.denials`); with it, a subscription the server
     refuses raises :class:`PermissionDeniedError` (its ``-ERR`` comes back before the
-    round trip's PONG).
+    round trip's PONG). ``refusal_expected``: the caller has a way around a refusal,
+    which is then logged at DEBUG instead of WARNING.
 
     ``direct``: on a :class:`FastClient`, messages go to this quick, non-blocking
     function straight from the protocol parser instead of to ``cb`` through nats-py's
@@ -70,9 +72,11 @@ async def subscribe_live(
         nc.set_direct(sub, direct)
     refused: list[str] = []
 
-    def on_denied(operation: str, denied: str) -> None:
+    def on_denied(operation: str, denied: str) -> bool:
         if operation == "subscribe":
             refused.append(denied)
+            return refusal_expected
+        return False
 
     if denials is not None:
         denials.watch(subject, on_denied)

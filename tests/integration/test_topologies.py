@@ -1,0 +1,342 @@
+"""Streams where NATS is really deployed: across accounts (a service export and its
+import) and under least-privilege permissions. Each topology is a nats-server
+configuration written here; docs/operations.md ("Topologies") and
+docs/security.md ("Permissions") describe what these tests hold."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+
+import natstream
+from natstream import (
+    Config,
+    PermissionDeniedError,
+    Pool,
+    ProtocolViolationError,
+    StreamError,
+    StreamOptions,
+    Subscriber,
+)
+from natstream.server import NatsServer
+
+HB = 0.2
+FAST = StreamOptions(heartbeat=HB)
+
+ACCOUNTS = """
+accounts {
+  A: {
+    users: [{user: a, password: a}]
+    exports: [{service: "svc.>", response_type: %(response_type)s}]
+  }
+  B: {
+    users: [{user: b, password: b}]
+    imports: [{service: {account: A, subject: "svc.>"}, to: "remote.svc.>"}]
+  }
+}
+"""
+
+
+def _url(server: NatsServer, user: str) -> str:
+    return server.url.replace("nats://", f"nats://{user}:{user}@")
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[NatsServer]:
+    """Account A exports svc.> as a stream service; B imports it as remote.svc.>."""
+    with NatsServer(config=ACCOUNTS % {"response_type": "stream"}) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def responder_a(accounts: NatsServer) -> AsyncIterator[Subscriber]:
+    async with Subscriber(Config([_url(accounts, "a")]), close_grace=1.0) as sub:
+        yield sub
+
+
+@pytest.fixture
+async def pool_b(accounts: NatsServer) -> AsyncIterator[Pool]:
+    async with Pool(Config([_url(accounts, "b")], idle_per_server=1, stream=FAST)) as pool:
+        yield pool
+
+
+def numbered(count: int):  # type: ignore[no-untyped-def]
+    def handler(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index >= count:
+            return None, False, None
+        return str(index).encode(), True, None
+
+    return handler
+
+
+# ---------------------------------------------------------------- accounts
+
+
+@pytest.mark.parametrize("count", [10, 20_000])
+async def test_a_stream_across_an_account_import_arrives_whole_and_in_order(
+    responder_a: Subscriber, pool_b: Pool, subject: str, count: int
+) -> None:
+    await responder_a.stream_subscribe_handler(f"svc.{subject}", numbered(count))
+    got: list[bytes] = []
+    await pool_b.stream_request(f"remote.svc.{subject}", b"", lambda m: got.append(m.data) or True)
+    assert got == [str(i).encode() for i in range(count)] + [natstream.STREAM_END]
+
+
+async def test_flow_control_holds_the_responder_across_an_import(
+    accounts: NatsServer, responder_a: Subscriber, subject: str
+) -> None:
+    """A consumer that stops taking replies holds the responder at its window."""
+    window = 64
+    sent = 0
+
+    def counted(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        nonlocal sent
+        sent = index + 1
+        return b"x", True, None
+
+    await responder_a.stream_subscribe_handler(f"svc.{subject}", counted)
+    options = StreamOptions(window_messages=window, heartbeat=HB)
+    config = Config([_url(accounts, "b")], idle_per_server=1, stream=options)
+    async with Pool(config) as pool, pool.stream(f"remote.svc.{subject}") as s:
+        taken = 0
+        async for _ in s:
+            taken += 1
+            if taken == 1:
+                break  # stop consuming, keep the stream open: the window stops it
+        # Nothing but credit can stop the responder: let it run for several heartbeats.
+        await asyncio.sleep(HB * 5)  # the responder's own pace, not a synchronisation
+        assert window <= sent <= window + 1
+
+
+async def test_an_error_marker_crosses_the_import(
+    responder_a: Subscriber, pool_b: Pool, subject: str
+) -> None:
+    def failing(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index == 3:
+            return None, False, natstream.StreamError("out of stock", code=409, retryable=False)
+        return b"x", True, None
+
+    await responder_a.stream_subscribe_handler(f"svc.{subject}", failing)
+    with pytest.raises(StreamError) as info:
+        await pool_b.stream_request(f"remote.svc.{subject}", b"", lambda m: True)
+    assert (info.value.message, info.value.code, info.value.retryable) == (
+        "out of stock",
+        409,
+        False,
+    )
+
+
+async def test_cancel_crosses_the_import_within_a_heartbeat(
+    responder_a: Subscriber, pool_b: Pool, subject: str
+) -> None:
+    cancelled = asyncio.Event()
+
+    async def endless(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                yield b"x"
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await responder_a.stream_handler(f"svc.{subject}", endless)
+    taken = 0
+
+    def take(msg: Msg) -> bool:
+        nonlocal taken
+        taken += 1
+        return taken < 20
+
+    await pool_b.stream_request(f"remote.svc.{subject}", b"", take)
+    stopped_at = time.monotonic()
+    await asyncio.wait_for(cancelled.wait(), HB * 10)
+    assert time.monotonic() - stopped_at < HB * 2  # told at once, not found gone
+
+
+async def test_resume_across_the_import_after_the_responder_is_killed(
+    accounts: NatsServer, pool_b: Pool, subject: str
+) -> None:
+    count = 400
+    script = str(Path(__file__).with_name("responder_proc.py"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, script, _url(accounts, "a"), f"svc.{subject}", "q", str(count), "0.005",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+        async with Subscriber(Config([_url(accounts, "a")]), close_grace=1.0) as second:
+            seen: list[bytes] = []
+
+            def on_reply(msg: Msg) -> bool:
+                seen.append(msg.data)
+                if len(seen) == 50:
+                    proc.kill()  # the first responder dies mid-stream
+                return True
+
+            async def takes_over() -> None:
+                await proc.wait()
+                await second.stream_subscribe_handler(f"svc.{subject}", numbered(count), queue="q")
+
+            successor = asyncio.create_task(takes_over())
+            await pool_b.stream_request_with_retry(
+                f"remote.svc.{subject}", b"", 5, HB, on_reply, stream_timeout=60
+            )
+            await successor
+        assert seen == [str(i).encode() for i in range(count)] + [natstream.STREAM_END]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_an_import_that_passes_one_reply_fails_at_once_and_says_why(
+    subject: str,
+) -> None:
+    with NatsServer(config=ACCOUNTS % {"response_type": "singleton"}) as srv:
+        async with (
+            Subscriber(Config([_url(srv, "a")]), close_grace=1.0) as sub,
+            Pool(Config([_url(srv, "b")], idle_per_server=1, stream=FAST)) as pool,
+        ):
+            await sub.stream_subscribe_handler(f"svc.{subject}", numbered(100))
+            start = time.monotonic()
+            with pytest.raises(ProtocolViolationError, match="response_type: stream"):
+                await pool.stream_request(f"remote.svc.{subject}", b"", lambda m: True)
+            assert time.monotonic() - start < 1.0 + HB * 2  # not a stall after heartbeats
+
+
+# ---------------------------------------------------------------- permissions
+
+PERMISSIONS = """
+authorization {
+  users: [
+    {user: req, password: req, permissions: {
+        publish: {allow: ["svc.>"]}, subscribe: {allow: ["_INBOX.>"]} }}
+    {user: resp, password: resp, permissions: {
+        subscribe: {allow: ["svc.>"]}, allow_responses: {max: -1, expires: "%(expires)s"} }}
+    {user: exact, password: exact, permissions: {
+        publish: {allow: ["svc.exact"]}, subscribe: {allow: ["_INBOX.>"]} }}
+    {user: noinbox, password: noinbox, permissions: {
+        publish: {allow: ["svc.>"]}, subscribe: {allow: ["elsewhere.>"]} }}
+    {user: nosub, password: nosub, permissions: {
+        subscribe: {allow: ["other.>"]}, allow_responses: {max: -1} }}
+  ]
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def least_privilege() -> Iterator[NatsServer]:
+    """The permissions an admin grants for plain request-reply, with allow_responses:
+    requester publish svc.>, subscribe _INBOX.>; responder subscribe svc.>, replies
+    only (allow_responses, expiring after 2 s here)."""
+    with NatsServer(config=PERMISSIONS % {"expires": "2s"}) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def responder_lp(least_privilege: NatsServer) -> AsyncIterator[Subscriber]:
+    async with Subscriber(Config([_url(least_privilege, "resp")]), close_grace=1.0) as sub:
+        yield sub
+
+
+@pytest.fixture
+async def pool_lp(least_privilege: NatsServer) -> AsyncIterator[Pool]:
+    config = Config([_url(least_privilege, "req")], idle_per_server=1, stream=FAST)
+    async with Pool(config) as pool:
+        yield pool
+
+
+async def test_streams_work_under_plain_request_reply_permissions(
+    responder_lp: Subscriber, pool_lp: Pool, subject: str
+) -> None:
+    """More than one window (acks must reach the responder) and a cancel."""
+    count = 40_000  # the default window is 16,384 messages
+    await responder_lp.stream_subscribe_handler(f"svc.{subject}", numbered(count))
+    got: list[bytes] = []
+    await pool_lp.stream_request(f"svc.{subject}", b"", lambda m: got.append(m.data) or True)
+    assert got == [str(i).encode() for i in range(count)] + [natstream.STREAM_END]
+
+
+async def test_a_long_stream_outlives_the_expiry_of_its_reply_permission(
+    responder_lp: Subscriber, pool_lp: Pool, subject: str
+) -> None:
+    """allow_responses expires 2 s after the request: the requester's control messages
+    carry fresh reply subjects (granted anew) and the responder follows them."""
+
+    async def slow(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index >= 50:
+            return None, False, None
+        await asyncio.sleep(0.1)
+        return str(index).encode(), True, None
+
+    await responder_lp.stream_subscribe_handler(f"svc.{subject}", slow)
+    got: list[bytes] = []
+    start = time.monotonic()
+    await pool_lp.stream_request(f"svc.{subject}", b"", lambda m: got.append(m.data) or True)
+    assert time.monotonic() - start > 4  # twice the expiry
+    assert got == [str(i).encode() for i in range(50)] + [natstream.STREAM_END]
+
+
+async def test_a_refused_request_fails_the_stream_at_once(
+    least_privilege: NatsServer, responder_lp: Subscriber, subject: str
+) -> None:
+    config = Config([_url(least_privilege, "exact")], idle_per_server=1, stream=FAST)
+    async with Pool(config) as pool:
+        start = time.monotonic()
+        with pytest.raises(PermissionDeniedError) as info:
+            await pool.stream_request(f"svc.{subject}", b"", lambda m: True)
+    assert (info.value.operation, info.value.subject) == ("publish", f"svc.{subject}")
+    assert time.monotonic() - start < 1.0
+
+
+async def test_refused_control_messages_fail_the_stream_at_once_not_at_the_window(
+    least_privilege: NatsServer, responder_lp: Subscriber
+) -> None:
+    """May publish the request subject but not its children: acks, heartbeats and
+    cancel cannot reach the responder (service-routed control): said at once."""
+    await responder_lp.stream_subscribe_handler("svc.exact", numbered(100_000))
+    config = Config([_url(least_privilege, "exact")], idle_per_server=1, stream=FAST)
+    async with Pool(config) as pool:
+        start = time.monotonic()
+        with pytest.raises(PermissionDeniedError) as info:
+            await pool.stream_request("svc.exact", b"", lambda m: True)
+    assert info.value.operation == "publish"
+    assert info.value.subject.startswith("svc.exact.")
+    assert time.monotonic() - start < HB * 3  # before a stall could be declared
+
+
+async def test_a_refused_inbox_fails_the_stream_at_once(
+    least_privilege: NatsServer, responder_lp: Subscriber, subject: str
+) -> None:
+    config = Config([_url(least_privilege, "noinbox")], idle_per_server=1, stream=FAST)
+    async with Pool(config) as pool:
+        with pytest.raises(PermissionDeniedError) as info:
+            await pool.stream_request(f"svc.{subject}", b"", lambda m: True)
+    assert info.value.operation == "subscribe"
+    assert info.value.subject.startswith("_INBOX.")
+
+
+async def test_a_refused_subscription_raises_where_it_is_made(
+    least_privilege: NatsServer, subject: str
+) -> None:
+    async with Subscriber(Config([_url(least_privilege, "nosub")])) as sub:
+        with pytest.raises(PermissionDeniedError) as info:
+            await sub.stream_subscribe_handler(f"svc.{subject}", numbered(1))
+    assert (info.value.operation, info.value.subject) == ("subscribe", f"svc.{subject}")
+
+
+async def test_a_subscriber_falls_back_to_service_routed_control_and_says_so(
+    least_privilege: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="natstream"):
+        async with Subscriber(Config([_url(least_privilege, "resp")])) as sub:
+            assert sub._control_prefix == ""
+    assert any("come through the service subjects" in r.getMessage() for r in caplog.records)
