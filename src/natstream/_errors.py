@@ -130,14 +130,28 @@ class NoRespondersError(StreamFailure):
 
 
 class PayloadTooLargeError(StreamFailure, ConfigError):
-    """A payload is larger than the server accepts (its ``max_payload``)."""
+    """A payload is larger than the server accepts (its ``max_payload``), less the room
+    natstream keeps for its own headers when it sends them.
 
-    def __init__(self, size: int, max_payload: int) -> None:
-        super().__init__(
-            f"payload of {size} bytes exceeds the server's max_payload of {max_payload}"
-        )
+    Attributes:
+        size: the payload's size in bytes.
+        max_payload: the server's limit for a whole message, in bytes.
+        reserve: bytes of it kept for natstream's headers (0 when none are sent).
+    """
+
+    def __init__(self, size: int, max_payload: int, reserve: int = 0) -> None:
+        if reserve:
+            message = (
+                f"payload of {size} bytes exceeds the {max_payload - reserve} bytes allowed: "
+                f"the server's max_payload of {max_payload} less {reserve} kept for "
+                "natstream's headers"
+            )
+        else:
+            message = f"payload of {size} bytes exceeds the server's max_payload of {max_payload}"
+        super().__init__(message)
         self.size = size
         self.max_payload = max_payload
+        self.reserve = reserve
 
 
 class ConnectionLostError(StreamFailure, ConnectionError):

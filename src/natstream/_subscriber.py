@@ -96,6 +96,12 @@ class Subscriber:
             (least-privilege permissions), as with ``"service"``: to
             ``<request subject>.<stream id>``, which each stream subscribes itself
             (docs/protocol.md; streams through an account import always do this).
+        plain_end: how a stream to a requester that speaks only the in-band markers
+            ends: ``"marker"`` (``__STREAM_END__``, what such peers expect), or
+            ``"empty"``: an empty message, as requesters of the NATS request-many
+            pattern (ADR-47: ``request_many`` with its sentinel, ``nats req
+            --wait-for-empty``) expect; an error marker is then followed by one too.
+            natstream requesters get the marker either way.
 
     The subscribing methods (``stream_subscribe_handler``, ``stream_handler``...)
     return once the subscription is live on the server, and raise
@@ -118,10 +124,13 @@ class Subscriber:
         send_exception_text: bool = False,
         stall_factor: float = 3.0,
         control: str = "auto",
+        plain_end: str = "marker",
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
         if control not in ("auto", "service"):
             raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
+        if plain_end not in ("marker", "empty"):
+            raise ConfigError(f"plain_end must be 'marker' or 'empty', got {plain_end!r}")
         if close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
         if max_request_size is not None and max_request_size < 0:
@@ -145,6 +154,7 @@ class Subscriber:
         self._closed = asyncio.Event()
         self._link: Link | None = None
         self.control = control
+        self.plain_end = plain_end
         # Where requesters send control messages: under this prefix (one wildcard
         # subscription of ours), or, when it is "" (refused, or control="service"),
         # to each stream's <request subject>.<id>.
@@ -491,7 +501,7 @@ class Subscriber:
     ) -> None:
         """Answer a request with an error marker alone, from a task."""
         self._spawn(
-            send_rejection(link, msg, machine, message, code, retryable),
+            send_rejection(link, msg, machine, message, code, retryable, self.plain_end == "empty"),
             f"natstream-stream-{handle.subject}-rejected-{code}",
         )
 

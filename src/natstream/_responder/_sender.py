@@ -21,7 +21,7 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 
 from .._errors import PayloadTooLargeError
-from .._protocol import STREAM_ERROR_PREFIX, ResponderMachine, error_headers
+from .._protocol import STREAM_END, STREAM_ERROR_PREFIX, ResponderMachine, error_headers
 from .._protocol._frames import hpub_prefix, id_tail
 from .._protocol._wire import HDR_VERSION, pack_items
 from .._transport import HEADER_ALLOWANCE, Link, publish
@@ -47,10 +47,12 @@ async def send_rejection(
     message: str,
     code: int,
     retryable: bool,
+    plain_end_empty: bool = False,
 ) -> None:
     """Answer a request with an error marker alone (no stream was opened for it);
     ``machine`` None for a request whose headers could not be parsed. A failure
-    is logged, not raised."""
+    is logged, not raised. ``plain_end_empty``: a plain requester also gets an
+    empty message after it (see ``Subscriber(plain_end=...)``)."""
     if machine is not None:
         headers = machine.error_headers(message, code, retryable, 0.0)
     elif msg.headers and HDR_VERSION in msg.headers:  # a v1 request we could not parse
@@ -59,6 +61,8 @@ async def send_rejection(
         headers = None
     try:
         await publish(link, msg.reply, STREAM_ERROR_PREFIX + message.encode(), headers=headers)
+        if plain_end_empty and headers is None:
+            await publish(link, msg.reply, b"")
     except Exception:
         log.debug("could not send a %d reply", code, exc_info=True)
 
@@ -80,7 +84,9 @@ class Sender:
     __slots__ = (
         "_credit",
         "_prefix",
+        "_reserve",
         "_tail",
+        "end_payload",
         "limit",
         "link",
         "loop",
@@ -99,14 +105,19 @@ class Sender:
         reply: str,
         reply_field: str,
         subject: str,
+        plain_end_empty: bool = False,
     ) -> None:
         self.link = link
         self.machine = machine
         self.reply = reply  # where replies go: the requester's (latest) reply subject
         self.reply_field = reply_field  # the reply subject our messages carry
         self.subject = subject  # the subscription's, for log lines
+        # A plain requester may want the end as an empty message (ADR-47 clients).
+        self.end_payload = b"" if plain_end_empty and not machine.v1 else STREAM_END
         self.loop = asyncio.get_running_loop()
-        self.limit = link.nc.max_payload - HEADER_ALLOWANCE
+        # A plain requester gets no headers from us: no room kept for them.
+        self._reserve = HEADER_ALLOWANCE if machine.v1 else 0
+        self.limit = link.nc.max_payload - self._reserve
         self.sent = 0
         self.too_large = False
         self._credit: asyncio.Future[None] | None = None
@@ -193,14 +204,10 @@ class Sender:
             data = bytes(data)
         size = len(data)
         if size > self.limit:
-            log.error(
-                "stream on %r: a reply of %d bytes exceeds max_payload (%d)",
-                self.subject,
-                size,
-                self.limit,
-            )
+            error = PayloadTooLargeError(size, self.limit + self._reserve, self._reserve)
+            log.error("stream on %r: a reply was not sent: %s", self.subject, error)
             self.too_large = True
-            await self.send_error(str(PayloadTooLargeError(size, self.limit)), TOO_LARGE, False)
+            await self.send_error(str(error), TOO_LARGE, False)
             return False
         if not m.has_credit(size):
             await self._wait_credit(size)
@@ -292,6 +299,8 @@ class Sender:
         """End the stream with an error marker (the machine records it)."""
         headers = self.machine.error_headers(message, code, retryable, self.loop.time())
         await self.publish(STREAM_ERROR_PREFIX + message.encode("utf-8", "replace"), headers)
+        if not self.end_payload:
+            await self.publish(b"", None)  # what a requester that ends on empty waits for
 
     # ------------------------------------------------------------ credit
 

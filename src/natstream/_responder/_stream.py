@@ -38,6 +38,11 @@ class Owner(Protocol):
     def subject(self) -> str: ...
 
     @property
+    def _plain_end(self) -> str:
+        """How a stream to a plain requester ends: ``"marker"`` or ``"empty"``."""
+        ...
+
+    @property
     def _send_exception_text(self) -> bool:
         """Whether a handler's exception text goes to the requester (else an error id)."""
         ...
@@ -94,7 +99,9 @@ class ResponderStream:
         self._reply_base = msg.reply.rpartition(".")[0]
         self._listening: Listening | None = None
         reply_field = "" if self.service else (control_subject or "")
-        self.sender = Sender(link, machine, msg.reply, reply_field, owner.subject)
+        self.sender = Sender(
+            link, machine, msg.reply, reply_field, owner.subject, owner._plain_end == "empty"
+        )
         self.task: asyncio.Task[None] | None = None
         self.loop = self.sender.loop
         self._timer = LazyTimer(self.loop, self._on_timer)
@@ -175,7 +182,7 @@ class ResponderStream:
             if sender.too_large:
                 return
             if ended and not m.terminal:
-                await sender.publish(STREAM_END, m.end_headers(self.loop.time()))
+                await sender.publish(sender.end_payload, m.end_headers(self.loop.time()))
                 outcome = Outcome.COMPLETED
                 return
             outcome = Outcome.CANCELLED

@@ -27,6 +27,7 @@ class Host(Protocol):
 
     close_grace: float
     send_exception_text: bool
+    plain_end: str
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` as a task called ``name``, stopped when the subscriber closes."""
@@ -176,6 +177,10 @@ class StreamSubscription:
     @property
     def _send_exception_text(self) -> bool:
         return self.subscriber.send_exception_text
+
+    @property
+    def _plain_end(self) -> str:
+        return self.subscriber.plain_end
 
     def _stream_done(self, stream: ResponderStream, outcome: Outcome, replies: int) -> None:
         self._streams.discard(stream)

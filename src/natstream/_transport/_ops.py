@@ -179,6 +179,5 @@ async def publish(
 
 def check_payload(nc: Client, payload: bytes) -> None:
     """Raise :class:`PayloadTooLargeError` when ``payload`` cannot be sent on ``nc``."""
-    limit = nc.max_payload - HEADER_ALLOWANCE
-    if len(payload) > limit:
-        raise PayloadTooLargeError(len(payload), limit)
+    if len(payload) > nc.max_payload - HEADER_ALLOWANCE:
+        raise PayloadTooLargeError(len(payload), nc.max_payload, HEADER_ALLOWANCE)
