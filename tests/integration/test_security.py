@@ -633,7 +633,9 @@ async def test_reply_over_max_payload_fails_on_both_sides(
             assert not info.value.retryable
             assert "max_payload" in info.value.message
             assert got[-1].startswith(STREAM_ERROR_PREFIX)
-            assert "exceeds max_payload" in caplog.text  # logged where it was produced
+            # Logged where it was produced, naming the server's limit.
+            assert "payload of 70000 bytes exceeds" in caplog.text
+            assert "max_payload of 65536" in caplog.text
             # Not retried (413 is final), and the responder keeps serving.
             with pytest.raises(StreamError):
                 await pool.stream_request_with_retry("sec.big", b"big", 3, 0.01, lambda m: True)
