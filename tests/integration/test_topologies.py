@@ -6,9 +6,11 @@ docs/security.md ("Permissions") describe what these tests hold."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from natstream import (
     StreamOptions,
     Subscriber,
 )
-from natstream.server import NatsServer
+from natstream.server import NatsServer, free_port
 
 HB = 0.2
 FAST = StreamOptions(heartbeat=HB)
@@ -340,3 +342,115 @@ async def test_a_subscriber_falls_back_to_service_routed_control_and_says_so(
         async with Subscriber(Config([_url(least_privilege, "resp")])) as sub:
             assert sub._control_prefix == ""
     assert any("come through the service subjects" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- gateways, leaf nodes
+
+
+def _monitor(server: NatsServer, path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/{path}", timeout=1) as r:
+        data: dict[str, object] = json.load(r)
+        return data
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll the servers' monitoring endpoints (no event to await across processes)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come up within {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gateways() -> Iterator[tuple[NatsServer, NatsServer]]:
+    """Two clusters of one node each, joined by gateways."""
+    ports = {name: free_port() for name in ("A", "B")}
+    servers = []
+    for name, other in (("A", "B"), ("B", "A")):
+        config = (
+            f'gateway {{ name: "{name}", listen: "127.0.0.1:{ports[name]}", gateways: ['
+            f'{{name: "{other}", url: "nats://127.0.0.1:{ports[other]}"}}] }}'
+        )
+        servers.append(NatsServer(config=config, http_port=free_port(), name=f"gw-{name}"))
+    try:
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            _wait_until(
+                lambda srv=srv: bool(_monitor(srv, "gatewayz").get("outbound_gateways")),
+                "the gateways",
+            )
+        yield servers[0], servers[1]
+    finally:
+        for srv in servers:
+            srv.close()
+
+
+@pytest.fixture(scope="module")
+def leaf() -> Iterator[tuple[NatsServer, NatsServer]]:
+    """A hub and a leaf node connected to it."""
+    port = free_port()
+    hub = NatsServer(config=f'leafnodes {{ listen: "127.0.0.1:{port}" }}', http_port=free_port())
+    node = NatsServer(
+        config=f'leafnodes {{ remotes: [{{url: "nats-leaf://127.0.0.1:{port}"}}] }}',
+        http_port=free_port(),
+    )
+    try:
+        hub.start()
+        node.start()
+        _wait_until(lambda: bool(_monitor(hub, "leafz").get("leafs")), "the leaf node")
+        yield hub, node
+    finally:
+        node.close()
+        hub.close()
+
+
+async def _stream_across(responder_url: str, requester_url: str, subject: str) -> None:
+    """20,000 replies whole and in order, and a cancel that reaches the responder."""
+    cancelled = asyncio.Event()
+
+    async def endless(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                yield b"x"
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with (
+        Subscriber([responder_url], close_grace=1.0) as sub,
+        Pool(Config([requester_url], idle_per_server=1, stream=FAST)) as pool,
+    ):
+        await sub.stream_subscribe_handler(subject, numbered(20_000))
+        await sub.stream_handler(f"{subject}.endless", endless)
+        got: list[bytes] = []
+        # Interest crosses gateways and leaf nodes a moment after the subscription.
+        await pool.stream_request_with_retry(
+            subject, b"", 20, 0.1, lambda m: got.append(m.data) or True
+        )
+        assert got == [str(i).encode() for i in range(20_000)] + [natstream.STREAM_END]
+        taken: list[bytes] = []
+        await pool.stream_request_with_retry(
+            f"{subject}.endless", b"", 20, 0.1, lambda m: (taken.append(m.data), len(taken) < 5)[1]
+        )
+        await asyncio.wait_for(cancelled.wait(), HB * 5)
+
+
+async def test_a_stream_across_a_gateway(
+    gateways: tuple[NatsServer, NatsServer], subject: str
+) -> None:
+    a, b = gateways
+    await _stream_across(a.url, b.url, subject)
+
+
+@pytest.mark.parametrize("responder_on", ["hub", "leaf"])
+async def test_a_stream_across_a_leaf_node(
+    leaf: tuple[NatsServer, NatsServer], subject: str, responder_on: str
+) -> None:
+    hub, node = leaf
+    if responder_on == "hub":
+        await _stream_across(hub.url, node.url, subject)
+    else:
+        await _stream_across(node.url, hub.url, subject)
