@@ -30,19 +30,21 @@ from natstream.server import NatsServer, free_port
 
 HB = 0.2
 FAST = StreamOptions(heartbeat=HB)
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-ACCOUNTS = """
-accounts {
-  A: {
-    users: [{user: a, password: a}]
-    exports: [{service: "svc.>", response_type: %(response_type)s}]
-  }
-  B: {
-    users: [{user: b, password: b}]
-    imports: [{service: {account: A, subject: "svc.>"}, to: "remote.svc.>"}]
-  }
-}
-"""
+
+def doc_block(page: str, marker: str) -> str:
+    """The fenced block that follows ``<!-- marker -->`` in ``docs/<page>``: the
+    configurations the docs give are the ones tested."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    after = text.split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```", 2)[1].removeprefix("\n")
+
+
+ACCOUNTS = doc_block("operations.md", "topology: accounts")
+ACCOUNTS = ACCOUNTS.replace('"A_PASSWORD"', "a").replace('"B_PASSWORD"', "b")
+SINGLETON = ACCOUNTS.replace("response_type: stream", "response_type: singleton")
+assert SINGLETON != ACCOUNTS
 
 
 def _url(server: NatsServer, user: str) -> str:
@@ -52,7 +54,7 @@ def _url(server: NatsServer, user: str) -> str:
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[NatsServer]:
     """Account A exports svc.> as a stream service; B imports it as remote.svc.>."""
-    with NatsServer(config=ACCOUNTS % {"response_type": "stream"}) as srv:
+    with NatsServer(config=ACCOUNTS) as srv:
         yield srv
 
 
@@ -202,7 +204,7 @@ async def test_resume_across_the_import_after_the_responder_is_killed(
 async def test_an_import_that_passes_one_reply_fails_at_once_and_says_why(
     subject: str,
 ) -> None:
-    with NatsServer(config=ACCOUNTS % {"response_type": "singleton"}) as srv:
+    with NatsServer(config=SINGLETON) as srv:
         async with (
             Subscriber(Config([_url(srv, "a")]), close_grace=1.0) as sub,
             Pool(Config([_url(srv, "b")], idle_per_server=1, stream=FAST)) as pool,
@@ -216,22 +218,31 @@ async def test_an_import_that_passes_one_reply_fails_at_once_and_says_why(
 
 # ---------------------------------------------------------------- permissions
 
-PERMISSIONS = """
-authorization {
-  users: [
-    {user: req, password: req, permissions: {
-        publish: {allow: ["svc.>"]}, subscribe: {allow: ["_INBOX.>"]} }}
-    {user: resp, password: resp, permissions: {
-        subscribe: {allow: ["svc.>"]}, allow_responses: {max: -1, expires: "%(expires)s"} }}
+
+def _with_passwords(block: str, **passwords: str) -> str:
+    for user, password in passwords.items():
+        block = block.replace(f'"{user.upper()}_PASSWORD"', f'"{password}"')
+    return block
+
+
+# The documented request-reply permissions, with a 2 s expiry of allow_responses (to
+# test that streams outlive it), and users that lack one right or another.
+REQUEST_REPLY = _with_passwords(
+    doc_block("security.md", "permissions: request-reply"),
+    requester="requester",
+    responder="responder",
+).replace("allow_responses: { max: -1 }", 'allow_responses: { max: -1, expires: "2s" }')
+assert 'expires: "2s"' in REQUEST_REPLY
+EXTRA_USERS = """
     {user: exact, password: exact, permissions: {
         publish: {allow: ["svc.exact"]}, subscribe: {allow: ["_INBOX.>"]} }}
     {user: noinbox, password: noinbox, permissions: {
         publish: {allow: ["svc.>"]}, subscribe: {allow: ["elsewhere.>"]} }}
     {user: nosub, password: nosub, permissions: {
         subscribe: {allow: ["other.>"]}, allow_responses: {max: -1} }}
-  ]
-}
 """
+PERMISSIONS = REQUEST_REPLY.replace("  users: [\n", "  users: [\n" + EXTRA_USERS, 1)
+assert EXTRA_USERS in PERMISSIONS
 
 
 @pytest.fixture(scope="module")
@@ -239,19 +250,19 @@ def least_privilege() -> Iterator[NatsServer]:
     """The permissions an admin grants for plain request-reply, with allow_responses:
     requester publish svc.>, subscribe _INBOX.>; responder subscribe svc.>, replies
     only (allow_responses, expiring after 2 s here)."""
-    with NatsServer(config=PERMISSIONS % {"expires": "2s"}) as srv:
+    with NatsServer(config=PERMISSIONS) as srv:
         yield srv
 
 
 @pytest.fixture
 async def responder_lp(least_privilege: NatsServer) -> AsyncIterator[Subscriber]:
-    async with Subscriber(Config([_url(least_privilege, "resp")]), close_grace=1.0) as sub:
+    async with Subscriber(Config([_url(least_privilege, "responder")]), close_grace=1.0) as sub:
         yield sub
 
 
 @pytest.fixture
 async def pool_lp(least_privilege: NatsServer) -> AsyncIterator[Pool]:
-    config = Config([_url(least_privilege, "req")], idle_per_server=1, stream=FAST)
+    config = Config([_url(least_privilege, "requester")], idle_per_server=1, stream=FAST)
     async with Pool(config) as pool:
         yield pool
 
@@ -339,7 +350,7 @@ async def test_a_subscriber_falls_back_to_service_routed_control_and_says_so(
     least_privilege: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("INFO", logger="natstream"):
-        async with Subscriber(Config([_url(least_privilege, "resp")])) as sub:
+        async with Subscriber(Config([_url(least_privilege, "responder")])) as sub:
             assert sub._control_prefix == ""
     assert any("come through the service subjects" in r.getMessage() for r in caplog.records)
 
@@ -454,3 +465,28 @@ async def test_a_stream_across_a_leaf_node(
         await _stream_across(hub.url, node.url, subject)
     else:
         await _stream_across(node.url, hub.url, subject)
+
+
+async def test_the_documented_own_prefix_permissions(subject: str) -> None:
+    block = doc_block("security.md", "permissions: own-prefixes")
+    config = _with_passwords(block, requester="requester", responder="responder")
+    with NatsServer(config=config) as srv:
+        async with (
+            Subscriber(
+                Config([_url(srv, "responder")], inbox_prefix="_INBOX_responder"),
+                close_grace=1.0,
+            ) as sub,
+            Pool(
+                Config(
+                    [_url(srv, "requester")],
+                    idle_per_server=1,
+                    stream=FAST,
+                    inbox_prefix="_INBOX_requester",
+                )
+            ) as pool,
+        ):
+            assert sub._control_prefix.startswith("_INBOX_responder.")  # inbox-routed
+            await sub.stream_subscribe_handler(f"svc.{subject}", numbered(40_000))
+            got: list[bytes] = []
+            await pool.stream_request(f"svc.{subject}", b"", lambda m: got.append(m.data) or True)
+            assert got == [str(i).encode() for i in range(40_000)] + [natstream.STREAM_END]
