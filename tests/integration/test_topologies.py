@@ -276,6 +276,23 @@ async def test_streams_work_under_plain_request_reply_permissions(
     got: list[bytes] = []
     await pool_lp.stream_request(f"svc.{subject}", b"", lambda m: got.append(m.data) or True)
     assert got == [str(i).encode() for i in range(count)] + [natstream.STREAM_END]
+    cancelled = asyncio.Event()
+
+    async def endless(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                yield b"x"
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await responder_lp.stream_handler(f"svc.{subject}.endless", endless)
+    taken: list[bytes] = []
+    await pool_lp.stream_request(
+        f"svc.{subject}.endless", b"", lambda m: (taken.append(m.data), len(taken) < 5)[1]
+    )
+    await asyncio.wait_for(cancelled.wait(), HB * 5)
 
 
 async def test_a_long_stream_outlives_the_expiry_of_its_reply_permission(
@@ -299,7 +316,10 @@ async def test_a_long_stream_outlives_the_expiry_of_its_reply_permission(
 
 
 async def test_a_refused_request_fails_the_stream_at_once(
-    least_privilege: NatsServer, responder_lp: Subscriber, subject: str
+    least_privilege: NatsServer,
+    responder_lp: Subscriber,
+    subject: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = Config([_url(least_privilege, "exact")], idle_per_server=1, stream=FAST)
     async with Pool(config) as pool:
@@ -308,6 +328,8 @@ async def test_a_refused_request_fails_the_stream_at_once(
             await pool.stream_request(f"svc.{subject}", b"", lambda m: True)
     assert (info.value.operation, info.value.subject) == ("publish", f"svc.{subject}")
     assert time.monotonic() - start < 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"publish 'svc.{subject}'" in w for w in warnings), warnings
 
 
 async def test_refused_control_messages_fail_the_stream_at_once_not_at_the_window(
