@@ -625,9 +625,9 @@ def test_malformed_position_fails_instead_of_poisoning_the_retry(pos: str) -> No
 # ---------------------------------------------------------------- hostile responder
 
 NAMES = [HDR_SEQ, HDR_POS, HDR_END, HDR_CONTROL, HDR_ACK, HDR_RETRYABLE, HDR_STATUS,
-         HDR_SERVICE_ERROR, HDR_SERVICE_ERROR_CODE, "Ns-Pack", "X"]  # fmt: skip
+         HDR_SERVICE_ERROR, HDR_SERVICE_ERROR_CODE, "Ns-Pack", "Ns-Id", "Ns-Next", "X"]  # fmt: skip
 TRICKY = ["", "1", "0", "503", "hb", "cancel", "ack", "x", "9" * 21, "\u0663", "1 1", "1.2",
-          str(MAX_SEQ), str(MAX_SEQ + 1)]  # fmt: skip
+          str(MAX_SEQ), str(MAX_SEQ + 1), "abc123", "zzz", "a.b", "*"]  # fmt: skip
 values = st.one_of(
     st.integers(-3, 12).map(str),
     st.sampled_from(TRICKY),
@@ -702,8 +702,12 @@ def test_fuzz_hostile_responder(
             elif verdict is Reply.END:
                 assert m.state is RequesterState.ENDED
             elif verdict is Reply.CANCEL_FOREIGN:
-                assert reply_subject
-                assert reply_subject != m.control_subject
+                target = m.foreign_target
+                assert target
+                assert target != m.control_subject
+                if m.stream_id is not None:  # never cancel a message of our own stream
+                    assert headers is not None
+                    assert headers.get("Ns-Id") != m.stream_id
         elif kind == "take":
             if queue:
                 h, p = queue.popleft()
