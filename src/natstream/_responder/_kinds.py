@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from .._protocol import Resume
 from ._request import (
+    PROPAGATE,
     BatchHandler,
     GeneratorHandler,
     IndexHandler,
@@ -111,7 +112,9 @@ class Index:
         index = index_start(resume)
         try:
             return FirstCall(self, index, self.handler(request, index), None)
-        except Exception as exc:
+        except PROPAGATE:
+            raise
+        except BaseException as exc:  # raised in the stream's task: see PROPAGATE
             return FirstCall(self, index, None, exc)
 
     async def run(self, request: StreamRequest, sender: Sender) -> bool:
@@ -153,7 +156,7 @@ class FirstCall:
 
     __slots__ = ("error", "index", "kind", "queued", "result")
 
-    def __init__(self, kind: Index, index: int, result: Any, error: Exception | None) -> None:
+    def __init__(self, kind: Index, index: int, result: Any, error: BaseException | None) -> None:
         self.kind = kind
         self.index = index
         self.result = result

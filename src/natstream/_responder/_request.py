@@ -15,6 +15,7 @@ __all__ = [
     "BUSY",
     "DEADLINE",
     "INTERNAL",
+    "PROPAGATE",
     "TOO_LARGE",
     "BatchHandler",
     "BatchResult",
@@ -33,6 +34,14 @@ BatchResult = tuple[list[bytes], bool, ErrorValue]
 IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
 BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
 GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes]"]]
+
+# What a handler raises is the stream's failure (a 500), BaseExceptions included: a
+# CancelledError it raised itself (``fut.result()`` of a cancelled future) or a custom
+# BaseException must not end the stream silently, nor the connection's read loop when
+# the first call is made in the request's dispatch. These two alone propagate: they
+# stop the process (Ctrl-C, sys.exit() in a handler), and a responder has no business
+# keeping it alive.
+PROPAGATE = (KeyboardInterrupt, SystemExit)
 
 # Codes of the error markers natstream sends itself (HTTP-like, as NATS services use).
 BAD_REQUEST = 400

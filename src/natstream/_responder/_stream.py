@@ -15,7 +15,7 @@ from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, Responde
 from .._timer import LazyTimer
 from .._transport import Link
 from ._kinds import Index, Kind
-from ._request import DEADLINE, INTERNAL, HandlerError, StreamRequest
+from ._request import DEADLINE, INTERNAL, PROPAGATE, HandlerError, StreamRequest
 from ._sender import Sender
 
 __all__ = ["Owner", "ResponderStream"]
@@ -106,7 +106,9 @@ class ResponderStream:
         data, more, _ = result
         try:
             done = not more
-        except Exception:  # e.g. an array's ambiguous truth value: the task raises it
+        except PROPAGATE:
+            raise
+        except BaseException:  # e.g. an array's ambiguous truth value: the task raises it
             return False
         link = self.link
         # Finishing here needs a v1 requester (the end marker's headers, our control
@@ -136,7 +138,12 @@ class ResponderStream:
     async def run(self) -> None:
         """The stream's task: run the handler's kind, then send the end marker, or the
         error marker of what it raised. Cancelled when the requester cancels or
-        vanishes, at the deadline (it then sends the 504 error), or on close."""
+        vanishes, at the deadline (it then sends the 504 error), or on close.
+
+        Whatever the handler raises ends the stream with an error marker at once, a
+        ``BaseException`` too (a 500), and so does a ``CancelledError`` it raised
+        itself, with no cancellation requested: only ``KeyboardInterrupt`` and
+        ``SystemExit`` propagate (see ``PROPAGATE``)."""
         m = self.machine
         sender = self.sender
         outcome = Outcome.FAILED
@@ -155,26 +162,33 @@ class ResponderStream:
         except (HandlerError, StreamError) as e:  # StreamError: raised on purpose, sent as is
             if not m.terminal:
                 await sender.send_error(e.message, e.code, e.retryable)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if not _cancel_requested():  # the handler raised it: a failure, not a stop
+                await self._internal_error(exc)
+                return
             outcome = Outcome.CANCELLED
             if self._deadline_passed and not m.terminal:
                 await sender.send_error("stream deadline exceeded", DEADLINE, False)
             raise
         except ConnectionLostError:
             log.debug("stream on %r: connection lost", self.owner.subject)
-        except Exception as exc:
+        except PROPAGATE:
+            raise
+        except BaseException as exc:
             await self._internal_error(exc)
         finally:
             self._finish(outcome)
 
-    async def _internal_error(self, exc: Exception) -> None:
+    async def _internal_error(self, exc: BaseException) -> None:
         owner = self.owner
         error_id = secrets.token_hex(6)
         log.error(
             "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
         )
         if owner._send_exception_text:
-            message = f"{type(exc).__name__}: {exc} (error id {error_id})"
+            text = str(exc)
+            described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            message = f"{described} (error id {error_id})"
         else:
             message = f"internal error (error id {error_id})"
         if not self.machine.terminal:
@@ -242,3 +256,11 @@ class ResponderStream:
             await self.sender.publish(payload, headers)
         except Exception:
             log.log(level, "stream on %r: %s not sent", self.owner.subject, what, exc_info=True)
+
+
+def _cancel_requested() -> bool:
+    """Whether the current task was asked to stop (``Task.cancel()``: by the stream, the
+    subscription, or whoever else cancels it), as opposed to a ``CancelledError`` that
+    code running in it raised by itself."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
