@@ -43,6 +43,12 @@ from ._responder import (
     index_kind,
     send_rejection,
 )
+from ._responder._handlers import (
+    BATCH_SHAPE,
+    INDEX_SHAPE,
+    check_generator_handler,
+    check_index_handler,
+)
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
 from ._writers import RecordSink
@@ -335,6 +341,11 @@ class Subscriber:
         else ``data`` (when not None) is sent; when ``more`` is False the end marker
         follows. Returns once the subscription is live on the server.
 
+        ``handler`` is a function (``def`` or ``async def``), a method, a lambda, a
+        ``functools.partial`` or a callable object, taking (request, index). Anything
+        else raises ``TypeError`` here, not at the first request. A call that returns
+        something else than the tuple fails its stream with a 500.
+
         ``pack=True`` (for many small replies): results of consecutive calls of a
         sync handler are packed into few NATS messages for requesters that unpack
         (natstream's do); a reply is held back at most 5 ms, or until an async
@@ -343,6 +354,7 @@ class Subscriber:
         Cancellation: when the requester cancels or vanishes, or the deadline passes,
         the handler's task is cancelled (``CancelledError`` inside an async handler).
         """
+        check_index_handler(handler, "stream_subscribe_handler", INDEX_SHAPE)
         return await self._subscribe(
             subject, index_kind(handler, pack=pack), queue, max_concurrent_streams
         )
@@ -359,7 +371,12 @@ class Subscriber:
         (items, more, err)``; items reach the requester's handler in order, one message
         each. A natstream requester gets each batch packed into as few NATS messages
         as flow control and the server's max_payload allow; a plain one, one reply per
-        item."""
+        item.
+
+        ``batch_handler`` is accepted as ``stream_subscribe_handler``'s handler is
+        (``TypeError`` here otherwise); ``items`` is a list (or tuple) of bytes.
+        """
+        check_index_handler(batch_handler, "batch_stream_subscribe_handler", BATCH_SHAPE)
         return await self._subscribe(subject, Batch(batch_handler), queue, max_concurrent_streams)
 
     async def stream_handler(
@@ -377,7 +394,15 @@ class Subscriber:
         the way to stream many small replies fast). Returning ends the stream; an
         exception ends it with an error marker (raise :class:`StreamError` to choose
         the message, code and retryability sent).
+
+        ``fn`` is an async generator function, or a method, ``functools.partial`` or
+        callable object around one, taking (request). A coroutine function (``async
+        def`` without ``yield``), a generator function (``def`` with ``yield``) or a
+        callable taking other arguments raises ``TypeError`` here. A plain function
+        returning an async iterator is accepted (e.g. ``lambda r: gen(r, extra)``);
+        when what it returns is not one, that stream fails with a 500.
         """
+        check_generator_handler(fn, "stream_handler")
         return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
 
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:

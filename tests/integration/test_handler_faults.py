@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from nats.aio.msg import Msg
@@ -220,3 +221,65 @@ async def test_a_direct_handler_raising_a_base_exception_does_not_end_the_read_l
         assert any("direct subscription handler raised" in r.getMessage() for r in caplog.records)
     finally:
         await nc.close()
+
+
+def _returns_bytes(request: StreamRequest, index: int) -> object:
+    return b"x"
+
+
+async def _returns_bytes_async(request: StreamRequest, index: int) -> object:
+    return b"x"
+
+
+def _returns_pair(request: StreamRequest, index: int) -> object:
+    return b"x", False
+
+
+def _batch_of_bytes(request: StreamRequest, batch: int) -> object:
+    return b"xy", False, None
+
+
+@pytest.mark.parametrize(
+    ("register", "handler", "words"),
+    [
+        ("index", _returns_bytes, "index handler {m}._returns_bytes returned bytes; expected (dat"),
+        ("index", _returns_bytes_async, "_returns_bytes_async returned bytes; expected (data, mo"),
+        ("packed", _returns_bytes, "returned bytes; expected (data, more, err)"),
+        ("index", _returns_pair, "_returns_pair returned a tuple of 2 items; expected (data, mo"),
+        ("batch", _returns_bytes, "batch handler {m}._returns_bytes returned bytes; expected (ite"),
+        ("batch", _batch_of_bytes, "returned items as bytes; expected a list of bytes"),
+        ("stream", lambda r: _returns_bytes_async(r, 0), "stream handler {m}.<lambda> returned co"),
+    ],
+)
+@pytest.mark.parametrize("exception_text", [False, True])
+async def test_a_wrong_return_value_is_reported_as_such(
+    server: NatsServer,
+    pool: Pool,
+    subject: str,
+    caplog: pytest.LogCaptureFixture,
+    register: str,
+    handler: Any,
+    words: str,
+    exception_text: bool,
+) -> None:
+    """Not as "object bytes can't be used in 'await' expression": the log line names
+    the handler, what it returned and what was expected; so does the 500 the requester
+    gets when the subscriber sends exception texts (else only the error id)."""
+    caplog.set_level(logging.ERROR, logger="natstream")
+    words = words.format(m=__name__)
+    async with Subscriber(Config([server.url]), send_exception_text=exception_text) as sub:
+        if register in ("index", "packed"):
+            await sub.stream_subscribe_handler(subject, handler, pack=register == "packed")
+        elif register == "batch":
+            await sub.batch_stream_subscribe_handler(subject, handler)
+        else:
+            await sub.stream_handler(subject, handler)
+        with pytest.raises(StreamError) as info:
+            await pool.stream_request(subject, b"", Collect())
+    assert info.value.code == 500
+    assert (words in info.value.message) is exception_text
+    error_id = info.value.message.rsplit("error id ", 1)[1].rstrip(")")
+    lines = [r.getMessage() for r in caplog.records if error_id in r.getMessage()]
+    assert len(lines) == 1
+    assert words in lines[0]
+    assert subject in lines[0]

@@ -14,6 +14,7 @@ from .._errors import ConnectionLostError, StreamError
 from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
 from .._timer import LazyTimer
 from .._transport import Link
+from ._handlers import HandlerResultError
 from ._kinds import Index, Kind
 from ._request import DEADLINE, INTERNAL, PROPAGATE, HandlerError, StreamRequest
 from ._sender import Sender
@@ -182,12 +183,16 @@ class ResponderStream:
     async def _internal_error(self, exc: BaseException) -> None:
         owner = self.owner
         error_id = secrets.token_hex(6)
-        log.error(
-            "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
-        )
-        if owner._send_exception_text:
+        if isinstance(exc, HandlerResultError):  # the handler's value, not our traceback
+            described = str(exc)
+            log.error("stream on %r failed (error id %s): %s", owner.subject, error_id, exc)
+        else:
             text = str(exc)
             described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            log.error(
+                "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
+            )
+        if owner._send_exception_text:
             message = f"{described} (error id {error_id})"
         else:
             message = f"internal error (error id {error_id})"
