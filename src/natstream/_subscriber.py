@@ -526,6 +526,3 @@ async def _close_quietly(link: Link) -> None:
         await link.close()
     except Exception:
         log.debug("closing the subscriber's connection failed", exc_info=True)
-
-
-logging.getLogger("natstream").addHandler(logging.NullHandler())
