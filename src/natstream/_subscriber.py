@@ -31,6 +31,7 @@ from ._recording import Recording, default_formatter
 from ._responder import (
     BAD_REQUEST,
     BUSY,
+    SHUTTING_DOWN,
     TOO_LARGE,
     Batch,
     BatchHandler,
@@ -54,6 +55,10 @@ from ._transport import Link, connect, safe_server, subscribe_live, translate_co
 from ._writers import RecordSink
 
 log = logging.getLogger("natstream")
+
+# Seconds close() gives the subscriber's pending sends (rejections, markers) at least,
+# whatever is left of the grace period: each takes a moment on a live connection.
+_SEND_WAIT = 1.0
 
 __all__ = ["Subscriber", "SubscriberState"]
 
@@ -198,10 +203,16 @@ class Subscriber:
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking requests; let in-flight streams finish within ``grace`` seconds
-        (``close_grace`` when None), cancel the rest, flush recorders, give the
-        subscriber's pending sends (heartbeats, rejections) what is left of the grace
-        period and cancel the rest, disconnect. Returns once every task the subscriber
-        and its streams started has ended.
+        (``close_grace`` when None), flush recorders, disconnect. Returns once every
+        task the subscriber and its streams started has ended.
+
+        No requester is left without an answer (see :meth:`StreamSubscription.stop`):
+        requests routed here while it closes get a retryable 503 "shutting down"
+        error at once, and streams still running when the grace period ends get the
+        same error marker before their handlers are cancelled, so a requester with
+        retries resumes on another responder. Pending sends (those markers,
+        heartbeats) get what is left of the grace period, at least
+        ``_SEND_WAIT`` seconds, then are cancelled.
 
         Idempotent; a second concurrent call waits for the first. Closing a
         subscriber that was never opened only marks it closed.
@@ -225,7 +236,8 @@ class Subscriber:
             for key in list(self._recordings):
                 await _stop_recording(self._recordings.pop(key))
             if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+                wait = max(_SEND_WAIT, deadline - loop.time())
+                await asyncio.wait(set(self._tasks), timeout=wait)
         finally:
             tasks = list(self._tasks)
             for task in tasks:
@@ -321,7 +333,8 @@ class Subscriber:
         async def on_request(msg: Msg) -> None:
             serve(msg)
 
-        handle._attach(await subscribe_live(link.nc, subject, on_request, queue=q, direct=serve))
+        sub = await subscribe_live(link.nc, subject, on_request, queue=q, direct=serve)
+        handle._attach(sub, link.nc)
         self._subscriptions.add(handle)
         return handle
 
@@ -406,9 +419,13 @@ class Subscriber:
         return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
 
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
-        """A request arrived (from the connection's read loop: do no I/O here but spawn)."""
+        """A request arrived (from the connection's read loop: do no I/O here but spawn).
+
+        While the subscriber closes, or the subscription stops, it is answered with a
+        retryable 503 "shutting down" error at once (the requester retries elsewhere).
+        """
         link = self._link
-        if not msg.reply or link is None or self._state is not SubscriberState.OPEN:
+        if not msg.reply or link is None:
             return
         now = time.monotonic()
         try:
@@ -419,6 +436,9 @@ class Subscriber:
         machine = ResponderMachine(
             options, now, stall_factor=self.stall_factor, max_duration=self.max_stream_duration
         )
+        if self._state is not SubscriberState.OPEN or handle.stopping:
+            self._reject(handle, link, msg, machine, SHUTTING_DOWN, BUSY, True)
+            return
         if not handle._admit():
             self._reject(handle, link, msg, machine, "busy: too many streams", BUSY, True)
             return

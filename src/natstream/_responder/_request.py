@@ -16,6 +16,7 @@ __all__ = [
     "DEADLINE",
     "INTERNAL",
     "PROPAGATE",
+    "SHUTTING_DOWN",
     "TOO_LARGE",
     "BatchHandler",
     "BatchResult",
@@ -49,6 +50,10 @@ TOO_LARGE = 413
 INTERNAL = 500
 BUSY = 503
 DEADLINE = 504
+
+# The text of the retryable 503 sent while a subscription stops: to requests that
+# arrive meanwhile, and to streams still running when its grace period ends.
+SHUTTING_DOWN = "shutting down"
 
 
 class StreamRequest:

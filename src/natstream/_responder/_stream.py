@@ -16,12 +16,24 @@ from .._timer import LazyTimer
 from .._transport import Link
 from ._handlers import HandlerResultError
 from ._kinds import Index, Kind
-from ._request import DEADLINE, INTERNAL, PROPAGATE, HandlerError, StreamRequest
+from ._request import (
+    BUSY,
+    DEADLINE,
+    INTERNAL,
+    PROPAGATE,
+    SHUTTING_DOWN,
+    HandlerError,
+    StreamRequest,
+)
 from ._sender import Sender
 
 __all__ = ["Owner", "ResponderStream"]
 
 log = logging.getLogger("natstream")
+
+# Seconds a stopping subscription waits for one stream's shutting-down marker to be
+# queued (more only when the connection's buffer is full: the server is not reading).
+_MARKER_SEND = 1.0
 
 
 class Owner(Protocol):
@@ -221,6 +233,25 @@ class ResponderStream:
         self.machine.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+    async def shut_down(self) -> None:
+        """The subscription stops and this stream's grace period is over: tell the
+        requester with a retryable 503 "shutting down" error marker (a retry resumes
+        after the last reply it took, on another responder), then cancel the handler.
+
+        Waits at most ``_MARKER_SEND`` seconds for the marker to be queued; a marker
+        that cannot be sent is logged (the requester then notices the stall)."""
+        if not self.machine.terminal:
+            try:
+                async with asyncio.timeout(_MARKER_SEND):
+                    await self.sender.send_error(SHUTTING_DOWN, BUSY, True)
+            except Exception:
+                log.warning(
+                    "stream on %r: the shutting-down marker was not sent",
+                    self.owner.subject,
+                    exc_info=True,
+                )
+        self._stop()
 
     # ------------------------------------------------------------ timers
 
