@@ -205,8 +205,9 @@ class Pool:
         """A streamed request to use as ``async with pool.stream(...) as s: async for m in s``.
 
         See :class:`Stream` for what iteration yields and raises. Timeouts are in
-        seconds; ``request_timeout`` bounds silence before and between replies,
-        ``stream_timeout`` the whole stream (retries included).
+        seconds; ``request_timeout`` bounds silence before and between replies (see
+        :meth:`stream_request_with_timeout`), ``stream_timeout`` the whole stream
+        (retries included).
 
         Raises:
             InvalidSubjectError: ``subject`` is empty, has whitespace or wildcards.
@@ -261,7 +262,11 @@ class Pool:
 
         ``request_timeout``: the longest silence allowed before the first reply and
         between replies (time spent in ``handler`` does not count) ->
-        :class:`RequestTimeoutError`. ``stream_timeout``: deadline of the whole
+        :class:`RequestTimeoutError`. A natstream responder answers at once (with
+        its accept when its first reply is slow) and then heartbeats: from then on
+        its stall time (``heartbeat`` x ``stall_factor``) judges it instead, so a
+        slow but alive responder is never cut off, even with a ``request_timeout``
+        shorter than a heartbeat interval. ``stream_timeout``: deadline of the whole
         stream, handler included (the handler is cancelled) ->
         :class:`StreamTimeoutError`. Both are :class:`TimeoutError`.
         """

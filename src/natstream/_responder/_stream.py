@@ -97,10 +97,30 @@ class ResponderStream:
 
     def start(self, first_now: Index | None) -> None:
         """Serve the stream: ``first_now``'s first reply at once (see
-        :meth:`start_now`), the rest in a task."""
+        :meth:`start_now`), the rest in a task.
+
+        Unless a reply was queued in this dispatch, the requester is bound at once by
+        an *accept* (the stream's first heartbeat): it learns our control subject,
+        its stall detection takes over from its ``request_timeout``, and it can
+        cancel the stream, however slow the handler's first reply."""
         if first_now is not None and self.start_now(first_now):
             return  # a one-reply stream, already finished
+        self._accept()
         self.task = asyncio.create_task(self.run(), name=self.name)
+
+    def _accept(self) -> None:
+        """Queue the accept, when the requester speaks v1 and nothing was sent yet
+        (heartbeats restart from it, one interval later)."""
+        m = self.machine
+        control = self.control_subject
+        if control is None or m.sent_seq != (m.resume.seq if m.resume else 0):
+            return
+        headers = m.heartbeat_headers(self.loop.time())
+        link = self.link
+        if link.queue_publish(self.sender.reply, control, b"", headers):
+            link.kick_soon()
+        else:  # a plain link: from a task, which runs before the stream's
+            self._send_later(b"", headers, "accept")
 
     def start_now(self, kind: Index) -> bool:
         """Call a sync index handler for the first reply at once, in the request's
@@ -161,8 +181,6 @@ class ResponderStream:
         sender = self.sender
         outcome = Outcome.FAILED
         try:
-            # No separate accept: the first reply (data, end, error, or the first
-            # heartbeat if the handler is slow) tells the requester our control subject.
             self._arm()
             ended = await self.kind.run(self.request, sender)
             if sender.too_large:
