@@ -11,7 +11,6 @@ dispatched to the stream it names.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 import time
@@ -26,6 +25,8 @@ from nats.aio.msg import Msg
 
 from ._config import Config, as_config
 from ._errors import ConfigError, NatstreamError, NoServersError, SubscriberClosedError
+from ._events import ConnectionEventHook, ConnectionWatch, check_hook
+from ._lifecycle import SubscriberState, SubscriberStats, Tally
 from ._protocol import HeaderError, ResponderMachine, parse_request_headers
 from ._recording import Recording, default_formatter
 from ._responder import (
@@ -60,17 +61,7 @@ log = logging.getLogger("natstream")
 # whatever is left of the grace period: each takes a moment on a live connection.
 _SEND_WAIT = 1.0
 
-__all__ = ["Subscriber", "SubscriberState"]
-
-
-class SubscriberState(enum.Enum):
-    """Where a subscriber is in its life; it is opened once and closed once."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"  # no new requests; in-flight streams get the grace period
-    CLOSED = "closed"
+__all__ = ["Subscriber", "SubscriberState", "SubscriberStats"]
 
 
 class Subscriber:
@@ -93,9 +84,14 @@ class Subscriber:
             requester (off by default: a generic message with an error id is sent and
             the traceback is logged locally with that id).
         stall_factor: missed requester heartbeats before its stream is stopped.
+        on_connection_event: called with a :class:`ConnectionEvent` when the
+            connection connects, is lost, comes back, hears that its server goes
+            into lame duck mode, or closes (see :data:`ConnectionEventHook`). The
+            same events are logged at INFO.
 
     Raises:
         ConfigError: an argument is out of range.
+        TypeError: ``on_connection_event`` is not a plain callable.
     """
 
     def __init__(
@@ -108,8 +104,10 @@ class Subscriber:
         max_stream_duration: float | None = None,
         send_exception_text: bool = False,
         stall_factor: float = 3.0,
+        on_connection_event: ConnectionEventHook | None = None,
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
+        check_hook(on_connection_event)
         if close_grace < 0:
             raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
         if max_request_size is not None and max_request_size < 0:
@@ -135,6 +133,11 @@ class Subscriber:
         self._control_prefix = ""
         self._controls: dict[str, ResponderStream] = {}
         self._subscriptions: set[StreamSubscription] = set()
+        self._tally = Tally()  # what stopped subscriptions counted
+        self._watch = ConnectionWatch(
+            on_connection_event,
+            closing=lambda: self._state in (SubscriberState.CLOSING, SubscriberState.CLOSED),
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._recordings: dict[int, Recording] = {}  # by id() of their subscription
 
@@ -174,7 +177,7 @@ class Subscriber:
             )
         self._state = SubscriberState.OPENING
         try:
-            link = await _connect(self.config, self._on_nats_error)
+            link = await _connect(self.config, self._on_nats_error, self._watch)
         except BaseException:
             self._set_closed()
             raise
@@ -196,6 +199,7 @@ class Subscriber:
         self._link = link
         self._control_prefix = prefix
         self._state = SubscriberState.OPEN
+        self._watch.connected(link.nc)
 
     def _set_closed(self) -> None:
         self._state = SubscriberState.CLOSED
@@ -292,7 +296,28 @@ class Subscriber:
         self._controls.pop(token, None)
 
     def _forget(self, subscription: StreamSubscription) -> None:
-        self._subscriptions.discard(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self._tally.stopped(subscription)
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> SubscriberStats:
+        """Counters since the subscriber opened and gauges of now (cheap; no I/O).
+
+        See :class:`SubscriberStats`; each subscription's own are
+        :meth:`StreamSubscription.stats`.
+        """
+        link = self._link
+        watch = self._watch
+        return self._tally.stats(
+            self._state,
+            connected=link is not None and link.nc.is_connected,
+            server=watch.server,
+            serving=self._subscriptions,
+            reconnects=watch.reconnects,
+            disconnects=watch.disconnects,
+        )
 
     # ------------------------------------------------------------ control messages
 
@@ -501,8 +526,11 @@ class Subscriber:
         return recording
 
 
-async def _connect(config: Config, on_error: Callable[[Exception], None]) -> Link:
-    """A connection to one of ``config``'s servers, reconnecting by itself.
+async def _connect(
+    config: Config, on_error: Callable[[Exception], None], watch: ConnectionWatch
+) -> Link:
+    """A connection to one of ``config``'s servers, reconnecting by itself; its
+    events go to ``watch``.
 
     Raises:
         NoServersError: none could be reached (named each, with why).
@@ -512,6 +540,10 @@ async def _connect(config: Config, on_error: Callable[[Exception], None]) -> Lin
             list(config.servers),
             config.nats_options(),
             allow_reconnect=True,
+            disconnected_cb=watch.on_disconnected,
+            closed_cb=watch.on_closed,
+            reconnected_cb=watch.on_reconnected,
+            lame_duck_cb=watch.on_lame_duck,
             error_counter=on_error,
         )
     except Exception as exc:
