@@ -215,8 +215,8 @@ class Subscriber:
         error at once, and streams still running when the grace period ends get the
         same error marker before their handlers are cancelled, so a requester with
         retries resumes on another responder. Pending sends (those markers,
-        heartbeats) get what is left of the grace period, at least
-        ``_SEND_WAIT`` seconds, then are cancelled.
+        heartbeats) get what is left of the grace period, at least a second, then
+        are cancelled.
 
         Idempotent; a second concurrent call waits for the first. Closing a
         subscriber that was never opened only marks it closed.
