@@ -26,6 +26,8 @@ from ._errors import (
     SubscriberClosedError,
     WriterError,
 )
+from ._events import ConnectionEvent, ConnectionEventHook, ConnectionEventKind
+from ._lifecycle import SubscriberState, SubscriberStats
 from ._pool import Pool, PoolStats, ServerStats
 from ._protocol import STREAM_END, STREAM_ERROR_PREFIX, Resume
 from ._recording import Recording, RecordingStats, default_formatter
@@ -39,6 +41,9 @@ __version__ = "0.1.0.dev0"
 __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "Config",
     "ConfigError",
+    "ConnectionEvent",
+    "ConnectionEventHook",
+    "ConnectionEventKind",
     "ConnectionLostError",
     "HourlyFileWriter",
     "InvalidSubjectError",
@@ -71,6 +76,8 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "StreamWriter",
     "Subscriber",
     "SubscriberClosedError",
+    "SubscriberState",
+    "SubscriberStats",
     "SubscriptionStats",
     "WriterError",
     "WriterStats",

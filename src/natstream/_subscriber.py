@@ -11,7 +11,6 @@ dispatched to the stream it names.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 import time
@@ -32,6 +31,8 @@ from ._errors import (
     PermissionDeniedError,
     SubscriberClosedError,
 )
+from ._events import ConnectionEventHook, ConnectionWatch, check_hook
+from ._lifecycle import SubscriberState, SubscriberStats, Tally
 from ._protocol import HeaderError, ResponderMachine, parse_request_headers
 from ._protocol._frames import IMPORT_REPLY_PREFIX
 from ._protocol._wire import HDR_CONTROL
@@ -39,6 +40,7 @@ from ._recording import Recording, default_formatter
 from ._responder import (
     BAD_REQUEST,
     BUSY,
+    SHUTTING_DOWN,
     TOO_LARGE,
     Batch,
     BatchHandler,
@@ -51,23 +53,23 @@ from ._responder import (
     index_kind,
     send_rejection,
 )
+from ._responder._handlers import (
+    BATCH_SHAPE,
+    INDEX_SHAPE,
+    check_generator_handler,
+    check_index_handler,
+)
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
 from ._writers import RecordSink
 
 log = logging.getLogger("natstream")
 
-__all__ = ["Subscriber", "SubscriberState"]
+# Seconds close() gives the subscriber's pending sends (rejections, markers) at least,
+# whatever is left of the grace period: each takes a moment on a live connection.
+_SEND_WAIT = 1.0
 
-
-class SubscriberState(enum.Enum):
-    """Where a subscriber is in its life; it is opened once and closed once."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"  # no new requests; in-flight streams get the grace period
-    CLOSED = "closed"
+__all__ = ["Subscriber", "SubscriberState", "SubscriberStats"]
 
 
 class Subscriber:
@@ -102,6 +104,10 @@ class Subscriber:
             pattern (ADR-47: ``request_many`` with its sentinel, ``nats req
             --wait-for-empty``) expect; an error marker is then followed by one too.
             natstream requesters get the marker either way.
+        on_connection_event: called with a :class:`ConnectionEvent` when the
+            connection connects, is lost, comes back, hears that its server goes
+            into lame duck mode, or closes (see :data:`ConnectionEventHook`). The
+            same events are logged at INFO.
 
     The subscribing methods (``stream_subscribe_handler``, ``stream_handler``...)
     return once the subscription is live on the server, and raise
@@ -111,6 +117,7 @@ class Subscriber:
 
     Raises:
         ConfigError: an argument is out of range.
+        TypeError: ``on_connection_event`` is not a plain callable.
     """
 
     def __init__(
@@ -125,8 +132,10 @@ class Subscriber:
         stall_factor: float = 3.0,
         control: str = "auto",
         plain_end: str = "marker",
+        on_connection_event: ConnectionEventHook | None = None,
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
+        check_hook(on_connection_event)
         if control not in ("auto", "service"):
             raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
         if plain_end not in ("marker", "empty"):
@@ -161,6 +170,11 @@ class Subscriber:
         self._control_prefix = ""
         self._controls: dict[str, ResponderStream] = {}
         self._subscriptions: set[StreamSubscription] = set()
+        self._tally = Tally()  # what stopped subscriptions counted
+        self._watch = ConnectionWatch(
+            on_connection_event,
+            closing=lambda: self._state in (SubscriberState.CLOSING, SubscriberState.CLOSED),
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._recordings: dict[int, Recording] = {}  # by id() of their subscription
 
@@ -200,7 +214,7 @@ class Subscriber:
             )
         self._state = SubscriberState.OPENING
         try:
-            link = await _connect(self.config, self._on_nats_error)
+            link = await _connect(self.config, self._on_nats_error, self._watch)
         except BaseException:
             self._set_closed()
             raise
@@ -215,6 +229,7 @@ class Subscriber:
         self._link = link
         self._control_prefix = prefix
         self._state = SubscriberState.OPEN
+        self._watch.connected(link.nc)
 
     async def _subscribe_control(self, link: Link) -> str:
         """Subscribe the control subjects under the inbox prefix and return their
@@ -248,10 +263,16 @@ class Subscriber:
 
     async def close(self, grace: float | None = None) -> None:
         """Stop taking requests; let in-flight streams finish within ``grace`` seconds
-        (``close_grace`` when None), cancel the rest, flush recorders, give the
-        subscriber's pending sends (heartbeats, rejections) what is left of the grace
-        period and cancel the rest, disconnect. Returns once every task the subscriber
-        and its streams started has ended.
+        (``close_grace`` when None), flush recorders, disconnect. Returns once every
+        task the subscriber and its streams started has ended.
+
+        No requester is left without an answer (see :meth:`StreamSubscription.stop`):
+        requests routed here while it closes get a retryable 503 "shutting down"
+        error at once, and streams still running when the grace period ends get the
+        same error marker before their handlers are cancelled, so a requester with
+        retries resumes on another responder. Pending sends (those markers,
+        heartbeats) get what is left of the grace period, at least a second, then
+        are cancelled.
 
         Idempotent; a second concurrent call waits for the first. Closing a
         subscriber that was never opened only marks it closed.
@@ -275,7 +296,8 @@ class Subscriber:
             for key in list(self._recordings):
                 await _stop_recording(self._recordings.pop(key))
             if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+                wait = max(_SEND_WAIT, deadline - loop.time())
+                await asyncio.wait(set(self._tasks), timeout=wait)
         finally:
             tasks = list(self._tasks)
             for task in tasks:
@@ -330,7 +352,28 @@ class Subscriber:
         self._controls.pop(token, None)
 
     def _forget(self, subscription: StreamSubscription) -> None:
-        self._subscriptions.discard(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self._tally.stopped(subscription)
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> SubscriberStats:
+        """Counters since the subscriber opened and gauges of now (cheap; no I/O).
+
+        See :class:`SubscriberStats`; each subscription's own are
+        :meth:`StreamSubscription.stats`.
+        """
+        link = self._link
+        watch = self._watch
+        return self._tally.stats(
+            self._state,
+            connected=link is not None and link.nc.is_connected,
+            server=watch.server,
+            serving=self._subscriptions,
+            reconnects=watch.reconnects,
+            disconnects=watch.disconnects,
+        )
 
     # ------------------------------------------------------------ control messages
 
@@ -371,11 +414,10 @@ class Subscriber:
         async def on_request(msg: Msg) -> None:
             serve(msg)
 
-        handle._attach(
-            await subscribe_live(
-                link.nc, subject, on_request, queue=q, direct=serve, denials=link.denials
-            )
+        sub = await subscribe_live(
+            link.nc, subject, on_request, queue=q, direct=serve, denials=link.denials
         )
+        handle._attach(sub, link.nc)
         self._subscriptions.add(handle)
         return handle
 
@@ -395,6 +437,11 @@ class Subscriber:
         else ``data`` (when not None) is sent; when ``more`` is False the end marker
         follows. Returns once the subscription is live on the server.
 
+        ``handler`` is a function (``def`` or ``async def``), a method, a lambda, a
+        ``functools.partial`` or a callable object, taking (request, index). Anything
+        else raises ``TypeError`` here, not at the first request. A call that returns
+        something else than the tuple fails its stream with a 500.
+
         ``pack=True`` (for many small replies): results of consecutive calls of a
         sync handler are packed into few NATS messages for requesters that unpack
         (natstream's do); a reply is held back at most 5 ms, or until an async
@@ -403,6 +450,7 @@ class Subscriber:
         Cancellation: when the requester cancels or vanishes, or the deadline passes,
         the handler's task is cancelled (``CancelledError`` inside an async handler).
         """
+        check_index_handler(handler, "stream_subscribe_handler", INDEX_SHAPE)
         return await self._subscribe(
             subject, index_kind(handler, pack=pack), queue, max_concurrent_streams
         )
@@ -419,7 +467,12 @@ class Subscriber:
         (items, more, err)``; items reach the requester's handler in order, one message
         each. A natstream requester gets each batch packed into as few NATS messages
         as flow control and the server's max_payload allow; a plain one, one reply per
-        item."""
+        item.
+
+        ``batch_handler`` is accepted as ``stream_subscribe_handler``'s handler is
+        (``TypeError`` here otherwise); ``items`` is a list (or tuple) of bytes.
+        """
+        check_index_handler(batch_handler, "batch_stream_subscribe_handler", BATCH_SHAPE)
         return await self._subscribe(subject, Batch(batch_handler), queue, max_concurrent_streams)
 
     async def stream_handler(
@@ -437,13 +490,25 @@ class Subscriber:
         the way to stream many small replies fast). Returning ends the stream; an
         exception ends it with an error marker (raise :class:`StreamError` to choose
         the message, code and retryability sent).
+
+        ``fn`` is an async generator function, or a method, ``functools.partial`` or
+        callable object around one, taking (request). A coroutine function (``async
+        def`` without ``yield``), a generator function (``def`` with ``yield``) or a
+        callable taking other arguments raises ``TypeError`` here. A plain function
+        returning an async iterator is accepted (e.g. ``lambda r: gen(r, extra)``);
+        when what it returns is not one, that stream fails with a 500.
         """
+        check_generator_handler(fn, "stream_handler")
         return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
 
     def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
-        """A request arrived (from the connection's read loop: do no I/O here but spawn)."""
+        """A request arrived (from the connection's read loop: do no I/O here but spawn).
+
+        While the subscriber closes, or the subscription stops, it is answered with a
+        retryable 503 "shutting down" error at once (the requester retries elsewhere).
+        """
         link = self._link
-        if not msg.reply or link is None or self._state is not SubscriberState.OPEN:
+        if not msg.reply or link is None:
             return
         headers = msg.headers
         if headers and HDR_CONTROL in headers:
@@ -469,6 +534,9 @@ class Subscriber:
             max_duration=self.max_stream_duration,
             stream_id=token if service else None,
         )
+        if self._state is not SubscriberState.OPEN or handle.stopping:
+            self._reject(handle, link, msg, machine, SHUTTING_DOWN, BUSY, True)
+            return
         if not handle._admit():
             self._reject(handle, link, msg, machine, "busy: too many streams", BUSY, True)
             return
@@ -537,8 +605,11 @@ class Subscriber:
         return recording
 
 
-async def _connect(config: Config, on_error: Callable[[Exception], None]) -> Link:
-    """A connection to one of ``config``'s servers, reconnecting by itself.
+async def _connect(
+    config: Config, on_error: Callable[[Exception], None], watch: ConnectionWatch
+) -> Link:
+    """A connection to one of ``config``'s servers, reconnecting by itself; its
+    events go to ``watch``.
 
     Raises:
         NoServersError: none could be reached (named each, with why).
@@ -548,6 +619,10 @@ async def _connect(config: Config, on_error: Callable[[Exception], None]) -> Lin
             list(config.servers),
             config.nats_options(),
             allow_reconnect=True,
+            disconnected_cb=watch.on_disconnected,
+            closed_cb=watch.on_closed,
+            reconnected_cb=watch.on_reconnected,
+            lame_duck_cb=watch.on_lame_duck,
             error_counter=on_error,
         )
     except Exception as exc:
@@ -582,6 +657,3 @@ async def _close_quietly(link: Link) -> None:
         await link.close()
     except Exception:
         log.debug("closing the subscriber's connection failed", exc_info=True)
-
-
-logging.getLogger("natstream").addHandler(logging.NullHandler())

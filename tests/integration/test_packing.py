@@ -83,7 +83,8 @@ async def test_wire_format_and_window(
     subscriber: Subscriber, server: NatsServer, subject: str
 ) -> None:
     """A requester granting 16 items gets them packed (Ns-Seq first item, Ns-Pack
-    count, Ns-Pos first position), and nothing beyond the window until it acks."""
+    count, Ns-Pos first position), after the accept, and nothing beyond the window
+    until it acks."""
 
     def batches(request: natstream.StreamRequest, b: int):  # type: ignore[no-untyped-def]
         return [b"%d.%d" % (b, j) for j in range(10)], True, None
@@ -92,8 +93,9 @@ async def test_wire_format_and_window(
     nc = await nats.connect(server.url)
     try:
         headers = {**V1, "Ns-Win": "16 1000000", "Ns-Pack": "1"}
-        got = await raw_stream(nc, subject, headers, 2)
+        accept, *got = await raw_stream(nc, subject, headers, 3)
         await asyncio.sleep(0.3)  # anything past the window would arrive meanwhile
+        assert accept.headers == {"Ns-Ctl": "hb", "Ns-Seq": "0"}
         items: list[bytes] = []
         for msg in got:
             assert msg.headers is not None
@@ -119,9 +121,11 @@ async def test_requesters_that_do_not_unpack_get_one_message_per_item(
     await subscriber.batch_stream_subscribe_handler(subject, batches)
     nc = await nats.connect(server.url)
     try:
-        got = await raw_stream(nc, subject, headers, 7)
+        got = await raw_stream(nc, subject, headers, 7 if headers is None else 8)
     finally:
         await nc.close()
+    if headers is not None:  # a v1 requester: the accept comes first
+        assert got.pop(0).headers == {"Ns-Ctl": "hb", "Ns-Seq": "0"}
     assert [m.data for m in got] == [b"0.0", b"0.1", b"0.2", b"1.0", b"1.1", b"1.2", STREAM_END]
     assert all(m.headers is None or "Ns-Pack" not in m.headers for m in got)
 

@@ -181,8 +181,10 @@ class Responder:
         self.paused = False  # a slow handler: settle() does not make it produce
         self.blocked = 0  # times it had to wait for credit
         self._acked = (self.m.acked_seq, self.m.acked_bytes)
-        # No separate accept (as in ``ResponderStream.run``): its first reply (data,
-        # end, error, or a heartbeat after one quiet interval) tells our control subject.
+        if self.m.v1:
+            # The accept (as in ``ResponderStream.start``): the first heartbeat, at once,
+            # since the handler's first reply is not ready when the request arrives.
+            self._send(b"", self.m.heartbeat_headers(sim.now), ("hb", rid))
 
     def _start(self, resume: Resume | None) -> int:
         """Where the handler restarts, as the subscriber's drivers compute it."""
@@ -484,7 +486,9 @@ class Sim:
                 assert self.m.v1
                 assert self.now >= self.last_bound_rx + sc.heartbeat * sc.stall_factor
             elif isinstance(err, RequestTimeoutError):
-                # Only while the consumer waits, and only silence counts.
+                # Only while the consumer waits, and only silence counts; never once a
+                # v1 responder with heartbeats is bound (its stall time judges it).
+                assert not (self.m.v1 and sc.heartbeat > 0 and self.m.control_subject)
                 assert sc.request_timeout is not None
                 assert self.waiting_since is not None
                 assert self.now >= max(self.waiting_since, self.last_bound_rx) + sc.request_timeout
@@ -1039,6 +1043,41 @@ def test_a_slow_first_reply_with_a_request_timeout(lazy: bool) -> None:
     assert r.m.state is ResponderState.ENDED
 
 
+@pytest.mark.parametrize("request_timeout", [1.0, 0.5])
+def test_a_request_timeout_at_or_below_the_heartbeat_spares_a_slow_responder(
+    request_timeout: float,
+) -> None:
+    """The first reply comes after 2.5 s, heartbeats every second. The accept binds the
+    requester at once; from then on the responder's silence is judged by the stall
+    rule (3 s), which its heartbeats keep satisfied, not by ``request_timeout``."""
+    sim = Sim(Scenario(items_of(3), heartbeat=1.0, request_timeout=request_timeout))
+    r = sim.responders[0]
+    r.paused = True
+    sim.consume()  # the caller waits for the first reply
+    run(sim, 0.01)
+    assert sim.m.state is RequesterState.STREAMING  # bound by the accept
+    assert sim.m.control_subject == r.ctl
+    run(sim, 2.5)
+    r.produce()
+    r.paused = False
+    drain(sim)
+    assert sim.m.state is RequesterState.ENDED, sim.m.error
+    assert sim.taken_indices() == [0, 1, 2]
+
+
+def test_the_stall_rule_still_ends_a_bound_responder_that_dies() -> None:
+    """With ``request_timeout`` below the heartbeat a dead responder is noticed after
+    its stall time, and the failure is a stall."""
+    sim = Sim(Scenario(items_of(3), heartbeat=1.0, request_timeout=0.5))
+    r = sim.responders[0]
+    r.paused = True
+    sim.consume()
+    run(sim, 1.5)
+    r.dead = True
+    run(sim, 5.0, step=0.01)
+    assert isinstance(sim.m.error, StalledError)
+
+
 def test_request_timeout_counts_only_while_the_consumer_waits() -> None:
     """A plain responder sends no heartbeats: its silence is timed, but only while the
     consumer waits for it, not while the consumer is busy with a message."""
@@ -1061,7 +1100,7 @@ def test_request_timeout_counts_only_while_the_consumer_waits() -> None:
 def test_cancel_by_the_requester_stops_the_responder_at_once() -> None:
     sim = Sim(Scenario(items_of(1000)))
     sim.responders[0].paused = True
-    run(sim, 1.2)  # the responder's first heartbeat (at 1 s) told its control subject
+    run(sim, 0.1)  # the responder's accept (at once) told its control subject
     sim.close()
     settle_without_consumer(sim)
     r = sim.responders[0]

@@ -467,6 +467,25 @@ def test_request_timeout_waiting_for_the_first_reply() -> None:
     assert "first reply" in str(m.error)
 
 
+def test_request_timeout_yields_to_the_stall_rule_once_a_heartbeating_responder_binds() -> None:
+    """``request_timeout`` shorter than the heartbeat interval: it bounds the wait for
+    the accept; once bound, only the stall rule judges the responder's silence."""
+    m = RequesterMachine(0.0, subject="svc", heartbeat=1.0, stall_factor=3.0, request_timeout=0.5)
+    assert m.next_deadline() == 0.5
+    assert m.on_reply(0.01, accept(), b"", CTL) is Reply.DROP
+    assert m.next_deadline() == 1.0  # our heartbeat, not the request timeout (0.51)
+    for t in (0.6, 1.0, 1.5, 2.0, 3.0):
+        assert not m.on_timer(t).fail
+    assert m.on_timer(3.01).fail
+    assert isinstance(m.error, StalledError)
+
+
+def test_request_timeout_still_bounds_the_wait_for_the_accept() -> None:
+    m = RequesterMachine(0.0, subject="svc", heartbeat=1.0, request_timeout=0.5)
+    assert m.on_timer(0.5).fail
+    assert isinstance(m.error, RequestTimeoutError)
+
+
 def test_request_timeout_counts_only_while_the_consumer_waits() -> None:
     m = bound(0.0, heartbeat=0.0, request_timeout=2.0)
     m.on_reply(0.5, data(1), b"a", CTL)

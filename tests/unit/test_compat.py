@@ -87,7 +87,7 @@ def test_the_streaming_tests_pass_with_the_fast_paths_off() -> None:
     """Slower, never broken: the streaming tests on nats-py's public API alone."""
     env = dict(os.environ, **{_compat.ENV_OFF: "1"})
     files = ["test_core.py", "test_packing.py", "test_protocol_live.py", "test_recorder.py"]
-    files += ["test_security.py"]
+    files += ["test_security.py", "test_accept.py", "test_handler_faults.py", "test_shutdown.py"]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         + [str(TESTS / "integration" / f) for f in files],

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from .._backoff import backoff_delay, lifetime_deadline
 from .._config import Config
 from .._errors import ConnectionLostError
+from .._events import ConnectionEventHook, ConnectionEventKind, notify
 from .._transport import Link, connect, translate_connect_error
 from ._model import (
     IN_ROTATION,
@@ -53,6 +54,7 @@ class Connections:
         budget: the pool's window budget, shared by its connections.
         accepting: whether the pool is open (slots are refilled only then).
         opening: whether the pool is opening or open (a fresh connection is kept).
+        on_event: the pool's ``on_connection_event`` hook, or None.
 
     Time (``clock``) and randomness (``rand``) are attributes so tests can replace
     them.
@@ -66,6 +68,7 @@ class Connections:
         *,
         accepting: Callable[[], bool],
         opening: Callable[[], bool],
+        on_event: ConnectionEventHook | None = None,
     ) -> None:
         self.config = config
         self.servers = servers
@@ -75,6 +78,7 @@ class Connections:
         self.rand: Callable[[], float] = random.random
         self._accepting = accepting
         self._opening = opening
+        self._on_event = on_event
         self._tasks: set[asyncio.Task[None]] = set()  # health loop, connects, drains
         self._closers: set[asyncio.Task[None]] = set()  # never cancelled; close_all awaits
 
@@ -110,6 +114,7 @@ class Connections:
 
         async def on_lame_duck() -> None:
             if holder:
+                notify(self._on_event, ConnectionEventKind.LAME_DUCK, slot.server.safe_url)
                 self._retire_now(holder[0], RetireReason.LAME_DUCK)
 
         link = await connect(
@@ -139,12 +144,12 @@ class Connections:
             whatever the connect raised (the caller counts and translates it).
         """
         conn = await self._open_conn(slot)
-        if not self._opening():
+        if not self._opening() or not conn.nc.is_connected:
+            conn.state = ConnState.CLOSED  # never in rotation: no event to tell
             self._close_conn(conn)
+            if self._opening():
+                raise ConnectionLostError(f"connection to {slot.server.safe_url} closed at once")
             return
-        if not conn.nc.is_connected:
-            self._close_conn(conn)
-            raise ConnectionLostError(f"connection to {slot.server.safe_url} closed at once")
         self._install(slot, conn)
 
     def _install(self, slot: Slot, conn: Conn) -> None:
@@ -153,13 +158,16 @@ class Connections:
         old = slot.conn
         slot.conn = conn
         slot.failures = 0
+        kind = ConnectionEventKind.CONNECTED
         if old is not None:
             server.retired += 1
             self._drain(old)
         elif self._accepting():
             server.reconnects += 1
+            kind = ConnectionEventKind.RECONNECTED
             if server.healthy() == 1:
                 log.info("server %s is back in rotation", server.safe_url)
+        notify(self._on_event, kind, server.safe_url)
 
     # ------------------------------------------------------------ losing and retiring
 
@@ -172,6 +180,7 @@ class Connections:
         server = slot.server
         conn.state = ConnState.BROKEN
         server.lost += 1
+        notify(self._on_event, ConnectionEventKind.DISCONNECTED, server.safe_url)
         server.draining.discard(conn)
         for lease in list(conn.leases):
             lease.lost()
@@ -229,8 +238,9 @@ class Connections:
         """Close ``conn``'s socket in a task of its own that is never cancelled: a
         nats-py close cut short would leave the socket open. :meth:`close_all` awaits
         these."""
-        if conn.state is not ConnState.BROKEN:
-            conn.state = ConnState.CLOSED
+        if conn.state not in (ConnState.BROKEN, ConnState.CLOSED):
+            conn.state = ConnState.CLOSED  # closed on purpose: a broken one was told
+            notify(self._on_event, ConnectionEventKind.CLOSED, conn.safe_url)
         if conn.nc.is_closed:
             return
         task = asyncio.ensure_future(_close_quietly(conn.link))

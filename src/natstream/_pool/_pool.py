@@ -18,6 +18,7 @@ from types import TracebackType
 
 from .._config import Config, StreamOptions, as_config
 from .._errors import NatstreamError, NoServersError, PoolClosedError
+from .._events import ConnectionEventHook, check_hook
 from .._requester import Handler, Stream
 from .._transport import safe_server, translate_connect_error
 from ._connections import Connections
@@ -42,9 +43,25 @@ class Pool:
     ``config`` being a :class:`Config` or server URLs alone.
     See the module docstring for routing, health checks and connection lifecycle;
     :meth:`stats` for what is counted; :meth:`close` for how it drains.
+
+    Args:
+        on_connection_event: called with a :class:`ConnectionEvent` for each of the
+            pool's connections: connected (at open, and a replacement of one that
+            expired), disconnected (it broke), reconnected (a new connection in a
+            lost one's place), lame_duck (its server is shutting down), closed (the
+            pool closed it). See :data:`ConnectionEventHook`.
+
+    Raises:
+        TypeError: ``on_connection_event`` is not a plain callable.
     """
 
-    def __init__(self, config: Config | Sequence[str] | str) -> None:
+    def __init__(
+        self,
+        config: Config | Sequence[str] | str,
+        *,
+        on_connection_event: ConnectionEventHook | None = None,
+    ) -> None:
+        check_hook(on_connection_event)
         config = as_config(config)
         self.config = config
         self._state = PoolState.NEW
@@ -55,6 +72,7 @@ class Pool:
             WindowBudget(config.window_budget_messages, config.window_budget_bytes),
             accepting=lambda: self._state is PoolState.OPEN,
             opening=lambda: self._state in (PoolState.OPENING, PoolState.OPEN),
+            on_event=on_connection_event,
         )
         self._lender = Lender(self._conns, config.stream, lambda: self._state)
         self._closed = asyncio.Event()
@@ -62,7 +80,12 @@ class Pool:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, config: Config | Sequence[str] | str) -> Pool:
+    async def connect(
+        cls,
+        config: Config | Sequence[str] | str,
+        *,
+        on_connection_event: ConnectionEventHook | None = None,
+    ) -> Pool:
         """Create a pool and open it (see :meth:`open`). ``config`` may also be server
         URLs alone (a list, or one str of comma-separated URLs).
 
@@ -70,7 +93,7 @@ class Pool:
             NoServersError: see :meth:`open`.
             TypeError, ConfigError: ``config`` is not a Config or valid server URLs.
         """
-        pool = cls(config)
+        pool = cls(config, on_connection_event=on_connection_event)
         await pool.open()
         return pool
 
@@ -205,8 +228,9 @@ class Pool:
         """A streamed request to use as ``async with pool.stream(...) as s: async for m in s``.
 
         See :class:`Stream` for what iteration yields and raises. Timeouts are in
-        seconds; ``request_timeout`` bounds silence before and between replies,
-        ``stream_timeout`` the whole stream (retries included).
+        seconds; ``request_timeout`` bounds silence before and between replies (see
+        :meth:`stream_request_with_timeout`), ``stream_timeout`` the whole stream
+        (retries included).
 
         Raises:
             InvalidSubjectError: ``subject`` is empty, has whitespace or wildcards.
@@ -261,7 +285,11 @@ class Pool:
 
         ``request_timeout``: the longest silence allowed before the first reply and
         between replies (time spent in ``handler`` does not count) ->
-        :class:`RequestTimeoutError`. ``stream_timeout``: deadline of the whole
+        :class:`RequestTimeoutError`. A natstream responder answers at once (with
+        its accept when its first reply is slow) and then heartbeats: from then on
+        its stall time (``heartbeat`` x ``stall_factor``) judges it instead, so a
+        slow but alive responder is never cut off, even with a ``request_timeout``
+        shorter than a heartbeat interval. ``stream_timeout``: deadline of the whole
         stream, handler included (the handler is cancelled) ->
         :class:`StreamTimeoutError`. Both are :class:`TimeoutError`.
         """

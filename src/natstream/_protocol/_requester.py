@@ -84,7 +84,9 @@ class RequesterMachine(Credit):
         window_messages, window_bytes: credit granted to the responder.
         heartbeat: interval in seconds both peers use; 0 disables heartbeats.
         stall_factor: missed heartbeat intervals before the stream is declared stalled.
-        request_timeout: longest silence allowed while the consumer waits (None: no limit).
+        request_timeout: longest silence allowed while the consumer waits (None: no
+            limit), until a v1 responder with heartbeats binds the stream: its stall
+            time applies from then on (its accept comes at once).
         deadline: absolute time the whole stream must end by (None: no limit).
         resume: continue after this message (a retry); None starts from the beginning.
     """
@@ -407,7 +409,11 @@ class RequesterMachine(Credit):
         times: list[float] = []
         if self.deadline is not None:
             times.append(self.deadline)
-        if self._waiting_since is not None and self.request_timeout is not None:
+        if (
+            self._waiting_since is not None
+            and self.request_timeout is not None
+            and not self._heartbeating()
+        ):
             times.append(max(self._last_rx, self._waiting_since) + self.request_timeout)
         if self._next_by is not None:
             times.append(self._next_by)
@@ -416,6 +422,13 @@ class RequesterMachine(Credit):
             if self.control_subject is not None:
                 times.append(self._last_tx + self.heartbeat)
         return min(times) if times else None
+
+    def _heartbeating(self) -> bool:
+        """Whether the stream is bound to a v1 responder with heartbeats on: its
+        silence is then judged by the stall rule alone (it sends something every
+        interval while alive), never by ``request_timeout``, which may be shorter
+        than an interval."""
+        return bool(self.v1) and self.heartbeat > 0 and self.control_subject is not None
 
     def on_timer(self, now: float) -> TimerAction:
         """Check the clocks at ``now``: deadline, silence, stall, heartbeat due."""
@@ -428,6 +441,7 @@ class RequesterMachine(Credit):
             self._waiting_since is not None
             and self.request_timeout is not None
             and now >= max(self._last_rx, self._waiting_since) + self.request_timeout
+            and not self._heartbeating()
         ):
             what = "first reply" if self.state is RequesterState.WAITING else "next reply"
             self._fail(

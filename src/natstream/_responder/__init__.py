@@ -12,6 +12,7 @@ from ._kinds import Batch, Generator, Index, Kind, PackedIndex, index_kind
 from ._request import (
     BAD_REQUEST,
     BUSY,
+    SHUTTING_DOWN,
     TOO_LARGE,
     BatchHandler,
     GeneratorHandler,
@@ -26,6 +27,7 @@ from ._subscription import Host, StreamSubscription, SubscriptionStats
 __all__ = [
     "BAD_REQUEST",
     "BUSY",
+    "SHUTTING_DOWN",
     "TOO_LARGE",
     "Batch",
     "BatchHandler",

@@ -20,7 +20,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._protocol import Resume
+from ._handlers import (
+    BATCH_SHAPE,
+    INDEX_SHAPE,
+    HandlerResultError,
+    handler_name,
+    is_async_function,
+    wrong_result,
+)
 from ._request import (
+    PROPAGATE,
     BatchHandler,
     GeneratorHandler,
     IndexHandler,
@@ -87,7 +96,7 @@ def batch_positions(batch: int) -> Callable[[int], str]:
 def index_kind(handler: IndexHandler, *, pack: bool) -> Index | PackedIndex:
     """The kind of an index handler: packed only when it is sync and ``pack`` is set
     (an async handler's results are never held back)."""
-    sync = not inspect.iscoroutinefunction(handler)
+    sync = not is_async_function(handler)
     if sync and pack:
         return PackedIndex(handler)
     return Index(handler, sync=sync)
@@ -111,7 +120,9 @@ class Index:
         index = index_start(resume)
         try:
             return FirstCall(self, index, self.handler(request, index), None)
-        except Exception as exc:
+        except PROPAGATE:
+            raise
+        except BaseException as exc:  # raised in the stream's task: see PROPAGATE
             return FirstCall(self, index, None, exc)
 
     async def run(self, request: StreamRequest, sender: Sender) -> bool:
@@ -129,8 +140,14 @@ class Index:
         emit = sender.emit
         while True:
             if type(result) is not tuple:
-                result = await result
-            data, more, err = result
+                if inspect.isawaitable(result):
+                    result = await result
+                if not (isinstance(result, tuple) and len(result) == 3):
+                    raise wrong_result("index", handler, result, INDEX_SHAPE)
+            try:
+                data, more, err = result
+            except ValueError:  # a tuple of another length
+                raise wrong_result("index", handler, result, INDEX_SHAPE) from None
             if err is not None:
                 raise handler_error(err)
             if data is not None and not queued:
@@ -153,7 +170,7 @@ class FirstCall:
 
     __slots__ = ("error", "index", "kind", "queued", "result")
 
-    def __init__(self, kind: Index, index: int, result: Any, error: Exception | None) -> None:
+    def __init__(self, kind: Index, index: int, result: Any, error: BaseException | None) -> None:
         self.kind = kind
         self.index = index
         self.result = result
@@ -200,10 +217,16 @@ class PackedIndex:
         while True:
             result: Any = handler(request, index)
             if type(result) is not tuple:
-                if not await flush():
-                    return False
-                result = await result
-            data, more, err = result
+                if inspect.isawaitable(result):
+                    if not await flush():
+                        return False
+                    result = await result
+                if not (isinstance(result, tuple) and len(result) == 3):
+                    raise wrong_result("index", handler, result, INDEX_SHAPE)
+            try:
+                data, more, err = result
+            except ValueError:  # a tuple of another length
+                raise wrong_result("index", handler, result, INDEX_SHAPE) from None
             if err is not None:
                 if not await flush():
                     return False
@@ -243,7 +266,16 @@ class Batch:
             result: Any = handler(request, batch)
             if inspect.isawaitable(result):
                 result = await result
+            if not (isinstance(result, tuple) and len(result) == 3):
+                raise wrong_result("batch", handler, result, BATCH_SHAPE)
             data, more, err = result
+            if type(data) is not list:
+                if not isinstance(data, (list, tuple)):
+                    raise HandlerResultError(
+                        f"batch handler {handler_name(handler)} returned items as "
+                        f"{type(data).__name__}; expected a list of bytes"
+                    )
+                data = list(data)
             if err is not None:
                 raise handler_error(err)
             if not await sender.send_items(data, skip, batch_positions(batch)):
@@ -267,7 +299,7 @@ class Generator:
     async def run(self, request: StreamRequest, sender: Sender) -> bool:
         gen = self.fn(request)
         if not hasattr(gen, "__anext__"):
-            raise TypeError("stream_handler needs an async generator function")
+            raise wrong_result("stream", self.fn, gen, "an async iterator (async def with yield)")
         resume = sender.machine.resume
         skip = resume.seq if resume is not None else 0
         emit = sender.emit

@@ -16,6 +16,8 @@ __all__ = [
     "DEADLINE",
     "FORBIDDEN",
     "INTERNAL",
+    "PROPAGATE",
+    "SHUTTING_DOWN",
     "TOO_LARGE",
     "UNREACHED",
     "BatchHandler",
@@ -36,6 +38,14 @@ IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexRe
 BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
 GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes]"]]
 
+# What a handler raises is the stream's failure (a 500), BaseExceptions included: a
+# CancelledError it raised itself (``fut.result()`` of a cancelled future) or a custom
+# BaseException must not end the stream silently, nor the connection's read loop when
+# the first call is made in the request's dispatch. These two alone propagate: they
+# stop the process (Ctrl-C, sys.exit() in a handler), and a responder has no business
+# keeping it alive.
+PROPAGATE = (KeyboardInterrupt, SystemExit)
+
 # Codes of the error markers natstream sends itself (HTTP-like, as NATS services use).
 BAD_REQUEST = 400
 FORBIDDEN = 403  # the server refused the responder something the stream needs
@@ -44,6 +54,10 @@ INTERNAL = 500
 UNREACHED = 502  # the requester's control messages never reached the responder
 BUSY = 503
 DEADLINE = 504
+
+# The text of the retryable 503 sent while a subscription stops: to requests that
+# arrive meanwhile, and to streams still running when its grace period ends.
+SHUTTING_DOWN = "shutting down"
 
 
 class StreamRequest:

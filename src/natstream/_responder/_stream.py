@@ -14,11 +14,15 @@ from .._errors import ConnectionLostError, StreamError
 from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
 from .._timer import LazyTimer
 from .._transport import Link, Listening
+from ._handlers import HandlerResultError
 from ._kinds import Index, Kind
 from ._request import (
+    BUSY,
     DEADLINE,
     FORBIDDEN,
     INTERNAL,
+    PROPAGATE,
+    SHUTTING_DOWN,
     UNREACHED,
     HandlerError,
     StreamRequest,
@@ -28,6 +32,10 @@ from ._sender import Sender
 __all__ = ["Owner", "ResponderStream"]
 
 log = logging.getLogger("natstream")
+
+# Seconds a stopping subscription waits for one stream's shutting-down marker to be
+# queued (more only when the connection's buffer is full: the server is not reading).
+_MARKER_SEND = 1.0
 
 
 class Owner(Protocol):
@@ -110,10 +118,34 @@ class ResponderStream:
 
     def start(self, first_now: Index | None) -> None:
         """Serve the stream: ``first_now``'s first reply at once (see
-        :meth:`start_now`), the rest in a task."""
-        if first_now is not None and not self.service and self.start_now(first_now):
+        :meth:`start_now`), the rest in a task.
+
+        Unless a reply was queued in this dispatch, the requester is bound at once by
+        an *accept* (the stream's first heartbeat): it learns our control subject,
+        its stall detection takes over from its ``request_timeout``, and it can
+        cancel the stream, however slow the handler's first reply. (Service-routed,
+        the task sends it, once the stream's control subscription is made.)"""
+        if self.service:
+            self.task = asyncio.create_task(self.run(), name=self.name)
+            return
+        if first_now is not None and self.start_now(first_now):
             return  # a one-reply stream, already finished
+        self._accept()
         self.task = asyncio.create_task(self.run(), name=self.name)
+
+    def _accept(self) -> None:
+        """Queue the accept, when the requester speaks v1 and nothing was sent yet
+        (heartbeats restart from it, one interval later)."""
+        m = self.machine
+        control = self.control_subject
+        if control is None or m.sent_seq != (m.resume.seq if m.resume else 0):
+            return
+        headers = m.heartbeat_headers(self.loop.time())
+        link = self.link
+        if link.queue_publish(self.sender.reply, self.sender.reply_field, b"", headers):
+            link.kick_soon()
+        else:  # a plain link: from a task, which runs before the stream's
+            self._send_later(b"", headers, "accept")
 
     def start_now(self, kind: Index) -> bool:
         """Call a sync index handler for the first reply at once, in the request's
@@ -132,7 +164,9 @@ class ResponderStream:
         data, more, _ = result
         try:
             done = not more
-        except Exception:  # e.g. an array's ambiguous truth value: the task raises it
+        except PROPAGATE:
+            raise
+        except BaseException:  # e.g. an array's ambiguous truth value: the task raises it
             return False
         link = self.link
         # Finishing here needs a v1 requester (the end marker's headers, our control
@@ -162,21 +196,27 @@ class ResponderStream:
     async def run(self) -> None:
         """The stream's task: run the handler's kind, then send the end marker, or the
         error marker of what it raised. Cancelled when the requester cancels or
-        vanishes, at the deadline (it then sends the 504 error), or on close."""
+        vanishes, at the deadline (it then sends the 504 error), or on close.
+
+        Whatever the handler raises ends the stream with an error marker at once, a
+        ``BaseException`` too (a 500), and so does a ``CancelledError`` it raised
+        itself, with no cancellation requested: only ``KeyboardInterrupt`` and
+        ``SystemExit`` propagate (see ``PROPAGATE``)."""
         m = self.machine
         sender = self.sender
         outcome = Outcome.FAILED
         try:
             if self.service:
                 await self._open_control()
-            if self.imported:
-                # Two messages at once: through an import that passes one reply, the
-                # requester sees that the second never comes and fails at once.
                 now = self.loop.time()
-                await sender.publish(b"", m.heartbeat_headers(now, another_follows=True))
-                await sender.publish(b"", m.heartbeat_headers(now))
-            # No separate accept: the first reply (data, end, error, or the first
-            # heartbeat if the handler is slow) tells the requester our control subject.
+                # The accept. Through an import, two messages at once: where the
+                # import passes one reply, the requester sees that the second never
+                # comes and fails at once.
+                await sender.publish(
+                    b"", m.heartbeat_headers(now, another_follows=self.imported)
+                )
+                if self.imported:
+                    await sender.publish(b"", m.heartbeat_headers(now))
             self._arm()
             ended = await self.kind.run(self.request, sender)
             if sender.too_large:
@@ -189,7 +229,10 @@ class ResponderStream:
         except (HandlerError, StreamError) as e:  # StreamError: raised on purpose, sent as is
             if not m.terminal:
                 await sender.send_error(e.message, e.code, e.retryable)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if not _cancel_requested():  # the handler raised it: a failure, not a stop
+                await self._internal_error(exc)
+                return
             stop_error = self._stop_error
             if stop_error is None:
                 outcome = Outcome.CANCELLED
@@ -198,19 +241,27 @@ class ResponderStream:
             raise
         except ConnectionLostError:
             log.debug("stream on %r: connection lost", self.owner.subject)
-        except Exception as exc:
+        except PROPAGATE:
+            raise
+        except BaseException as exc:
             await self._internal_error(exc)
         finally:
             self._finish(outcome)
 
-    async def _internal_error(self, exc: Exception) -> None:
+    async def _internal_error(self, exc: BaseException) -> None:
         owner = self.owner
         error_id = secrets.token_hex(6)
-        log.error(
-            "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
-        )
+        if isinstance(exc, HandlerResultError):  # the handler's value, not our traceback
+            described = str(exc)
+            log.error("stream on %r failed (error id %s): %s", owner.subject, error_id, exc)
+        else:
+            text = str(exc)
+            described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            log.error(
+                "stream handler for %r raised (error id %s)", owner.subject, error_id, exc_info=exc
+            )
         if owner._send_exception_text:
-            message = f"{type(exc).__name__}: {exc} (error id {error_id})"
+            message = f"{described} (error id {error_id})"
         else:
             message = f"internal error (error id {error_id})"
         if not self.machine.terminal:
@@ -276,6 +327,25 @@ class ResponderStream:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
+    async def shut_down(self) -> None:
+        """The subscription stops and this stream's grace period is over: tell the
+        requester with a retryable 503 "shutting down" error marker (a retry resumes
+        after the last reply it took, on another responder), then cancel the handler.
+
+        Waits at most ``_MARKER_SEND`` seconds for the marker to be queued; a marker
+        that cannot be sent is logged (the requester then notices the stall)."""
+        if not self.machine.terminal:
+            try:
+                async with asyncio.timeout(_MARKER_SEND):
+                    await self.sender.send_error(SHUTTING_DOWN, BUSY, True)
+            except Exception:
+                log.warning(
+                    "stream on %r: the shutting-down marker was not sent",
+                    self.owner.subject,
+                    exc_info=True,
+                )
+        self._stop()
+
     # ------------------------------------------------------------ timers
 
     def _arm(self) -> None:
@@ -329,3 +399,11 @@ class ResponderStream:
             await self.sender.publish(payload, headers)
         except Exception:
             log.log(level, "stream on %r: %s not sent", self.owner.subject, what, exc_info=True)
+
+
+def _cancel_requested() -> bool:
+    """Whether the current task was asked to stop (``Task.cancel()``: by the stream, the
+    subscription, or whoever else cancels it), as opposed to a ``CancelledError`` that
+    code running in it raised by itself."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

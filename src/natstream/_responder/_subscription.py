@@ -8,11 +8,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._protocol import Outcome, ResponderMachine
-from .._transport import Link
+from .._transport import Link, drain_subscription
 from ._kinds import Index, Kind
 from ._stream import ResponderStream
 
@@ -76,6 +77,8 @@ class StreamSubscription:
         # A sync index handler's first reply is made in the request's dispatch.
         self._first_now = kind if isinstance(kind, Index) and kind.sync else None
         self._sub: Subscription | None = None
+        self._nc: Client | None = None
+        self._stopping = False
         self._streams: set[ResponderStream] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._started = self._busy = self._sent = 0
@@ -105,34 +108,64 @@ class StreamSubscription:
             self._sent,
         )
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: requests that still arrive are turned away
+        with a retryable 503 "shutting down" error."""
+        return self._stopping
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking requests; in-flight streams get ``grace`` seconds (the
-        subscriber's ``close_grace`` when None) to finish, then are cancelled.
+        """Stop taking requests; let in-flight streams finish within ``grace`` seconds
+        (the subscriber's ``close_grace`` when None), counted from this call.
+
+        No request is left unanswered: the subscription is drained (the server is
+        told, and a round trip proves it stopped routing requests here), and the
+        requests it routed meanwhile get a retryable 503 "shutting down" error at
+        once. Streams still running when the grace period ends get the same error
+        marker, then their handlers are cancelled: a requester that retries resumes
+        on another responder after the last reply it took.
 
         Returns once every stream of this subscription has ended.
         """
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        grace = self.subscriber.close_grace if grace is None else grace
+        deadline = loop.time() + grace
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                log.debug("unsubscribe of %r failed", self.subject, exc_info=True)
+            await self._drain(sub)
         self.subscriber._forget(self)
-        grace = self.subscriber.close_grace if grace is None else grace
         tasks = [s.task for s in self._streams if s.task is not None]
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for t in pending:
-            t.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
         if pending:
+            running = [s for s in list(self._streams) if s.task in pending]
+            await asyncio.gather(*(s.shut_down() for s in running))
             await asyncio.wait(pending)
+
+    async def _drain(self, sub: Subscription) -> None:
+        """End ``sub`` without dropping a request the server already routed to it;
+        on a broken connection (nothing can arrive) just forget it."""
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            try:
+                await drain_subscription(nc, sub)
+                return
+            except Exception:
+                log.debug("draining the subscription to %r failed", self.subject, exc_info=True)
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            log.debug("unsubscribe of %r failed", self.subject, exc_info=True)
 
     # ------------------------------------------------------------ the subscriber's side
 
-    def _attach(self, sub: Subscription) -> None:
-        """The NATS subscription whose requests this serves (:meth:`stop` ends it)."""
+    def _attach(self, sub: Subscription, nc: Client) -> None:
+        """The NATS subscription whose requests this serves, on ``nc`` (:meth:`stop`
+        drains it)."""
         self._sub = sub
+        self._nc = nc
 
     def _admit(self) -> bool:
         """Whether one more stream may start now; when not, it counts as rejected busy."""

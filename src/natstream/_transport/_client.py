@@ -42,6 +42,7 @@ stream's first reply), else None or False."""
 MsgHandler = Callable[[Msg], object]
 
 
+
 class Listening(Protocol):
     """A subscription made by :meth:`Link.listen`."""
 
@@ -52,6 +53,11 @@ class Listening(Protocol):
         ...
 
 
+# Handlers called from the parser run in the read loop's task, synchronously: no
+# cancellation of that task can reach them, so a CancelledError (or any other
+# BaseException) one raises is its own failure, and would end the read loop for good.
+# These two alone go on: they stop the process.
+_PROPAGATE = (KeyboardInterrupt, SystemExit)
 _CONNECTED = Client.CONNECTED
 
 
@@ -173,7 +179,9 @@ class FastClient(Client):
             try:
                 if raw(subject, reply, data, headers):
                     self.yield_soon = True
-            except Exception:  # a bug, or input no check foresaw: never the read loop
+            except _PROPAGATE:
+                raise
+            except BaseException:  # a bug, or input no check foresaw: never the read loop
                 log.exception("a stream message could not be handled; message dropped")
             return True
         direct = self._direct.get(sid)
@@ -192,7 +200,9 @@ class FastClient(Client):
                 _sid=sid,
             )
             direct(msg)
-        except Exception:
+        except _PROPAGATE:
+            raise
+        except BaseException:  # see _PROPAGATE: nats-py's read loop ends on any of them
             log.exception("a direct subscription handler raised; message dropped")
         return True
 
