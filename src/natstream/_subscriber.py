@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from types import TracebackType
@@ -33,25 +32,17 @@ from ._errors import (
 )
 from ._events import ConnectionEventHook, ConnectionWatch, check_hook
 from ._lifecycle import SubscriberState, SubscriberStats, Tally
-from ._protocol import HeaderError, ResponderMachine, parse_request_headers
-from ._protocol._frames import IMPORT_REPLY_PREFIX
-from ._protocol._wire import HDR_CONTROL
 from ._recording import Recording, default_formatter
 from ._responder import (
-    BAD_REQUEST,
-    BUSY,
-    SHUTTING_DOWN,
-    TOO_LARGE,
     Batch,
     BatchHandler,
+    Dispatcher,
     Generator,
     GeneratorHandler,
     IndexHandler,
     Kind,
-    ResponderStream,
     StreamSubscription,
     index_kind,
-    send_rejection,
 )
 from ._responder._handlers import (
     BATCH_SHAPE,
@@ -164,11 +155,7 @@ class Subscriber:
         self._link: Link | None = None
         self.control = control
         self.plain_end = plain_end
-        # Where requesters send control messages: under this prefix (one wildcard
-        # subscription of ours), or, when it is "" (refused, or control="service"),
-        # to each stream's <request subject>.<id>.
-        self._control_prefix = ""
-        self._controls: dict[str, ResponderStream] = {}
+        self._dispatch: Dispatcher | None = None  # once open
         self._subscriptions: set[StreamSubscription] = set()
         self._tally = Tally()  # what stopped subscriptions counted
         self._watch = ConnectionWatch(
@@ -218,8 +205,18 @@ class Subscriber:
         except BaseException:
             self._set_closed()
             raise
+        dispatch = Dispatcher(
+            link,
+            "",
+            accepting=lambda: self._state is SubscriberState.OPEN,
+            spawn=self._spawn,
+            stall_factor=self.stall_factor,
+            max_duration=self.max_stream_duration,
+            max_request_size=self.max_request_size,
+            plain_end_empty=self.plain_end == "empty",
+        )
         try:
-            prefix = await self._subscribe_control(link)
+            dispatch.control_prefix = await self._subscribe_control(link, dispatch)
             if self._state is not SubscriberState.OPENING:  # close() was called meanwhile
                 raise SubscriberClosedError("this subscriber was closed while it was opening")
         except BaseException:
@@ -227,24 +224,28 @@ class Subscriber:
             await _close_quietly(link)
             raise
         self._link = link
-        self._control_prefix = prefix
+        self._dispatch = dispatch
         self._state = SubscriberState.OPEN
         self._watch.connected(link.nc)
 
-    async def _subscribe_control(self, link: Link) -> str:
+    async def _subscribe_control(self, link: Link, dispatch: Dispatcher) -> str:
         """Subscribe the control subjects under the inbox prefix and return their
         prefix; "" (service-routed control) with ``control="service"`` or when the
         server refuses that subscription (least-privilege permissions)."""
         if self.control == "service":
             return ""
         prefix = f"{self.config.inbox_prefix}.{secrets.token_hex(12)}"
+
+        async def on_control(msg: Msg) -> None:
+            dispatch.control(msg)
+
         try:
             await subscribe_live(
                 link.nc,
                 f"{prefix}.*",
-                self._on_control,
+                on_control,
                 pending_bytes_limit=0,
-                direct=self._control_now,
+                direct=dispatch.control,
                 denials=link.denials,
                 refusal_expected=True,
             )
@@ -349,7 +350,8 @@ class Subscriber:
         task.add_done_callback(self._tasks.discard)
 
     def _drop_control(self, token: str) -> None:
-        self._controls.pop(token, None)
+        if self._dispatch is not None:
+            self._dispatch.drop(token)
 
     def _forget(self, subscription: StreamSubscription) -> None:
         if subscription in self._subscriptions:
@@ -383,15 +385,6 @@ class Subscriber:
             if recording is not None:
                 recording._slow_consumer()
 
-    async def _on_control(self, msg: Msg) -> None:
-        self._control_now(msg)
-
-    def _control_now(self, msg: Msg) -> None:
-        token = msg.subject.rpartition(".")[2]
-        stream = self._controls.get(token)
-        if stream is not None:
-            stream.on_control(msg)
-
     # ------------------------------------------------------------ responders
 
     async def _subscribe(
@@ -409,7 +402,8 @@ class Subscriber:
         else:
             _check_limit("max_concurrent_streams", max_concurrent_streams)
         handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams)
-        serve = partial(self._serve, handle)
+        assert self._dispatch is not None  # open (checked above)
+        serve = partial(self._dispatch.serve, handle)
 
         async def on_request(msg: Msg) -> None:
             serve(msg)
@@ -500,78 +494,6 @@ class Subscriber:
         """
         check_generator_handler(fn, "stream_handler")
         return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
-
-    def _serve(self, handle: StreamSubscription, msg: Msg) -> None:
-        """A request arrived (from the connection's read loop: do no I/O here but spawn).
-
-        While the subscriber closes, or the subscription stops, it is answered with a
-        retryable 503 "shutting down" error at once (the requester retries elsewhere).
-        """
-        link = self._link
-        if not msg.reply or link is None:
-            return
-        headers = msg.headers
-        if headers and HDR_CONTROL in headers:
-            # A stream's control message caught by a wildcard subscription: the
-            # stream's own subscription takes it; it is never a request.
-            return
-        now = time.monotonic()
-        try:
-            options = parse_request_headers(headers)
-        except HeaderError as exc:
-            self._reject(handle, link, msg, None, str(exc), BAD_REQUEST, False)
-            return
-        token = secrets.token_hex(12)
-        # Through an account import (the server's _R_ reply subjects) control is
-        # always service-routed: a reply subject on every reply would leave the
-        # server one mapping per reply.
-        imported = msg.reply.startswith(IMPORT_REPLY_PREFIX)
-        service = imported or not self._control_prefix
-        machine = ResponderMachine(
-            options,
-            now,
-            stall_factor=self.stall_factor,
-            max_duration=self.max_stream_duration,
-            stream_id=token if service else None,
-        )
-        if self._state is not SubscriberState.OPEN or handle.stopping:
-            self._reject(handle, link, msg, machine, SHUTTING_DOWN, BUSY, True)
-            return
-        if not handle._admit():
-            self._reject(handle, link, msg, machine, "busy: too many streams", BUSY, True)
-            return
-        if self.max_request_size is not None and len(msg.data) > self.max_request_size:
-            message = (
-                f"request of {len(msg.data)} bytes exceeds the limit of {self.max_request_size}"
-            )
-            self._reject(handle, link, msg, machine, message, TOO_LARGE, False)
-            return
-        if not machine.v1:
-            control = None
-        elif service:
-            control = f"{msg.subject}.{token}"
-        else:
-            control = f"{self._control_prefix}.{token}"
-        stream = handle._open_stream(link, msg, machine, control, token, imported=imported)
-        if control is not None and not service:
-            self._controls[token] = stream
-        handle._serve(stream)
-
-    def _reject(
-        self,
-        handle: StreamSubscription,
-        link: Link,
-        msg: Msg,
-        machine: ResponderMachine | None,
-        message: str,
-        code: int,
-        retryable: bool,
-    ) -> None:
-        """Answer a request with an error marker alone, from a task."""
-        self._spawn(
-            send_rejection(link, msg, machine, message, code, retryable, self.plain_end == "empty"),
-            f"natstream-stream-{handle.subject}-rejected-{code}",
-        )
 
     # ------------------------------------------------------------ recorders
 

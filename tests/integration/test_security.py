@@ -828,7 +828,7 @@ async def test_garbage_request_headers_never_crash_the_responder(
                 assert "Ns-Seq" in headers or msg.data == b"item-0", (inbox, msg)
         # Streams nobody acknowledges stop by themselves (requester gone, 3 x 100 ms),
         # except those that turned heartbeats off: cancel them as their owner would.
-        for stream in list(sub._controls.values()):
+        for stream in list(sub._dispatch.controls.values()):
             await nc.publish(stream.control_subject or "", b"", headers={"Ns-Ctl": "cancel"})
         await flush_ordered(nc)
         await asyncio.wait_for(handle.wait_idle(), 5)
@@ -857,13 +857,14 @@ async def test_forged_control_messages_cannot_touch_another_stream(server: NatsS
                 "sec.victim", b"", headers={**BASE, "Ns-Win": "1 1"}, timeout=5
             )
             prefix, _, own_token = own.reply.rpartition(".")
-            assert prefix == sub._control_prefix
+            assert prefix == sub._dispatch.control_prefix
             async with pool.stream("sec.victim", b"q", request_timeout=5) as stream:
                 it = aiter(stream)
                 got = [(await anext(it)).data]
                 async with asyncio.timeout(5):  # until the responder is blocked on credit
                     while True:
-                        (victim,) = [s for s in sub._controls.values() if s.token != own_token]
+                        streams = sub._dispatch.controls.values()
+                        (victim,) = [s for s in streams if s.token != own_token]
                         if victim.machine.sent_seq == 4:
                             break
                         await asyncio.sleep(0.01)
@@ -923,7 +924,7 @@ async def test_plausible_forged_ack_is_caught_by_the_requester(server: NatsServe
                         got.append(msg.data)
                         if len(got) == 1:
                             await asyncio.sleep(0.3)  # the responder waits for credit
-                            (victim,) = sub._controls.values()
+                            (victim,) = sub._dispatch.controls.values()
                             headers = {"Ns-Ctl": "ack", "Ns-Ack": "3 3"}
                             await mallory.publish(
                                 victim.control_subject or "", b"", headers=headers
@@ -1060,7 +1061,7 @@ async def test_locked_down_accounts_with_inbox_prefixes(
                 async with pool.stream("svc.data", b"q", request_timeout=5) as stream:
                     it = aiter(stream)
                     got = [(await anext(it)).data]
-                    (victim,) = sub._controls.values()
+                    (victim,) = sub._dispatch.controls.values()
                     # Mallory cannot reach the control subject, nor read any inbox.
                     await mallory.publish(
                         victim.control_subject or "", b"", headers={"Ns-Ctl": "cancel"}
@@ -1094,7 +1095,7 @@ async def still_serving(server: NatsServer, subject: str, target: str) -> AsyncI
     try:
         await sub.stream_subscribe_handler(subject, ten)
         if target == "control subject":
-            yield f"{sub._control_prefix}.{secrets.token_hex(12)}"
+            yield f"{sub._dispatch.control_prefix}.{secrets.token_hex(12)}"
         else:
             yield subject
         async with Pool(cfg(server.url)) as pool:

@@ -373,7 +373,7 @@ async def test_a_subscriber_falls_back_to_service_routed_control_and_says_so(
 ) -> None:
     with caplog.at_level("INFO", logger="natstream"):
         async with Subscriber(Config([_url(least_privilege, "responder")])) as sub:
-            assert sub._control_prefix == ""
+            assert sub._dispatch.control_prefix == ""
     assert any("come through the service subjects" in r.getMessage() for r in caplog.records)
 
 
@@ -507,7 +507,7 @@ async def test_the_documented_own_prefix_permissions(subject: str) -> None:
                 )
             ) as pool,
         ):
-            assert sub._control_prefix.startswith("_INBOX_responder.")  # inbox-routed
+            assert sub._dispatch.control_prefix.startswith("_INBOX_responder.")  # inbox-routed
             await sub.stream_subscribe_handler(f"svc.{subject}", numbered(40_000))
             got: list[bytes] = []
             await pool.stream_request(f"svc.{subject}", b"", lambda m: got.append(m.data) or True)

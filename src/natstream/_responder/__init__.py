@@ -4,10 +4,12 @@ A ``StreamSubscription`` opens a ``ResponderStream`` per request (``_stream``); 
 stream runs its handler's kind (``_kinds``: index, packed index, batch, generator,
 behind one ``run(request, sender)``) and every reply leaves through its ``Sender``
 (``_sender``: credit, the fast data path, packing, pacing). ``_request`` holds what
-handlers see (``StreamRequest``) and return. This package never imports the
-``Subscriber``: a subscription reaches it through ``Host``.
+handlers see (``StreamRequest``) and return. ``_dispatch`` turns requests into
+streams (or turns them away) and routes inbox-routed control messages. This package
+never imports the ``Subscriber``: a subscription reaches it through ``Host``.
 """
 
+from ._dispatch import Dispatcher
 from ._kinds import Batch, Generator, Index, Kind, PackedIndex, index_kind
 from ._request import (
     BAD_REQUEST,
@@ -31,6 +33,7 @@ __all__ = [
     "TOO_LARGE",
     "Batch",
     "BatchHandler",
+    "Dispatcher",
     "Generator",
     "GeneratorHandler",
     "Host",

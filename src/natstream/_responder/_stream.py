@@ -212,9 +212,7 @@ class ResponderStream:
                 # The accept. Through an import, two messages at once: where the
                 # import passes one reply, the requester sees that the second never
                 # comes and fails at once.
-                await sender.publish(
-                    b"", m.heartbeat_headers(now, another_follows=self.imported)
-                )
+                await sender.publish(b"", m.heartbeat_headers(now, another_follows=self.imported))
                 if self.imported:
                     await sender.publish(b"", m.heartbeat_headers(now))
             self._arm()

@@ -42,7 +42,6 @@ stream's first reply), else None or False."""
 MsgHandler = Callable[[Msg], object]
 
 
-
 class Listening(Protocol):
     """A subscription made by :meth:`Link.listen`."""
 
