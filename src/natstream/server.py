@@ -84,7 +84,8 @@ class NatsServer:
     """One ``nats-server`` process on loopback.
 
     Args:
-        port: client port; a free one is picked when None. Kept across restarts.
+        port: client port, kept across restarts; when None a free one is picked at
+            each start.
         config: extra configuration text appended to the generated config file
             (e.g. ``authorization { token: "s3cret" }`` or a ``tls { ... }`` block).
         args: extra command-line arguments.
