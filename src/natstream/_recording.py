@@ -164,6 +164,7 @@ class Recording:
             )
 
     def stats(self) -> RecordingStats:
+        """What the recording has done so far (cheap; no I/O)."""
         return RecordingStats(
             self.subject,
             self.messages,

@@ -130,12 +130,14 @@ class NatsServer:
 
     @property
     def pid(self) -> int:
+        """The process id of the running server."""
         if self._proc is None:
             raise ServerStartError("server is not running")
         return self._proc.pid
 
     @property
     def running(self) -> bool:
+        """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     def log(self) -> str:
@@ -322,6 +324,7 @@ class NatsCluster:
 
     @property
     def urls(self) -> list[str]:
+        """The client URLs of the nodes, in order."""
         return [n.url for n in self.nodes]
 
     def start(self) -> NatsCluster:
@@ -367,6 +370,7 @@ class NatsCluster:
         self.wait_routes()
 
     def close(self) -> None:
+        """Stop every node and remove their temporary files."""
         for node in self.nodes:
             node.close()
 

@@ -30,9 +30,6 @@ __all__ = [
 ErrorValue = str | BaseException | None
 IndexResult = tuple[bytes | None, bool, ErrorValue]
 BatchResult = tuple[list[bytes], bool, ErrorValue]
-IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
-BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
-GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes]"]]
 
 # Codes of the error markers natstream sends itself (HTTP-like, as NATS services use).
 BAD_REQUEST = 400
@@ -92,6 +89,13 @@ class StreamRequest:
 
     def __repr__(self) -> str:
         return f"<StreamRequest subject={self.subject!r} {len(self.data)} bytes>"
+
+
+# The handler kinds (public as natstream.IndexHandler, ...). Defined after StreamRequest,
+# without strings, so that tools (pdoc, get_type_hints) resolve them from any module.
+IndexHandler = Callable[[StreamRequest, int], IndexResult | Awaitable[IndexResult]]
+BatchHandler = Callable[[StreamRequest, int], BatchResult | Awaitable[BatchResult]]
+GeneratorHandler = Callable[[StreamRequest], AsyncIterator[bytes | list[bytes]]]
 
 
 class HandlerError(Exception):
