@@ -58,7 +58,7 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
     assert concurrent["complete"] == 50
     assert concurrent["all_complete"] is True
     assert "errors" not in concurrent
-    assert concurrent["consumer"] == "stream_request"  # as in case 1: rates comparable
+    assert concurrent["consumer"] == "stream_request"  # as in stream_128: rates comparable
     assert concurrent["health_checks_failed"] == 0
     assert concurrent["server_pending_max_mb"] >= 0
     assert concurrent["ratio_to_stream_128"] > 0

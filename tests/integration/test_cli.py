@@ -61,7 +61,7 @@ def _received(lines: list[str]) -> list[str]:
     return [line.removeprefix("received: ") for line in lines if line.startswith("received: ")]
 
 
-def test_demo_prints_the_seeds_three_examples() -> None:
+def test_demo_prints_its_three_examples() -> None:
     proc = _natstream("demo")
     assert proc.returncode == 0, proc.stderr
     # -W error turns any warning into output here: nothing unclosed, nothing pending.
