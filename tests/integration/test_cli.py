@@ -178,6 +178,7 @@ def test_demo_ctrl_c_exits_130_without_a_word() -> None:
 def _bind(port: int) -> socket.socket | None:
     """A socket listening on loopback ``port``, or None when the port is taken."""
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
     try:
         s.bind(("127.0.0.1", port))
     except OSError:

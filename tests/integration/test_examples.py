@@ -299,6 +299,7 @@ def test_the_readme_example_runs_as_written_against_natstream_server() -> None:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -84,6 +84,13 @@ async def test_record_then_sigterm_flushes_everything(server: NatsServer, tmp_pa
 
 FILE_SIZE_LIMIT = 20_000  # bytes: RLIMIT_FSIZE of the recorder in the disk-full test
 EXIT_TIMEOUT = 20  # seconds; the recorder stops within one, the rest is a loaded machine
+# Runs the command in argv[1:] with files limited to FILE_SIZE_LIMIT bytes (Python
+# ignores SIGXFSZ, so a write past the limit fails with EFBIG).
+WITH_FILE_SIZE_LIMIT = (
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 async def _start(
@@ -129,9 +136,8 @@ async def test_a_writer_failure_stops_the_recorder_with_one_line(
     server: NatsServer, tmp_path: Path
 ) -> None:
     # The file size limit plays a full disk: writes past it fail with EFBIG.
-    limit = f"--fsize={FILE_SIZE_LIMIT}"
     proc = await asyncio.create_subprocess_exec(
-        "prlimit", limit, "--", *_recorder_argv(server, tmp_path),
+        sys.executable, "-c", WITH_FILE_SIZE_LIMIT, *_recorder_argv(server, tmp_path),
         stderr=asyncio.subprocess.PIPE, env=cli_run.env(),
     )  # fmt: skip
     try:
