@@ -33,7 +33,7 @@ CASES = [
     ("record-wildcard-inside", ["record", "ok.>", "a.>.b"], ["a.>.b"]),
     ("record-queue", ["record", "a.b", "--queue", "q q"], ["q q"]),
     ("record-server-scheme", ["record", "a.b", "--server", "http://127.0.0.1:4222"], ["http"]),
-    ("record-dir-is-a-file", ["record", "a.b", "--dir", "{file}"], ["{file}"]),
+    ("record-dir-is-a-file", ["record", "a.b", "--dir", "{file}"], ["{file}", "not a directory"]),
     ("record-dir-under-a-file", ["record", "a.b", "--dir", "{file}/sub"], ["{file}/sub"]),
     ("record-server-unreachable", ["record", "a.b", "--server", "nats://127.0.0.1:{busy}"], []),
     ("bench-unknown-case", ["bench", "--case", "nope"], ["nope"]),

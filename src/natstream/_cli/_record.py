@@ -171,6 +171,8 @@ async def _stop(
 
 def _check_writable(directory: str) -> None:
     """Create ``directory`` if needed and make (and remove) a file in it."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"--dir {directory!r} is not a directory")
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
