@@ -190,6 +190,9 @@ class NatsServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    # Ctrl-C in a terminal signals the whole foreground process group:
+                    # the server is stopped by whoever started it, after its clients.
+                    start_new_session=True,
                 )
             finally:
                 log.close()

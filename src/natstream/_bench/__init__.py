@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import math
 import os
@@ -26,6 +25,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from ._interrupt import interrupted, interrupts_end_the_run
 
 __all__ = ["CASES", "TARGETS", "failed", "main", "run_all"]
 
@@ -160,22 +161,23 @@ def run_all(
     and so have the results."""
     results: dict[str, Any] = {"machine": machine(uvloop), "quick": quick}
     runners = _cases(quick, uvloop)
-    with _loop_policy(uvloop):
+    with _loop_policy(uvloop), interrupts_end_the_run():
         for name in CASES:
             if name not in cases:
                 continue
             echo(f"running {name} ...")
-            interrupt: KeyboardInterrupt | None = None
+            stopped = False
             try:
                 figures = runners[name]()
-            except KeyboardInterrupt as exc:
-                interrupt = exc
+            except KeyboardInterrupt:
+                stopped = True
             except Exception as exc:
-                results[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False}
-                echo(f"  {name} failed: {type(exc).__name__}: {exc}")
-                continue
-            if interrupt is not None:
-                _let_go_quietly(interrupt)
+                stopped = interrupted()  # a helper process died of the same Ctrl-C
+                if not stopped:
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False}
+                    echo(f"  {name} failed: {type(exc).__name__}: {exc}")
+                    continue
+            if stopped:
                 results[name] = {"interrupted": True, "met": False}
                 results["interrupted"] = True
                 echo(f"  {name} interrupted")
@@ -187,21 +189,6 @@ def run_all(
             _check(name, figures)
             results[name] = figures
     return results
-
-
-def _let_go_quietly(interrupt: KeyboardInterrupt) -> None:
-    """Drop what an interrupt left half made, without a word, until the process exits.
-
-    Ctrl-C can land anywhere in a case: inside an event loop's construction, or before
-    ``asyncio.run`` started its coroutine. Such objects complain when they are
-    collected (a loop without its self-pipe, its sockets, a coroutine never awaited),
-    now or at exit. The run ends after an interrupt, so from here on those complaints
-    (unraisable exceptions, warnings) are silenced for the rest of the process.
-    """
-    sys.unraisablehook = lambda unraisable: None
-    warnings.simplefilter("ignore")
-    interrupt.__traceback__ = interrupt.__context__ = interrupt.__cause__ = None
-    gc.collect()
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
