@@ -34,7 +34,8 @@ class StreamOptions:
         stall_factor: heartbeat intervals without any message before the responder is
             declared stalled (:class:`StalledError`, retryable).
         resume: on retry, continue after the last message the handler accepted (no
-            duplicates, no gap); False restarts from the beginning (the seed's behaviour).
+            duplicates, no gap); False restarts from the beginning (the handler sees the
+            first replies again).
     """
 
     window_messages: int = 16384

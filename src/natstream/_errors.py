@@ -109,7 +109,7 @@ class StreamError(StreamFailure):
             504 deadline exceeded, 400 bad request, 413 too large); 500 for peers that
             send no code.
         retryable: as sent by the peer; error markers from peers that speak only the
-            plain in-band protocol are retryable (the seed's rule).
+            plain in-band protocol are retryable (they cannot say otherwise).
     """
 
     def __init__(self, message: str, *, code: int = 500, retryable: bool = True) -> None:

@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from ._transport import drain_subscription
 from ._writers import RecordSink
 
-__all__ = ["Recording", "RecordingStats", "default_formatter"]
+__all__ = ["Recording", "RecordingStats", "default_formatter", "utc_formatter"]
 
 log = logging.getLogger("natstream")
 
@@ -49,7 +49,8 @@ def default_formatter(msg: Msg) -> bytes:
 
     The time is when the formatter runs, truncated to the millisecond. Backslashes,
     newlines and carriage returns in the payload are escaped (``\\\\``, ``\\n``,
-    ``\\r``), so one message is one line.
+    ``\\r``), so one message is one line. For files split by UTC hours
+    (``HourlyFileWriter(utc=True)``) use :func:`utc_formatter`.
     """
     millis = int(_time() * 1000)
     key, stamp = _last_ms
@@ -57,6 +58,29 @@ def default_formatter(msg: Msg) -> bytes:
         stamp = _render_stamp(millis)  # once per millisecond at most
     data = msg.data
     if 92 in data or 10 in data or 13 in data:  # b"\\", b"\n", b"\r"; int needles: 5x faster
+        data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return b"".join((stamp, msg.subject.encode(), b": ", data, b"\n"))
+
+
+_last_utc_ms: tuple[int, bytes] = (-1, b"")  # as _last_ms, for utc_formatter
+
+
+def utc_formatter(msg: Msg) -> bytes:
+    """:func:`default_formatter` in UTC: ``[YYYY-MM-DD HH:MM:SS.mmmZ] subject: data\\n``.
+
+    The ``Z`` says the time is UTC, so the lines agree with files named by UTC hours
+    (``HourlyFileWriter(utc=True)``, ``natstream record --utc``).
+    """
+    global _last_utc_ms
+    millis = int(_time() * 1000)
+    key, stamp = _last_utc_ms
+    if key != millis:
+        seconds, ms = divmod(millis, 1000)
+        head = time.strftime("[%Y-%m-%d %H:%M:%S.", time.gmtime(seconds)).encode()
+        stamp = head + b"%03dZ] " % ms
+        _last_utc_ms = (millis, stamp)
+    data = msg.data
+    if 92 in data or 10 in data or 13 in data:
         data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
     return b"".join((stamp, msg.subject.encode(), b": ", data, b"\n"))
 
@@ -140,6 +164,7 @@ class Recording:
             )
 
     def stats(self) -> RecordingStats:
+        """What the recording has done so far (cheap; no I/O)."""
         return RecordingStats(
             self.subject,
             self.messages,
@@ -159,12 +184,22 @@ class Recording:
         if self.error is not None:
             raise self.error
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (or a writer error stopped it)."""
+        return self._done.is_set()
+
     async def stop(self) -> None:
-        """Unsubscribe, let queued messages be written, and flush the writer.
+        """Unsubscribe, let queued messages be written, and flush the writer. A second
+        call only raises the error again, if there was one.
 
         Raises:
             the writer's error if writing or flushing failed.
         """
+        if self._done.is_set() and self._sub is None:
+            if self.error is not None:
+                raise self.error
+            return
         sub, self._sub = self._sub, None
         if sub is not None and self._nc is not None:
             try:

@@ -554,6 +554,10 @@ async def _connect(
 
 
 async def _stop_recording(recording: Recording) -> None:
+    """Stop a recording the subscriber is closing under; one its owner stopped (and
+    heard the error of, if any) is left alone."""
+    if recording.stopped and recording.error is not None:
+        return
     try:
         await recording.stop()
     except Exception:

@@ -84,7 +84,8 @@ class NatsServer:
     """One ``nats-server`` process on loopback.
 
     Args:
-        port: client port; a free one is picked when None. Kept across restarts.
+        port: client port, kept across restarts; when None a free one is picked at
+            each start.
         config: extra configuration text appended to the generated config file
             (e.g. ``authorization { token: "s3cret" }`` or a ``tls { ... }`` block).
         args: extra command-line arguments.
@@ -129,12 +130,14 @@ class NatsServer:
 
     @property
     def pid(self) -> int:
+        """The process id of the running server."""
         if self._proc is None:
             raise ServerStartError("server is not running")
         return self._proc.pid
 
     @property
     def running(self) -> bool:
+        """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     def log(self) -> str:
@@ -187,6 +190,9 @@ class NatsServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    # Ctrl-C in a terminal signals the whole foreground process group:
+                    # the server is stopped by whoever started it, after its clients.
+                    start_new_session=True,
                 )
             finally:
                 log.close()
@@ -321,6 +327,7 @@ class NatsCluster:
 
     @property
     def urls(self) -> list[str]:
+        """The client URLs of the nodes, in order."""
         return [n.url for n in self.nodes]
 
     def start(self) -> NatsCluster:
@@ -366,6 +373,7 @@ class NatsCluster:
         self.wait_routes()
 
     def close(self) -> None:
+        """Stop every node and remove their temporary files."""
         for node in self.nodes:
             node.close()
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cli_run
 import pytest
 from click.testing import CliRunner
 
@@ -57,7 +58,7 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
     assert concurrent["complete"] == 50
     assert concurrent["all_complete"] is True
     assert "errors" not in concurrent
-    assert concurrent["consumer"] == "stream_request"  # as in case 1: rates comparable
+    assert concurrent["consumer"] == "stream_request"  # as in stream_128: rates comparable
     assert concurrent["health_checks_failed"] == 0
     assert concurrent["server_pending_max_mb"] >= 0
     assert concurrent["ratio_to_stream_128"] > 0
@@ -135,3 +136,28 @@ def test_table_shows_a_failed_case_and_missed_targets() -> None:
     assert "stream_128   failed: RuntimeError: boom" in table
     assert "NOT met" in table
     assert "ConnectionLostError" in table
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_was_measured(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # Full counts: the memory case (1 GB) is still running when Ctrl-C comes.
+    proc = cli_run.start("bench", "--case", "stream_128", "--case", "memory", "--json", str(out))
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("running memory"):
+                break
+        cli_run.ctrl_c(proc)
+        rest, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        cli_run.stop(proc)
+    assert proc.returncode == 130, rest + err
+    assert err == ""  # nothing from the processes it started, no warning (-W error)
+    assert "\nstream_128   natstream " in rest
+    assert "\nmemory       interrupted" in rest
+    results = json.loads(out.read_text())
+    assert results["interrupted"] is True
+    assert results["memory"] == {"interrupted": True, "met": False}
+    assert results["stream_128"]["natstream_msgs_per_s"] > 0
+    assert results["stream_128"]["met"] in (True, False)

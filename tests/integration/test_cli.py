@@ -10,13 +10,16 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
+import cli_run
 import pytest
 from click.testing import CliRunner
 
 from natstream._cli import main
+from natstream.server import free_port
 
 EXPECTED = [f"响应_{i}" for i in range(10)]
 RUN_TIMEOUT = 60  # seconds; the demo itself takes well under 5
+EXAMPLES_PORT = 4222  # where `natstream server` listens and the examples connect
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -58,7 +61,7 @@ def _received(lines: list[str]) -> list[str]:
     return [line.removeprefix("received: ") for line in lines if line.startswith("received: ")]
 
 
-def test_demo_prints_the_seeds_three_examples() -> None:
+def test_demo_prints_its_three_examples() -> None:
     proc = _natstream("demo")
     assert proc.returncode == 0, proc.stderr
     # -W error turns any warning into output here: nothing unclosed, nothing pending.
@@ -122,7 +125,7 @@ def test_uvloop_flag_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("args", "nodes", "stop"),
-    [([], 1, signal.SIGINT), (["--cluster", "3"], 3, signal.SIGTERM)],
+    [(["--port", str(free_port())], 1, signal.SIGINT), (["--cluster", "3"], 3, signal.SIGTERM)],
     ids=["single-ctrl-c", "cluster-sigterm"],
 )
 def test_server_runs_until_stopped(args: list[str], nodes: int, stop: signal.Signals) -> None:
@@ -156,3 +159,68 @@ def test_server_runs_until_stopped(args: list[str], nodes: int, stop: signal.Sig
         parts = urlsplit(url)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((parts.hostname, parts.port), timeout=1).close()
+
+
+def test_demo_ctrl_c_exits_130_without_a_word() -> None:
+    proc = cli_run.start("demo")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("natstream demo: nats-server at "), first
+        cli_run.ctrl_c(proc)
+        _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        cli_run.stop(proc)
+    assert proc.returncode == 130
+    assert err == ""  # no "Aborted!", no traceback, no warning (-W error)
+
+
+def _bind(port: int) -> socket.socket | None:
+    """A socket listening on loopback ``port``, or None when the port is taken."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    s.listen()
+    return s
+
+
+def _first_url_then_stop(proc: subprocess.Popen[str]) -> tuple[str, list[str]]:
+    """The first URL ``natstream server`` prints; then Ctrl-C, and its stderr lines."""
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        cli_run.ctrl_c(proc)
+        _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        cli_run.stop(proc)
+    assert proc.returncode == 0, err
+    return url, err.splitlines()
+
+
+def test_server_listens_on_4222_where_the_examples_connect() -> None:
+    probe = _bind(EXAMPLES_PORT)
+    if probe is None:
+        pytest.skip(f"port {EXAMPLES_PORT} is taken on this machine")
+    probe.close()
+    url, err = _first_url_then_stop(cli_run.start("server"))
+    assert url == "nats://127.0.0.1:4222"
+    assert err == ["1 nats-server node(s) running; Ctrl-C to stop", "stopping"]
+
+
+def test_server_says_which_port_it_took_when_4222_is_taken() -> None:
+    holder = _bind(EXAMPLES_PORT)  # None: someone else holds it, which does as well
+    try:
+        url, err = _first_url_then_stop(cli_run.start("server"))
+    finally:
+        if holder is not None:
+            holder.close()
+    port = urlsplit(url).port
+    assert port not in (None, EXAMPLES_PORT), url
+    assert err[0] == (
+        f"port 4222 is in use (another nats-server?), so this one took port {port}: NATS_URL={url}"
+    )
+    assert err[1:] == ["1 nats-server node(s) running; Ctrl-C to stop", "stopping"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 import natstream
@@ -165,3 +167,26 @@ def test_a_pool_takes_a_config_or_server_urls() -> None:
         Pool({"servers": ["nats://a:4222"]})  # type: ignore[arg-type]
     with pytest.raises(natstream.ConfigError):
         Config(servers={"nats://a:4222"})  # type: ignore[arg-type]
+
+
+def test_handler_type_aliases_are_public() -> None:
+    from natstream import _requester, _responder
+
+    assert natstream.IndexHandler is _responder.IndexHandler
+    assert natstream.BatchHandler is _responder.BatchHandler
+    assert natstream.GeneratorHandler is _responder.GeneratorHandler
+    assert natstream.ReplyHandler is _requester.Handler
+    kinds = {natstream.IndexHandler, natstream.BatchHandler, natstream.GeneratorHandler}
+    assert set(typing.get_args(natstream.Handler)) == kinds
+    for name in ("BatchHandler", "GeneratorHandler", "Handler", "IndexHandler", "ReplyHandler"):
+        assert name in natstream.__all__
+
+
+def test_the_handler_aliases_resolve_from_any_module() -> None:
+    # Annotated with them, a function's hints resolve outside natstream's modules
+    # (what the API reference, and type checkers at run time, need).
+    def serve(index: natstream.IndexHandler, reply: natstream.ReplyHandler) -> None: ...
+
+    hints = typing.get_type_hints(serve)
+    assert hints["index"] == natstream.IndexHandler
+    assert typing.get_args(hints["index"])[0] == [natstream.StreamRequest, int]

@@ -2,11 +2,14 @@
 
 Each case measures natstream and its baseline in the same run and reports the ratio,
 because this kind of machine is shared and noisy: absolute figures move, ratios less.
-Cases (issue 6's numbering): ``stream_128`` and ``stream_1k`` (1), ``packed`` (2),
-``first_reply`` (3), ``concurrent`` (4), ``memory`` (5), then ``writer`` and ``record``
-(issue 4).
+Cases: ``stream_128`` and ``stream_1k`` (one long stream), ``packed`` (many small
+items, packed), ``first_reply`` (latency), ``concurrent`` (1,000 streams at once),
+``memory`` (a slow consumer), ``writer`` (the hour files) and ``record`` (the recorder).
 With ``uvloop`` every event loop of the run is uvloop's: this process's and the
 responder's and requesters' processes (the record case's publisher process excepted).
+
+Ctrl-C stops the run: the case it interrupted is reported as such, the cases before
+it keep their figures (printed, and written to the JSON file).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["CASES", "TARGETS", "run_all"]
+from ._interrupt import interrupted, interrupts_end_the_run
+
+__all__ = ["CASES", "TARGETS", "failed", "main", "run_all"]
 
 # Per case: the figures compared with a target, as (key, operator, target).
 TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
@@ -151,20 +156,32 @@ def run_all(
 ) -> dict[str, Any]:
     """Run the ``cases`` (all by default; small counts with ``quick``) and return their
     figures, by case name, with ``machine`` and ``quick``. A case that raises is
-    reported under ``error`` and the others still run."""
+    reported under ``error`` and the others still run. Ctrl-C (KeyboardInterrupt)
+    ends the run: the case it interrupted has ``interrupted`` True (and no figures),
+    and so have the results."""
     results: dict[str, Any] = {"machine": machine(uvloop), "quick": quick}
     runners = _cases(quick, uvloop)
-    with _loop_policy(uvloop):
+    with _loop_policy(uvloop), interrupts_end_the_run():
         for name in CASES:
             if name not in cases:
                 continue
             echo(f"running {name} ...")
+            stopped = False
             try:
                 figures = runners[name]()
+            except KeyboardInterrupt:
+                stopped = True
             except Exception as exc:
-                results[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False}
-                echo(f"  {name} failed: {type(exc).__name__}: {exc}")
-                continue
+                stopped = interrupted()  # a helper process died of the same Ctrl-C
+                if not stopped:
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}", "met": False}
+                    echo(f"  {name} failed: {type(exc).__name__}: {exc}")
+                    continue
+            if stopped:
+                results[name] = {"interrupted": True, "met": False}
+                results["interrupted"] = True
+                echo(f"  {name} interrupted")
+                break
             if name == "concurrent" and "stream_128" in results:
                 base = results["stream_128"].get("natstream_msgs_per_s")
                 if base:
@@ -204,6 +221,10 @@ def format_table(results: dict[str, Any]) -> str:
         if "error" in figures:
             lines.append(f"{name:<12} failed: {figures['error']}")
             targets.append(f"{name:<12} failed")
+            continue
+        if figures.get("interrupted"):
+            lines.append(f"{name:<12} interrupted (Ctrl-C): no figures")
+            targets.append(f"{name:<12} interrupted")
             continue
         for label, prefix in (
             (_LABEL.get(name, "natstream"), "natstream"),
@@ -265,14 +286,22 @@ def main(
     *,
     uvloop: bool = False,
     cases: tuple[str, ...] | list[str] = CASES,
-) -> bool:
-    """Run, print the table, write JSON; True when every case ran (targets aside)."""
+) -> dict[str, Any]:
+    """Run, print the table, write JSON; return the results.
+
+    After Ctrl-C the table and the JSON file hold the cases measured before it, and
+    ``results["interrupted"]`` is True.
+    """
     results = run_all(quick=quick, echo=echo, uvloop=uvloop, cases=cases)
     echo(format_table(results))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2, default=str)
     sys.stdout.flush()
-    return not any(
-        isinstance(v, dict) and "error" in v and k != "machine" for k, v in results.items()
-    )
+    return results
+
+
+def failed(results: dict[str, Any]) -> bool:
+    """Whether a case of ``results`` failed to run (a missed target is not a failure,
+    nor is a case interrupted by Ctrl-C)."""
+    return any(isinstance(v, dict) and "error" in v and k != "machine" for k, v in results.items())

@@ -12,25 +12,14 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
-from typing import IO, Any, TypeVar
+from typing import IO
 
-T = TypeVar("T")
+from ._interrupt import run_loop
 
 __all__ = ["Responder", "loop_name", "percentile", "run_loop"]
 
 _START_TIMEOUT = 30.0  # seconds for the responder process to connect and subscribe
 _STOP_TIMEOUT = 10.0
-
-
-def run_loop(coro: Coroutine[Any, Any, T], uvloop: bool = False) -> T:
-    """Run ``coro`` on a fresh event loop: asyncio's, or uvloop's with ``uvloop``."""
-    if not uvloop:
-        return asyncio.run(coro)
-    import uvloop as uv
-
-    with asyncio.Runner(loop_factory=uv.new_event_loop) as runner:
-        return runner.run(coro)
 
 
 def loop_name() -> str:

@@ -1,4 +1,4 @@
-"""Case 5: the requester's memory while a large stream meets a slow handler.
+"""``memory``: the requester's memory while a large stream meets a slow handler.
 
 Run: ``natstream bench`` or ``python benchmarks/bench_memory.py [messages] [size]``.
 

@@ -1,4 +1,4 @@
-"""Case 2, ``packed``: items of a batch handler, packed into few NATS messages, against
+"""``packed``: items of a batch handler, packed into few NATS messages, against
 raw nats-py sending one message per item.
 
 Run: ``natstream bench --case packed`` or

@@ -36,6 +36,8 @@ from natstream._transport import subscribe_live
 from natstream._writers import HourlyFileWriter
 from natstream.server import NatsServer
 
+from ._proc import run_loop
+
 _PUBLISHER = """
 import asyncio, sys, nats
 async def main(url, subject, n, size):
@@ -58,11 +60,15 @@ _ROUNDS = 5
 
 def _publish_all(url: str, subject: str, n: int, size: int) -> None:
     """Publish and wait, blocking the event loop: the receiver reads nothing meanwhile."""
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-c", _PUBLISHER, url, subject, str(n), str(size)],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
+        check=False,
     )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the publisher failed ({proc.returncode}): {proc.stderr[-2000:]}")
 
 
 def _line(msg: Msg) -> bytes:
@@ -164,7 +170,7 @@ async def _run(n: int, size: int, rounds: int) -> dict[str, Any]:
 
 def run(messages: int = 100_000, size: int = 128, rounds: int = _ROUNDS) -> dict[str, Any]:
     """Run the receivers ``rounds`` times each, alternating; return the best figures."""
-    return asyncio.run(_run(messages, size, rounds))
+    return run_loop(_run(messages, size, rounds))
 
 
 def main(argv: list[str]) -> None:

@@ -6,14 +6,14 @@ The responder process (:mod:`natstream._bench.responder`) serves each natstream 
 next to a hand-written nats-py baseline on one embedded nats-server. This process is
 the requester. Three cases:
 
-* :func:`run` (cases 1, ``stream_128`` / ``stream_1k``): one stream of ``messages``
+* :func:`run` (``stream_128`` / ``stream_1k``): one stream of ``messages``
   payloads; raw through an inbox subscription callback that counts, natstream through
   ``Pool.stream_request`` with a sync handler that counts. Rounds alternate; the best
   rate of each is kept. ``ratio`` = natstream / raw messages/s.
-* :func:`run_first_reply` (case 3): time to first reply of ``pool.stream()`` against
+* :func:`run_first_reply` (``first_reply``): time to first reply of ``pool.stream()`` against
   nats-py ``request()``, alternating, over ``calls`` sequential calls.
-* :func:`run_concurrent` (case 4): ``streams`` concurrent streams of ``replies`` each
-  through one pool (default configuration), in rounds like case 1 (the fastest
+* :func:`run_concurrent` (``concurrent``): ``streams`` concurrent streams of ``replies`` each
+  through one pool (default configuration), in rounds like ``stream_128`` (the fastest
   round's rate is kept); every stream of every round must complete; fairness is
   p99/p50 of the streams' times to first reply, the worst round's.
 
@@ -257,9 +257,9 @@ def _error_kinds(errors: list[BaseException | str]) -> tuple[dict[str, int], dic
 async def _concurrent_round(
     pool: Pool, responder: Responder, streams: int, replies: int, size: int, iterate: bool
 ) -> dict[str, Any]:
-    """One round of case 4 on ``pool`` (fresh, default): ``streams`` concurrent streams
+    """One round of ``concurrent`` on ``pool`` (fresh, default): ``streams`` concurrent streams
     of ``replies`` each, received by ``stream_request`` with a sync handler that counts
-    (as in case 1), or with ``iterate`` by ``async for`` over ``pool.stream()``."""
+    (as in ``stream_128``), or with ``iterate`` by ``async for`` over ``pool.stream()``."""
     firsts: list[float] = []
     received = 0
     request = f"{replies} {size}".encode()
@@ -277,7 +277,7 @@ async def _concurrent_round(
                     received += 1
             return got
 
-        def on(msg: Msg) -> bool:  # as case 1's handler, plus the first reply's time
+        def on(msg: Msg) -> bool:  # as stream_128's handler, plus the first reply's time
             nonlocal got, received
             if got == 0:
                 firsts.append(time.perf_counter() - t0)
@@ -334,12 +334,12 @@ async def _concurrent(
     streams: int, replies: int, size: int, rounds: int, single: int, iterate: bool, uvloop: bool
 ) -> dict[str, Any]:
     """``rounds`` rounds of :func:`_concurrent_round` on one server and responder. The
-    figures are the fastest round's (as case 1 keeps its best round: rate, first-reply
+    figures are the fastest round's (as ``stream_128`` keeps its best round: rate, first-reply
     times, CPU), except that completion, lost connections, failed health checks and
     fairness are the worst over all rounds, and ``errors`` are the first failing
     round's.
 
-    With ``single``, each round starts with case 1's natstream round (one stream of
+    With ``single``, each round starts with ``stream_128``'s natstream round (one stream of
     ``single`` replies, one-connection pool): ``ratio_to_alternating_stream`` compares
     the two fastest rounds measured in turn, the machine's speed being the same for
     both (it drifts by tens of percent over a run here).
@@ -391,12 +391,13 @@ async def _concurrent(
 def run(
     messages: int = 100_000, size: int = 128, rounds: int = _ROUNDS, *, uvloop: bool = False
 ) -> dict[str, Any]:
-    """Cases 1: one stream, raw and natstream, ``rounds`` times alternating; best rates."""
+    """``stream_128``, ``stream_1k``: one stream, raw and natstream, ``rounds`` times
+    alternating; best rates."""
     return run_loop(_stream(messages, size, rounds, uvloop), uvloop)
 
 
 def run_first_reply(calls: int = 5_000, *, uvloop: bool = False) -> dict[str, Any]:
-    """Case 3: time to first reply against nats-py ``request()``, ``calls`` of each."""
+    """``first_reply``: time to first reply against nats-py ``request()``, ``calls`` of each."""
     return run_loop(_first_reply(calls, uvloop), uvloop)
 
 
@@ -410,7 +411,7 @@ def run_concurrent(
     iterate: bool = False,
     uvloop: bool = False,
 ) -> dict[str, Any]:
-    """Case 4: ``streams`` concurrent streams of ``replies`` through one pool, ``rounds``
+    """``concurrent``: ``streams`` concurrent streams of ``replies`` through one pool, ``rounds``
     times, each after a single stream of ``single`` replies (:func:`_concurrent`)."""
     return run_loop(_concurrent(streams, replies, size, rounds, single, iterate, uvloop), uvloop)
 

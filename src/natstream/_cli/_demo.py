@@ -1,4 +1,4 @@
-"""``natstream demo``: the seed's three examples, run against a nats-server.
+"""``natstream demo``: three streams, run against a nats-server, and what a requester sees.
 
 1. Basic stream: the responder sends ``响应_0`` .. ``响应_9``, then the end marker.
 2. Error: the responder fails at index 3; the requester sees three replies, the
@@ -31,7 +31,7 @@ __all__ = ["FlakyService", "Printer", "run_demo"]
 Echo = Callable[[str], None]
 
 REQUEST = "请求数据".encode()
-REPLIES = 10  # the seed's example: ten data replies, then the end marker
+REPLIES = 10  # example 1: ten data replies, then the end marker
 FAIL_AT = 3  # example 2: index at which the responder returns an error
 FLAKY_FAIL_AT = (3, 6)  # example 3: request n (from 0) fails at this index
 MAX_RETRIES = 3
@@ -43,25 +43,25 @@ SUBJECT_UNSTABLE = "demo.unstable.service"
 
 
 def reply(index: int) -> bytes:
-    """The seed's reply payload for ``index``."""
+    """The demo's reply payload for ``index``."""
     return f"响应_{index}".encode()
 
 
 EXPECTED = [reply(i) for i in range(REPLIES)]
 
 
-def seed_responder(request: StreamRequest, index: int) -> IndexResult:
-    """The seed's responder: ten replies, then the end."""
+def ten_replies(request: StreamRequest, index: int) -> IndexResult:
+    """The demo's responder: ten replies, then the end."""
     if index >= REPLIES:
         return None, False, None
     return reply(index), True, None
 
 
 def failing_responder(request: StreamRequest, index: int) -> IndexResult:
-    """Like :func:`seed_responder`, but returns an error at index :data:`FAIL_AT`."""
+    """Like :func:`ten_replies`, but returns an error at index :data:`FAIL_AT`."""
     if index == FAIL_AT:
         return None, False, f"sensor offline at index {index}"
-    return seed_responder(request, index)
+    return ten_replies(request, index)
 
 
 class FlakyService:
@@ -83,11 +83,11 @@ class FlakyService:
         n = self.requests - 1
         if n < len(self.fail_at) and index == self.fail_at[n]:
             return None, False, f"unstable service dropped request {n + 1} at index {index}"
-        return seed_responder(request, index)
+        return ten_replies(request, index)
 
 
 class Printer:
-    """The seed's requester handler: prints every reply, markers included.
+    """The demo's requester handler: prints every reply, markers included.
 
     Data payloads are kept in ``data`` for the example's own check.
     """
@@ -127,7 +127,7 @@ async def basic_stream(sub: Subscriber, pool: Pool, echo: Echo) -> bool:
         "1. Basic stream",
         f"{SUBJECT_BASIC}: {REPLIES} replies 响应_0..响应_{REPLIES - 1}, then the end marker",
     )
-    handle = await sub.stream_subscribe_handler(SUBJECT_BASIC, seed_responder)
+    handle = await sub.stream_subscribe_handler(SUBJECT_BASIC, ten_replies)
     printer = Printer(echo)
     try:
         await pool.stream_request(SUBJECT_BASIC, REQUEST, printer)

@@ -346,7 +346,7 @@ class RequesterMachine(Credit):
         return True
 
     def _on_plain(self, now: float, payload: bytes) -> Reply:
-        """A message without natstream headers: the seed's in-band protocol."""
+        """A message without natstream headers: the plain in-band protocol."""
         if self.v1 is None:
             self.v1 = False
         elif self.v1:

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 STREAM_END = b"__STREAM_END__"
-"""Payload of the end marker (the seed's in-band protocol)."""
+"""Payload of the end marker (the plain in-band protocol's, kept on the wire)."""
 
 STREAM_ERROR_PREFIX = b"__STREAM_ERROR__:"
 """Prefix of the error marker's payload; the error text follows it."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Handler", "Pack", "call_direct", "drain_pack", "drain_sync", "run_handler"]
 
-Handler = Callable[[Msg], "bool | Awaitable[bool | None] | None"]
+Handler = Callable[[Msg], bool | Awaitable[bool | None] | None]
 _Call = Callable[[Msg], Any]  # a sync handler, maybe bound to a context
 
 _new = object.__new__

@@ -34,9 +34,6 @@ __all__ = [
 ErrorValue = str | BaseException | None
 IndexResult = tuple[bytes | None, bool, ErrorValue]
 BatchResult = tuple[list[bytes], bool, ErrorValue]
-IndexHandler = Callable[["StreamRequest", int], "IndexResult | Awaitable[IndexResult]"]
-BatchHandler = Callable[["StreamRequest", int], "BatchResult | Awaitable[BatchResult]"]
-GeneratorHandler = Callable[["StreamRequest"], AsyncIterator["bytes | list[bytes]"]]
 
 # What a handler raises is the stream's failure (a 500), BaseExceptions included: a
 # CancelledError it raised itself (``fut.result()`` of a cancelled future) or a custom
@@ -110,6 +107,13 @@ class StreamRequest:
 
     def __repr__(self) -> str:
         return f"<StreamRequest subject={self.subject!r} {len(self.data)} bytes>"
+
+
+# The handler kinds (public as natstream.IndexHandler, ...). Defined after StreamRequest,
+# without strings, so that tools (pdoc, get_type_hints) resolve them from any module.
+IndexHandler = Callable[[StreamRequest, int], IndexResult | Awaitable[IndexResult]]
+BatchHandler = Callable[[StreamRequest, int], BatchResult | Awaitable[BatchResult]]
+GeneratorHandler = Callable[[StreamRequest], AsyncIterator[bytes | list[bytes]]]
 
 
 class HandlerError(Exception):

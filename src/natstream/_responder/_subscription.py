@@ -95,6 +95,7 @@ class StreamSubscription:
         return len(self._streams)
 
     def stats(self) -> SubscriptionStats:
+        """The subscription's counters now (cheap; no I/O)."""
         outcomes = self._outcomes
         return SubscriptionStats(
             self.subject,
