@@ -63,8 +63,6 @@ from natstream._protocol._wire import (
     CTL_CANCEL,
     HDR_ACK,
     HDR_CONTROL,
-    HDR_PACK,
-    HDR_POS,
     HDR_RETRYABLE,
     HDR_SEQ,
     HDR_SERVICE_ERROR,
@@ -148,6 +146,7 @@ class Scenario:
     plain: bool = False  # the (first) responder speaks only the seed's in-band protocol
     second_responder: bool = False  # a second v1 responder answers too (no queue group)
     packing: bool = True  # batch items go packed (up to three a message) when credit allows
+    service: bool = False  # service-routed control: Ns-Id on every message, no reply subject
     outcome: tuple[Any, ...] = ("end",)  # or ("error", after_n_items, code, retryable)
     r2q: Faults = field(default_factory=Faults)
     q2r: Faults = field(default_factory=Faults)
@@ -169,10 +168,20 @@ class Responder:
         self.rid = rid
         sc = sim.sc
         opts = RequestOptions() if plain else parse_request_headers(request)
+        stream_id = f"s{sim.attempt}r{rid}" if sc.service else None
         self.m = ResponderMachine(
-            opts, sim.now, stall_factor=sc.responder_stall_factor, max_duration=sc.max_duration
+            opts,
+            sim.now,
+            stall_factor=sc.responder_stall_factor,
+            max_duration=sc.max_duration,
+            stream_id=stream_id,
         )
-        self.ctl = f"_CTL.{sim.attempt}.{rid}" if self.m.v1 else ""
+        # Where its control messages arrive; service-routed, the requester builds it
+        # from its request subject and the id, and replies carry no reply subject.
+        self.ctl = ""
+        if self.m.v1:
+            self.ctl = f"svc.{stream_id}" if stream_id is not None else f"_CTL.{sim.attempt}.{rid}"
+        self.reply_field = "" if stream_id is not None else self.ctl
         self.q2r = Channel(sc.q2r)
         self.next = 0 if plain else self._start(opts.resume)
         self.first_terminal: ResponderState | None = None
@@ -204,7 +213,7 @@ class Responder:
     def _send(
         self, payload: bytes, headers: dict[str, str] | None, origin: tuple[Any, ...]
     ) -> None:
-        self.sim.r2q.put(Wire(headers, payload, self.ctl, origin))
+        self.sim.r2q.put(Wire(headers, payload, self.reply_field, origin))
         self.sim.trace("r2q", self.rid, origin, headers)
 
     def produce(self) -> None:
@@ -269,7 +278,7 @@ class Responder:
             return False
         chunk = items[self.next : j]
         seq = m.send_pack(count, used, self.sim.now)
-        headers = {HDR_SEQ: str(seq), HDR_PACK: str(count), HDR_POS: "{}.{}".format(*chunk[0].pos)}
+        headers = m.pack_headers(seq, count, "{}.{}".format(*chunk[0].pos))
         payload = pack_items([it.payload for it in chunk])
         self._send(payload, headers, ("pack", self.rid, self.next, count))
         self.next = j
@@ -391,7 +400,7 @@ class Sim:
         verdict = self.m.on_reply(self.now, w.headers, w.payload, w.reply)
         if before in TERMINAL_Q:
             assert verdict is Reply.DROP
-        elif self.m.v1 and (w.reply or None) == self.m.control_subject:
+        elif self.m.v1 and self.from_bound(w):
             self.last_bound_rx = self.now
         elif self.m.v1 is False and (w.headers is None or HDR_SEQ not in w.headers):
             self.last_bound_rx = self.now
@@ -409,15 +418,24 @@ class Sim:
                     self.buffer.append(Wire(None, data, w.reply, ("data", rid, first + k)))
                 self.replies += count
         elif verdict is Reply.CANCEL_FOREIGN:
-            assert w.reply
-            assert w.reply != self.m.control_subject
-            self.send_control(w.reply, cancel_headers())
+            target = self.m.foreign_target
+            assert target
+            assert target != self.m.control_subject
+            assert not self.from_bound(w)  # never a message of our own stream
+            self.send_control(target, cancel_headers())
         elif verdict is Reply.FAIL:
             assert self.m.state is RequesterState.FAILED
         # ``_Attempt._handle`` and its fast path: a DELIVER re-arms only when it is the
         # first data reply or no timer is armed; anything else re-arms.
         if verdict is not Reply.DELIVER or self.replies == 1 or self.armed_at is None:
             self.arm()
+
+    def from_bound(self, w: Wire) -> bool:
+        """Whether ``w`` comes from the responder the requester is bound to."""
+        m = self.m
+        if m.stream_id is not None:
+            return w.headers is not None and w.headers.get("Ns-Id") == m.stream_id
+        return (w.reply or None) == m.control_subject
 
     def send_control(self, subject: str | None, headers: dict[str, str]) -> None:
         assert not self.closed, "a closed attempt sends nothing"
@@ -713,6 +731,7 @@ def scenarios(draw: st.DrawFn, faults: bool = True) -> Scenario:
         plain=plain,
         second_responder=draw(st.integers(0, 3)) == 0,
         packing=draw(st.booleans()),
+        service=draw(st.booleans()),
         outcome=outcome,
         # A plain responder's replies carry no sequence: nothing could detect loss,
         # duplication or reordering (which NATS does not cause on a healthy connection).
