@@ -26,12 +26,18 @@ from ._config import Config, as_config
 from ._errors import (
     ConfigError,
     NatstreamError,
-    NoServersError,
     PermissionDeniedError,
     SubscriberClosedError,
 )
 from ._events import ConnectionEventHook, ConnectionWatch, check_hook
-from ._lifecycle import SubscriberState, SubscriberStats, Tally
+from ._lifecycle import (
+    SubscriberState,
+    SubscriberStats,
+    Tally,
+    close_quietly,
+    connect_subscriber,
+    not_open_error,
+)
 from ._recording import Recording, default_formatter
 from ._responder import (
     Batch,
@@ -51,7 +57,7 @@ from ._responder._handlers import (
     check_index_handler,
 )
 from ._subjects import validate_queue, validate_subscribe_subject
-from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
+from ._transport import Link, subscribe_live
 from ._writers import RecordSink
 
 log = logging.getLogger("natstream")
@@ -201,7 +207,7 @@ class Subscriber:
             )
         self._state = SubscriberState.OPENING
         try:
-            link = await _connect(self.config, self._on_nats_error, self._watch)
+            link = await connect_subscriber(self.config, self._on_nats_error, self._watch)
         except BaseException:
             self._set_closed()
             raise
@@ -221,7 +227,7 @@ class Subscriber:
                 raise SubscriberClosedError("this subscriber was closed while it was opening")
         except BaseException:
             self._set_closed()
-            await _close_quietly(link)
+            await close_quietly(link)
             raise
         self._link = link
         self._dispatch = dispatch
@@ -307,7 +313,7 @@ class Subscriber:
                 await asyncio.gather(*tasks, return_exceptions=True)
             link, self._link = self._link, None
             if link is not None:
-                await _close_quietly(link)
+                await close_quietly(link)
             self._set_closed()
 
     async def __aenter__(self) -> Subscriber:
@@ -332,12 +338,12 @@ class Subscriber:
     def nc(self) -> Client:
         """The underlying nats-py connection (until :meth:`close` has closed it)."""
         if self._link is None:
-            raise _not_open(self._state)
+            raise not_open_error(self._state)
         return self._link.nc
 
     def _check_open(self) -> Link:
         if self._state is not SubscriberState.OPEN or self._link is None:
-            raise _not_open(self._state)
+            raise not_open_error(self._state)
         return self._link
 
     # ------------------------------------------------------------ what streams need (Host)
@@ -527,32 +533,6 @@ class Subscriber:
         return recording
 
 
-async def _connect(
-    config: Config, on_error: Callable[[Exception], None], watch: ConnectionWatch
-) -> Link:
-    """A connection to one of ``config``'s servers, reconnecting by itself; its
-    events go to ``watch``.
-
-    Raises:
-        NoServersError: none could be reached (named each, with why).
-    """
-    try:
-        return await connect(
-            list(config.servers),
-            config.nats_options(),
-            allow_reconnect=True,
-            disconnected_cb=watch.on_disconnected,
-            closed_cb=watch.on_closed,
-            reconnected_cb=watch.on_reconnected,
-            lame_duck_cb=watch.on_lame_duck,
-            error_counter=on_error,
-        )
-    except Exception as exc:
-        servers = [safe_server(s) for s in config.servers]
-        reason = translate_connect_error(exc)
-        raise NoServersError(servers, [reason] * len(servers)) from None
-
-
 async def _stop_recording(recording: Recording) -> None:
     """Stop a recording the subscriber is closing under; one its owner stopped (and
     heard the error of, if any) is left alone."""
@@ -564,22 +544,6 @@ async def _stop_recording(recording: Recording) -> None:
         log.exception("recording of %r: flushing the writer failed", recording.subject)
 
 
-def _not_open(state: SubscriberState) -> SubscriberClosedError:
-    if state in (SubscriberState.NEW, SubscriberState.OPENING):
-        return SubscriberClosedError(
-            "this subscriber is not open yet; use `async with Subscriber(...)` "
-            "or `await Subscriber.connect(...)`"
-        )
-    return SubscriberClosedError("this subscriber is closed; create a new Subscriber")
-
-
 def _check_limit(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
-
-
-async def _close_quietly(link: Link) -> None:
-    try:
-        await link.close()
-    except Exception:
-        log.debug("closing the subscriber's connection failed", exc_info=True)
