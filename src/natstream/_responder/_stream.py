@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -75,6 +76,7 @@ class ResponderStream:
         token: the last token of ``control_subject``, where the requester's control
             messages arrive (None ``control_subject`` for a plain requester).
         name: of the task, and the prefix of its sends' tasks.
+        born: when the stream was made (``time.perf_counter_ns()``), for its duration.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class ResponderStream:
         self.control_subject = control_subject
         self.token = token
         self.name = name
+        self.born = time.perf_counter_ns()
         self.request = StreamRequest(msg, machine)
         # Service-routed control (the machine has a stream id): the requester's control
         # messages come to our own subscription of control_subject, ours carry no

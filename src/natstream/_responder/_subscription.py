@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,7 +46,16 @@ class Host(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionStats:
-    """Counters of one stream subscription."""
+    """Counters of one stream subscription.
+
+    Attributes:
+        bytes_sent: payload bytes of the data replies sent.
+        streams_resumed: streams that resumed a requester's earlier attempt.
+        last_error: the error marker (code and message) of the last stream that
+            failed, "" while none has.
+        processing_time: seconds the finished streams lasted, each from its request
+            to its end, added up.
+    """
 
     subject: str
     queue: str
@@ -56,6 +66,10 @@ class SubscriptionStats:
     streams_cancelled: int
     streams_rejected_busy: int
     replies_sent: int
+    bytes_sent: int = 0
+    streams_resumed: int = 0
+    last_error: str = ""
+    processing_time: float = 0.0
 
 
 class StreamSubscription:
@@ -82,6 +96,9 @@ class StreamSubscription:
         self._streams: set[ResponderStream] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._started = self._busy = self._sent = 0
+        self._bytes = self._resumed = 0
+        self._processing_ns = 0  # of the finished streams, each from request to end
+        self._last_error = ""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -107,6 +124,10 @@ class StreamSubscription:
             outcomes[Outcome.CANCELLED],
             self._busy,
             self._sent,
+            self._bytes,
+            self._resumed,
+            self._last_error,
+            self._processing_ns / 1e9,
         )
 
     @property
@@ -223,6 +244,13 @@ class StreamSubscription:
         self.subscriber._drop_control(stream.token)
         self._outcomes[outcome] += 1
         self._sent += replies
+        m = stream.machine
+        self._bytes += m.sent_bytes
+        self._processing_ns += time.perf_counter_ns() - stream.born
+        if m.resume is not None:
+            self._resumed += 1
+        if outcome is Outcome.FAILED:
+            self._last_error = stream.sender.error or "connection lost"
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self.subscriber._spawn(coro, name)
