@@ -56,6 +56,7 @@ from ._responder._handlers import (
     check_generator_handler,
     check_index_handler,
 )
+from ._service import ServiceInfo, ServiceResponder, check_endpoint_name, endpoint_name
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._transport import Link, subscribe_live
 from ._writers import RecordSink
@@ -105,16 +106,25 @@ class Subscriber:
             connection connects, is lost, comes back, hears that its server goes
             into lame duck mode, or closes (see :data:`ConnectionEventHook`). The
             same events are logged at INFO.
+        service: make the subscriber a NATS service (ADR-32) that ``nats micro``
+            and ``natstream services`` list: it answers ``$SRV.PING``, ``$SRV.INFO``
+            and ``$SRV.STATS`` from the moment it is open, and each stream
+            subscription is one of its endpoints. Opening raises
+            :class:`PermissionDeniedError` if the server refuses those subjects.
 
     The subscribing methods (``stream_subscribe_handler``, ``stream_handler``...)
     return once the subscription is live on the server, and raise
     :class:`PermissionDeniedError` when the server refuses it,
     :class:`SubscriberClosedError` when the subscriber is not open, and
-    :class:`InvalidSubjectError` for a bad subject or queue group.
+    :class:`InvalidSubjectError` for a bad subject or queue group. Their
+    ``endpoint`` names the subscription as an endpoint of the service (default:
+    the subject, each character other than letters, digits, ``_`` and ``-``
+    replaced by ``_``; :class:`ConfigError` when it holds others).
 
     Raises:
         ConfigError: an argument is out of range.
-        TypeError: ``on_connection_event`` is not a plain callable.
+        TypeError: ``on_connection_event`` is not a plain callable, or ``service``
+            is not a :class:`ServiceInfo`.
     """
 
     def __init__(
@@ -130,9 +140,12 @@ class Subscriber:
         control: str = "auto",
         plain_end: str = "marker",
         on_connection_event: ConnectionEventHook | None = None,
+        service: ServiceInfo | None = None,
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
         check_hook(on_connection_event)
+        if service is not None and not isinstance(service, ServiceInfo):
+            raise TypeError(f"service must be a ServiceInfo, not {type(service).__name__}")
         if control not in ("auto", "service"):
             raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
         if plain_end not in ("marker", "empty"):
@@ -150,6 +163,8 @@ class Subscriber:
         if stall_factor < 1:
             raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
         self.config = as_config(config)
+        self.service = service
+        self._service: ServiceResponder | None = None  # answering $SRV requests
         self.close_grace = close_grace
         self.max_concurrent_streams = max_concurrent_streams
         self.max_request_size = max_request_size
@@ -223,10 +238,15 @@ class Subscriber:
         )
         try:
             dispatch.control_prefix = await self._subscribe_control(link, dispatch)
+            if self.service is not None:
+                self._service = ServiceResponder(self.service, link, lambda: self._subscriptions)
+                await self._service.start()
             if self._state is not SubscriberState.OPENING:  # close() was called meanwhile
                 raise SubscriberClosedError("this subscriber was closed while it was opening")
         except BaseException:
             self._set_closed()
+            if self._service is not None:
+                await self._service.stop()
             await close_quietly(link)
             raise
         self._link = link
@@ -298,6 +318,8 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
+            if self._service is not None:  # a closing service leaves the listings
+                await self._service.stop()
             subs = list(self._subscriptions)
             await asyncio.gather(*(s.stop(grace) for s in subs))
             for key in list(self._recordings):
@@ -340,6 +362,12 @@ class Subscriber:
         if self._link is None:
             raise not_open_error(self._state)
         return self._link.nc
+
+    @property
+    def service_id(self) -> str | None:
+        """This instance's id as a NATS service (the last token of
+        ``$SRV.INFO.<name>.<id>``); None without ``service`` or before opening."""
+        return None if self._service is None else self._service.id
 
     def _check_open(self) -> Link:
         if self._state is not SubscriberState.OPEN or self._link is None:
@@ -399,15 +427,17 @@ class Subscriber:
         kind: Kind,
         queue: str | None,
         max_concurrent_streams: int | None,
+        endpoint: str | None,
     ) -> StreamSubscription:
         link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
+        name = endpoint_name(subject) if endpoint is None else check_endpoint_name(endpoint)
         if max_concurrent_streams is None:
             max_concurrent_streams = self.max_concurrent_streams
         else:
             _check_limit("max_concurrent_streams", max_concurrent_streams)
-        handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams)
+        handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams, name)
         assert self._dispatch is not None  # open (checked above)
         serve = partial(self._dispatch.serve, handle)
 
@@ -429,6 +459,7 @@ class Subscriber:
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
         pack: bool = False,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with an index handler (sync or async).
 
@@ -452,7 +483,7 @@ class Subscriber:
         """
         check_index_handler(handler, "stream_subscribe_handler", INDEX_SHAPE)
         return await self._subscribe(
-            subject, index_kind(handler, pack=pack), queue, max_concurrent_streams
+            subject, index_kind(handler, pack=pack), queue, max_concurrent_streams, endpoint
         )
 
     async def batch_stream_subscribe_handler(
@@ -462,6 +493,7 @@ class Subscriber:
         *,
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with a batch handler: ``(request, batch_index) ->
         (items, more, err)``; items reach the requester's handler in order, one message
@@ -473,7 +505,9 @@ class Subscriber:
         (``TypeError`` here otherwise); ``items`` is a list (or tuple) of bytes.
         """
         check_index_handler(batch_handler, "batch_stream_subscribe_handler", BATCH_SHAPE)
-        return await self._subscribe(subject, Batch(batch_handler), queue, max_concurrent_streams)
+        return await self._subscribe(
+            subject, Batch(batch_handler), queue, max_concurrent_streams, endpoint
+        )
 
     async def stream_handler(
         self,
@@ -482,6 +516,7 @@ class Subscriber:
         *,
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with an async generator: ``async def fn(request): yield b"..."``.
 
@@ -499,7 +534,9 @@ class Subscriber:
         when what it returns is not one, that stream fails with a 500.
         """
         check_generator_handler(fn, "stream_handler")
-        return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
+        return await self._subscribe(
+            subject, Generator(fn), queue, max_concurrent_streams, endpoint
+        )
 
     # ------------------------------------------------------------ recorders
 

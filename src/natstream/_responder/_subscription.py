@@ -73,7 +73,12 @@ class SubscriptionStats:
 
 
 class StreamSubscription:
-    """Handle of one stream subscription; :meth:`stop` ends it."""
+    """Handle of one stream subscription; :meth:`stop` ends it.
+
+    Attributes:
+        endpoint: its name as an endpoint of the subscriber's NATS service (see
+            :class:`ServiceInfo`): given when subscribing, or made from the subject.
+    """
 
     def __init__(
         self,
@@ -82,10 +87,12 @@ class StreamSubscription:
         queue: str,
         kind: Kind,
         max_concurrent_streams: int,
+        endpoint: str = "",
     ) -> None:
         self.subscriber = subscriber
         self.subject = subject
         self.queue = queue
+        self.endpoint = endpoint
         self.max_concurrent_streams = max_concurrent_streams
         self._kind = kind
         # A sync index handler's first reply is made in the request's dispatch.
