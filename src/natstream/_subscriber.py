@@ -58,6 +58,7 @@ from ._responder._handlers import (
 )
 from ._service import ServiceInfo, ServiceResponder, check_endpoint_name, endpoint_name
 from ._subjects import validate_queue, validate_subscribe_subject
+from ._tracing import tracing_for
 from ._transport import Link, subscribe_live
 from ._writers import RecordSink
 
@@ -122,7 +123,8 @@ class Subscriber:
     replaced by ``_``; :class:`ConfigError` when it holds others).
 
     Raises:
-        ConfigError: an argument is out of range.
+        ConfigError: an argument is out of range; ``config`` asks for tracing and
+            OpenTelemetry is not installed.
         TypeError: ``on_connection_event`` is not a plain callable, or ``service``
             is not a :class:`ServiceInfo`.
     """
@@ -163,6 +165,7 @@ class Subscriber:
         if stall_factor < 1:
             raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
         self.config = as_config(config)
+        self._tracing = tracing_for(self.config)
         self.service = service
         self._service: ServiceResponder | None = None  # answering $SRV requests
         self.close_grace = close_grace

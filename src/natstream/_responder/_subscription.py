@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._protocol import Outcome, ResponderMachine
+from .._tracing import Tracing
 from .._transport import Link, drain_subscription
 from ._kinds import Index, Kind
 from ._stream import ResponderStream
@@ -30,6 +31,7 @@ class Host(Protocol):
     close_grace: float
     send_exception_text: bool
     plain_end: str
+    _tracing: Tracing | None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` as a task called ``name``, stopped when the subscriber closes."""
@@ -226,6 +228,9 @@ class StreamSubscription:
             f"natstream-stream-{self.subject}-{self._started}",
             imported=imported,
         )
+        tracing = self.subscriber._tracing
+        if tracing is not None:
+            stream.span = tracing.responder(msg, self.subject, self.queue, machine.resume)
         self._streams.add(stream)
         self._idle.clear()
         return stream
@@ -258,6 +263,9 @@ class StreamSubscription:
             self._resumed += 1
         if outcome is Outcome.FAILED:
             self._last_error = stream.sender.error or "connection lost"
+        span = stream.span
+        if span is not None:
+            span.end(outcome, replies, m.sent_bytes, stream.sender.error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self.subscriber._spawn(coro, name)
