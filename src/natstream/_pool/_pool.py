@@ -65,6 +65,7 @@ class Pool:
     ) -> None:
         check_hook(on_connection_event)
         config = as_config(config)
+        tracing = tracing_for(config)
         self.config = config
         self._state = PoolState.NEW
         self._servers = [Server(url, safe_server(url)) for url in config.servers]
@@ -76,7 +77,7 @@ class Pool:
             opening=lambda: self._state in (PoolState.OPENING, PoolState.OPEN),
             on_event=on_connection_event,
         )
-        self._lender = Lender(self._conns, config.stream, lambda: self._state, tracing_for(config))
+        self._lender = Lender(self._conns, config.stream, lambda: self._state, tracing)
         self._closed = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
