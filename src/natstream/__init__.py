@@ -36,6 +36,7 @@ from ._protocol import Resume
 from ._recording import Recording, RecordingStats, default_formatter, utc_formatter
 from ._requester import Stream
 from ._responder import StreamRequest, StreamSubscription, SubscriptionStats
+from ._service import ServiceInfo
 from ._subscriber import Subscriber
 from ._writers import HourlyFileWriter, Retention, StreamWriter, WriterStats, parse_retention
 
@@ -121,6 +122,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "STREAM_END",
     "STREAM_ERROR_PREFIX",
     "ServerStats",
+    "ServiceInfo",
     "StalledError",
     "Stream",
     "StreamError",

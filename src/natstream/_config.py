@@ -96,6 +96,13 @@ class Config:
             does not offer TLS is refused: credentials never go out in plaintext.
         tls_hostname: the name to verify the server's certificate against, when it
             differs from the URL's host.
+        tracing: trace every stream with OpenTelemetry (needs ``natstream[otel]``):
+            a span per stream on each side, the trace context carried in the
+            request's headers (docs/operations.md, "Discovery and tracing"). Off by
+            default; the check that OpenTelemetry is installed is made when a
+            :class:`Pool` or :class:`Subscriber` is created with it.
+        tracer_provider: the OpenTelemetry ``TracerProvider`` of those spans (None:
+            OpenTelemetry's global one); only with ``tracing=True``.
     """
 
     servers: list[str]
@@ -120,6 +127,8 @@ class Config:
     inbox_prefix: str = "_INBOX"
     window_budget_messages: int = 32_768
     window_budget_bytes: int = 32 << 20
+    tracing: bool = False
+    tracer_provider: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.servers, str):

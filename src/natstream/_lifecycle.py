@@ -1,15 +1,30 @@
-"""A Subscriber's life and what it reports: its lifecycle enum, its stats, and the
-tally that keeps the counts of subscriptions that stopped."""
+"""A Subscriber's life and what it reports: its lifecycle enum, its stats, the
+tally that keeps the counts of subscriptions that stopped, and its connection's
+opening and closing."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ._config import Config
+from ._errors import NoServersError, SubscriberClosedError
+from ._events import ConnectionWatch
 from ._responder import StreamSubscription, SubscriptionStats
+from ._transport import Link, connect, safe_server, translate_connect_error
 
-__all__ = ["SubscriberState", "SubscriberStats", "Tally"]
+__all__ = [
+    "SubscriberState",
+    "SubscriberStats",
+    "Tally",
+    "close_quietly",
+    "connect_subscriber",
+    "not_open_error",
+]
+
+log = logging.getLogger("natstream")
 
 
 class SubscriberState(enum.Enum):
@@ -115,3 +130,45 @@ class Tally:
 def _add(totals: dict[str, int], counts: SubscriptionStats) -> None:
     for name in _TOTALS:
         totals[name] += getattr(counts, name)
+
+
+async def connect_subscriber(
+    config: Config, on_error: Callable[[Exception], None], watch: ConnectionWatch
+) -> Link:
+    """A connection to one of ``config``'s servers, reconnecting by itself; its
+    events go to ``watch``.
+
+    Raises:
+        NoServersError: none could be reached (named each, with why).
+    """
+    try:
+        return await connect(
+            list(config.servers),
+            config.nats_options(),
+            allow_reconnect=True,
+            disconnected_cb=watch.on_disconnected,
+            closed_cb=watch.on_closed,
+            reconnected_cb=watch.on_reconnected,
+            lame_duck_cb=watch.on_lame_duck,
+            error_counter=on_error,
+        )
+    except Exception as exc:
+        servers = [safe_server(s) for s in config.servers]
+        reason = translate_connect_error(exc)
+        raise NoServersError(servers, [reason] * len(servers)) from None
+
+
+def not_open_error(state: SubscriberState) -> SubscriberClosedError:
+    if state in (SubscriberState.NEW, SubscriberState.OPENING):
+        return SubscriberClosedError(
+            "this subscriber is not open yet; use `async with Subscriber(...)` "
+            "or `await Subscriber.connect(...)`"
+        )
+    return SubscriberClosedError("this subscriber is closed; create a new Subscriber")
+
+
+async def close_quietly(link: Link) -> None:
+    try:
+        await link.close()
+    except Exception:
+        log.debug("closing the subscriber's connection failed", exc_info=True)

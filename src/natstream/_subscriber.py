@@ -26,12 +26,18 @@ from ._config import Config, as_config
 from ._errors import (
     ConfigError,
     NatstreamError,
-    NoServersError,
     PermissionDeniedError,
     SubscriberClosedError,
 )
 from ._events import ConnectionEventHook, ConnectionWatch, check_hook
-from ._lifecycle import SubscriberState, SubscriberStats, Tally
+from ._lifecycle import (
+    SubscriberState,
+    SubscriberStats,
+    Tally,
+    close_quietly,
+    connect_subscriber,
+    not_open_error,
+)
 from ._recording import Recording, default_formatter
 from ._responder import (
     Batch,
@@ -50,8 +56,10 @@ from ._responder._handlers import (
     check_generator_handler,
     check_index_handler,
 )
+from ._service import ServiceInfo, ServiceResponder, check_endpoint_name, endpoint_name
 from ._subjects import validate_queue, validate_subscribe_subject
-from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
+from ._tracing import tracing_for
+from ._transport import Link, subscribe_live
 from ._writers import RecordSink
 
 log = logging.getLogger("natstream")
@@ -99,16 +107,26 @@ class Subscriber:
             connection connects, is lost, comes back, hears that its server goes
             into lame duck mode, or closes (see :data:`ConnectionEventHook`). The
             same events are logged at INFO.
+        service: make the subscriber a NATS service (ADR-32) that ``nats micro``
+            and ``natstream services`` list: it answers ``$SRV.PING``, ``$SRV.INFO``
+            and ``$SRV.STATS`` from the moment it is open, and each stream
+            subscription is one of its endpoints. Opening raises
+            :class:`PermissionDeniedError` if the server refuses those subjects.
 
     The subscribing methods (``stream_subscribe_handler``, ``stream_handler``...)
     return once the subscription is live on the server, and raise
     :class:`PermissionDeniedError` when the server refuses it,
     :class:`SubscriberClosedError` when the subscriber is not open, and
-    :class:`InvalidSubjectError` for a bad subject or queue group.
+    :class:`InvalidSubjectError` for a bad subject or queue group. Their
+    ``endpoint`` names the subscription as an endpoint of the service (default:
+    the subject, each character other than letters, digits, ``_`` and ``-``
+    replaced by ``_``; :class:`ConfigError` when it holds others).
 
     Raises:
-        ConfigError: an argument is out of range.
-        TypeError: ``on_connection_event`` is not a plain callable.
+        ConfigError: an argument is out of range; ``config`` asks for tracing and
+            OpenTelemetry is not installed.
+        TypeError: ``on_connection_event`` is not a plain callable, or ``service``
+            is not a :class:`ServiceInfo`.
     """
 
     def __init__(
@@ -124,9 +142,12 @@ class Subscriber:
         control: str = "auto",
         plain_end: str = "marker",
         on_connection_event: ConnectionEventHook | None = None,
+        service: ServiceInfo | None = None,
     ) -> None:
         _check_limit("max_concurrent_streams", max_concurrent_streams)
         check_hook(on_connection_event)
+        if service is not None and not isinstance(service, ServiceInfo):
+            raise TypeError(f"service must be a ServiceInfo, not {type(service).__name__}")
         if control not in ("auto", "service"):
             raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
         if plain_end not in ("marker", "empty"):
@@ -144,6 +165,9 @@ class Subscriber:
         if stall_factor < 1:
             raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
         self.config = as_config(config)
+        self._tracing = tracing_for(self.config)
+        self.service = service
+        self._service: ServiceResponder | None = None  # answering $SRV requests
         self.close_grace = close_grace
         self.max_concurrent_streams = max_concurrent_streams
         self.max_request_size = max_request_size
@@ -201,7 +225,7 @@ class Subscriber:
             )
         self._state = SubscriberState.OPENING
         try:
-            link = await _connect(self.config, self._on_nats_error, self._watch)
+            link = await connect_subscriber(self.config, self._on_nats_error, self._watch)
         except BaseException:
             self._set_closed()
             raise
@@ -217,11 +241,16 @@ class Subscriber:
         )
         try:
             dispatch.control_prefix = await self._subscribe_control(link, dispatch)
+            if self.service is not None:
+                self._service = ServiceResponder(self.service, link, lambda: self._subscriptions)
+                await self._service.start()
             if self._state is not SubscriberState.OPENING:  # close() was called meanwhile
                 raise SubscriberClosedError("this subscriber was closed while it was opening")
         except BaseException:
             self._set_closed()
-            await _close_quietly(link)
+            if self._service is not None:
+                await self._service.stop()
+            await close_quietly(link)
             raise
         self._link = link
         self._dispatch = dispatch
@@ -292,6 +321,8 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         try:
+            if self._service is not None:  # a closing service leaves the listings
+                await self._service.stop()
             subs = list(self._subscriptions)
             await asyncio.gather(*(s.stop(grace) for s in subs))
             for key in list(self._recordings):
@@ -307,7 +338,7 @@ class Subscriber:
                 await asyncio.gather(*tasks, return_exceptions=True)
             link, self._link = self._link, None
             if link is not None:
-                await _close_quietly(link)
+                await close_quietly(link)
             self._set_closed()
 
     async def __aenter__(self) -> Subscriber:
@@ -332,12 +363,18 @@ class Subscriber:
     def nc(self) -> Client:
         """The underlying nats-py connection (until :meth:`close` has closed it)."""
         if self._link is None:
-            raise _not_open(self._state)
+            raise not_open_error(self._state)
         return self._link.nc
+
+    @property
+    def service_id(self) -> str | None:
+        """This instance's id as a NATS service (the last token of
+        ``$SRV.INFO.<name>.<id>``); None without ``service`` or before opening."""
+        return None if self._service is None else self._service.id
 
     def _check_open(self) -> Link:
         if self._state is not SubscriberState.OPEN or self._link is None:
-            raise _not_open(self._state)
+            raise not_open_error(self._state)
         return self._link
 
     # ------------------------------------------------------------ what streams need (Host)
@@ -393,15 +430,17 @@ class Subscriber:
         kind: Kind,
         queue: str | None,
         max_concurrent_streams: int | None,
+        endpoint: str | None,
     ) -> StreamSubscription:
         link = self._check_open()
         validate_subscribe_subject(subject)
         q = validate_queue(queue)
+        name = endpoint_name(subject) if endpoint is None else check_endpoint_name(endpoint)
         if max_concurrent_streams is None:
             max_concurrent_streams = self.max_concurrent_streams
         else:
             _check_limit("max_concurrent_streams", max_concurrent_streams)
-        handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams)
+        handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams, name)
         assert self._dispatch is not None  # open (checked above)
         serve = partial(self._dispatch.serve, handle)
 
@@ -423,6 +462,7 @@ class Subscriber:
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
         pack: bool = False,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with an index handler (sync or async).
 
@@ -446,7 +486,7 @@ class Subscriber:
         """
         check_index_handler(handler, "stream_subscribe_handler", INDEX_SHAPE)
         return await self._subscribe(
-            subject, index_kind(handler, pack=pack), queue, max_concurrent_streams
+            subject, index_kind(handler, pack=pack), queue, max_concurrent_streams, endpoint
         )
 
     async def batch_stream_subscribe_handler(
@@ -456,6 +496,7 @@ class Subscriber:
         *,
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with a batch handler: ``(request, batch_index) ->
         (items, more, err)``; items reach the requester's handler in order, one message
@@ -467,7 +508,9 @@ class Subscriber:
         (``TypeError`` here otherwise); ``items`` is a list (or tuple) of bytes.
         """
         check_index_handler(batch_handler, "batch_stream_subscribe_handler", BATCH_SHAPE)
-        return await self._subscribe(subject, Batch(batch_handler), queue, max_concurrent_streams)
+        return await self._subscribe(
+            subject, Batch(batch_handler), queue, max_concurrent_streams, endpoint
+        )
 
     async def stream_handler(
         self,
@@ -476,6 +519,7 @@ class Subscriber:
         *,
         queue: str | None = None,
         max_concurrent_streams: int | None = None,
+        endpoint: str | None = None,
     ) -> StreamSubscription:
         """Serve ``subject`` with an async generator: ``async def fn(request): yield b"..."``.
 
@@ -493,7 +537,9 @@ class Subscriber:
         when what it returns is not one, that stream fails with a 500.
         """
         check_generator_handler(fn, "stream_handler")
-        return await self._subscribe(subject, Generator(fn), queue, max_concurrent_streams)
+        return await self._subscribe(
+            subject, Generator(fn), queue, max_concurrent_streams, endpoint
+        )
 
     # ------------------------------------------------------------ recorders
 
@@ -527,32 +573,6 @@ class Subscriber:
         return recording
 
 
-async def _connect(
-    config: Config, on_error: Callable[[Exception], None], watch: ConnectionWatch
-) -> Link:
-    """A connection to one of ``config``'s servers, reconnecting by itself; its
-    events go to ``watch``.
-
-    Raises:
-        NoServersError: none could be reached (named each, with why).
-    """
-    try:
-        return await connect(
-            list(config.servers),
-            config.nats_options(),
-            allow_reconnect=True,
-            disconnected_cb=watch.on_disconnected,
-            closed_cb=watch.on_closed,
-            reconnected_cb=watch.on_reconnected,
-            lame_duck_cb=watch.on_lame_duck,
-            error_counter=on_error,
-        )
-    except Exception as exc:
-        servers = [safe_server(s) for s in config.servers]
-        reason = translate_connect_error(exc)
-        raise NoServersError(servers, [reason] * len(servers)) from None
-
-
 async def _stop_recording(recording: Recording) -> None:
     """Stop a recording the subscriber is closing under; one its owner stopped (and
     heard the error of, if any) is left alone."""
@@ -564,22 +584,6 @@ async def _stop_recording(recording: Recording) -> None:
         log.exception("recording of %r: flushing the writer failed", recording.subject)
 
 
-def _not_open(state: SubscriberState) -> SubscriberClosedError:
-    if state in (SubscriberState.NEW, SubscriberState.OPENING):
-        return SubscriberClosedError(
-            "this subscriber is not open yet; use `async with Subscriber(...)` "
-            "or `await Subscriber.connect(...)`"
-        )
-    return SubscriberClosedError("this subscriber is closed; create a new Subscriber")
-
-
 def _check_limit(name: str, value: int) -> None:
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {value}")
-
-
-async def _close_quietly(link: Link) -> None:
-    try:
-        await link.close()
-    except Exception:
-        log.debug("closing the subscriber's connection failed", exc_info=True)

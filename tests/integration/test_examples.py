@@ -66,6 +66,11 @@ OUTPUT = {
         "in 3 attempts",
     ],
     "recording.py": ["messages=6", "sensors.room1: 22.5"],
+    "discovery.py": [
+        "serving as prices ",
+        "EURUSD 1.0854",
+        "span 'process prices.ticks', child of 'request prices.ticks'",
+    ],
 }
 # Examples run by a test of their own below: a service, its client, a shell command.
 DRIVEN = {"service.py", "client.py", "record.sh"}

@@ -95,6 +95,40 @@ async def test_subscriber_stats(server: NatsServer, pool: Pool, subject: str) ->
     assert (closed.streams_started, closed.streams_completed, closed.replies_sent) == (3, 2, 21)
 
 
+async def test_subscription_stats_count_bytes_resumes_errors_and_time(
+    server: NatsServer, pool: Pool, subject: str
+) -> None:
+    """Bytes sent, resumed streams, the last error marker and the time whole streams
+    took (each from its request to its end)."""
+    calls = 0
+
+    async def flaky(request: StreamRequest) -> AsyncIterator[bytes]:
+        nonlocal calls
+        calls += 1
+        start = request.resume.seq if request.resume else 0
+        for i in range(start, 6):
+            if calls == 1 and i == 3:
+                raise StreamError("try again", code=503, retryable=True)
+            await asyncio.sleep(0.01)
+            yield b"%02d" % i
+
+    async with Subscriber([server.url]) as sub:
+        handle = await sub.stream_handler(subject, flaky)
+        assert handle.stats().last_error == ""
+        got: list[bytes] = []
+        await pool.stream_request_with_retry(
+            subject, b"", 1, 0.0, lambda m: got.append(m.data) or True
+        )
+        # The handler sees the first attempt's error marker, then the retry's replies.
+        assert got == [b"00", b"01", b"02", b"__STREAM_ERROR__:try again", b"03", b"04", b"05",
+                       b"__STREAM_END__"]  # fmt: skip
+        st = handle.stats()
+        assert (st.streams_started, st.streams_failed, st.streams_completed) == (2, 1, 1)
+        assert (st.replies_sent, st.bytes_sent, st.streams_resumed) == (6, 12, 1)
+        assert st.last_error == "503 try again"
+        assert 0.06 <= st.processing_time < 10  # six replies, 10 ms apart, at least
+
+
 async def test_subscriber_connection_events_are_logged_and_hooked(
     restartable: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -43,6 +43,7 @@ import click
 from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
+from ._services import services
 
 __all__ = ["Failure", "Options", "UserError", "main"]
 
@@ -302,6 +303,9 @@ def bench(
         raise click.exceptions.Exit(_INTERRUPTED)
     if failed(results):
         raise Failure("a bench case failed to run (see above)")
+
+
+main.add_command(services)
 
 
 @contextlib.contextmanager

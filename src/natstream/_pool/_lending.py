@@ -16,6 +16,7 @@ from .._config import StreamOptions
 from .._errors import ConnectionLostError, PoolClosedError
 from .._protocol import Outcome
 from .._requester import Lease
+from .._tracing import Tracing
 from ._connections import Connections
 from ._model import Conn, PoolState, pick_least_loaded
 
@@ -35,10 +36,12 @@ class Lender:
         connections: Connections,
         options: StreamOptions,
         state: Callable[[], PoolState],
+        tracing: Tracing | None = None,
     ) -> None:
         self._conns = connections
         self._options = options
         self._state = state
+        self._tracing = tracing
         self._rr = 0
         self.started = self.retried = 0
         self.completed = self.failed = self.cancelled = 0
@@ -47,6 +50,10 @@ class Lender:
     @property
     def stream_options(self) -> StreamOptions:
         return self._options
+
+    @property
+    def tracing(self) -> Tracing | None:
+        return self._tracing
 
     def lease(self, window_messages: int, window_bytes: int, *, retry: bool) -> Lease:
         """A connection for one attempt, with the window it may grant (see

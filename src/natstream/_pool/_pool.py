@@ -20,6 +20,7 @@ from .._config import Config, StreamOptions, as_config
 from .._errors import NatstreamError, NoServersError, PoolClosedError
 from .._events import ConnectionEventHook, check_hook
 from .._requester import Handler, Stream
+from .._tracing import tracing_for
 from .._transport import safe_server, translate_connect_error
 from ._connections import Connections
 from ._lending import Lender
@@ -53,6 +54,7 @@ class Pool:
 
     Raises:
         TypeError: ``on_connection_event`` is not a plain callable.
+        ConfigError: ``config`` asks for tracing and OpenTelemetry is not installed.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Pool:
     ) -> None:
         check_hook(on_connection_event)
         config = as_config(config)
+        tracing = tracing_for(config)
         self.config = config
         self._state = PoolState.NEW
         self._servers = [Server(url, safe_server(url)) for url in config.servers]
@@ -74,7 +77,7 @@ class Pool:
             opening=lambda: self._state in (PoolState.OPENING, PoolState.OPEN),
             on_event=on_connection_event,
         )
-        self._lender = Lender(self._conns, config.stream, lambda: self._state)
+        self._lender = Lender(self._conns, config.stream, lambda: self._state, tracing)
         self._closed = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle

@@ -56,6 +56,7 @@ class Attempt:
         buffer: data replies not yet taken by the consumer (messages, or
             :class:`~._delivery.Pack` entries for packed ones), in order.
         marker: the end or error marker, once received.
+        outcome: how the attempt ended, once :meth:`close` has run.
         direct, direct_task, held: see :func:`~._delivery.call_direct`.
     """
 
@@ -73,6 +74,7 @@ class Attempt:
         self.loop = loop
         self.buffer: deque[Msg | Pack] = deque()
         self.marker: Msg | None = None
+        self.outcome: Outcome | None = None
         self._listening: Listening | None = None  # the inbox's subscription
         self.inbox = ""  # the request's reply subject: <base>.0
         self._inbox_base = ""  # the attempt listens on <base>.*
@@ -382,7 +384,7 @@ class Attempt:
         """
         m = self.machine
         if not self.lease.released:
-            outcome = (
+            outcome = self.outcome = (
                 Outcome.COMPLETED
                 if ok
                 else attempt_outcome(m.state, deadline=m.deadline, now=self.loop.time())

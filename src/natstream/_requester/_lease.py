@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .._config import StreamOptions
 from .._protocol import Outcome
+from .._tracing import Tracing
 from .._transport import Link
 
 __all__ = ["Lease", "LeaseSource"]
@@ -81,6 +82,11 @@ class LeaseSource(Protocol):
     @property
     def stream_options(self) -> StreamOptions:
         """The options a stream uses unless it is given its own."""
+        ...
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """What traces its streams; None when tracing is off."""
         ...
 
     def lease(self, window_messages: int, window_bytes: int, *, retry: bool) -> Lease:

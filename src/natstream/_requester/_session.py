@@ -9,7 +9,8 @@ from nats.aio.msg import Msg
 
 from .._config import StreamOptions
 from .._errors import ConnectionLostError, StreamFailure
-from .._protocol import Reply, RequesterMachine, RequesterState, Resume
+from .._protocol import Outcome, Reply, RequesterMachine, RequesterState, Resume
+from .._tracing import RequesterSpan
 from ._attempt import Attempt
 from ._lease import LeaseSource
 
@@ -24,7 +25,8 @@ class Session:
     A retryable failure closes the attempt, waits ``retry_delay`` and opens the next
     one (up to ``max_retries`` more), resuming after the last data reply delivered
     when ``options.resume`` is on. The deadline (``stream_timeout``) is set when the
-    first attempt opens and covers all of them.
+    first attempt opens and covers all of them. With tracing on, the stream is one
+    span from its first attempt to its end (see :mod:`natstream._tracing`).
     """
 
     def __init__(
@@ -55,6 +57,8 @@ class Session:
         self.attempts = 0  # opened so far: the first and each retry
         self.closed = False
         self._resume: Resume | None = None
+        self._span: RequesterSpan | None = None
+        self._failure: BaseException | None = None  # why the last open() failed
 
     def start_clock(self) -> float | None:
         """Set the whole-stream deadline if there is one and it is not set; return it."""
@@ -72,7 +76,20 @@ class Session:
         self.start_clock()
         opts = self.options
         self.attempts += 1
-        lease = self.source.lease(opts.window_messages, opts.window_bytes, retry=self.attempts > 1)
+        resume = self._resume if opts.resume else None
+        headers = self.headers
+        tracing = self.source.tracing
+        if tracing is not None:
+            if self._span is None:
+                self._span = tracing.requester(self.subject, len(self.data))
+            headers = self._span.headers(headers, resume)
+        try:
+            lease = self.source.lease(
+                opts.window_messages, opts.window_bytes, retry=self.attempts > 1
+            )
+        except BaseException as exc:
+            self._failure = exc
+            raise
         machine = RequesterMachine(
             self.loop.time(),
             subject=self.subject,
@@ -82,16 +99,19 @@ class Session:
             stall_factor=opts.stall_factor,
             request_timeout=self.request_timeout,
             deadline=self.deadline,
-            resume=self._resume if opts.resume else None,
+            resume=resume,
         )
         attempt = Attempt(lease, self.subject, machine, self.loop)
         self.attempt = attempt
         try:
-            await attempt.start(self.data, self.headers)
-        except BaseException:
+            await attempt.start(self.data, headers)
+        except BaseException as exc:
             self.attempt = None
+            self._failure = exc
             await attempt.close()
+            self._attempt_ended(attempt, exc)
             raise
+        self._failure = None
         return attempt
 
     async def close(self) -> None:
@@ -102,6 +122,14 @@ class Session:
         attempt, self.attempt = self.attempt, None
         if attempt is not None:
             await attempt.close(ok=attempt.machine.state is RequesterState.ENDED)
+        if self._span is not None:
+            if attempt is not None:
+                self._attempt_ended(attempt, None)
+                self._end_span(attempt.outcome or Outcome.CANCELLED)
+            elif self._failure is not None:
+                self._end_span(Outcome.FAILED, self._failure)
+            else:
+                self._end_span(Outcome.CANCELLED)
 
     async def next(self) -> tuple[Reply, Msg]:
         """The next reply: (DELIVER, data), (END, marker) or (ERROR, marker).
@@ -145,15 +173,32 @@ class Session:
             self._resume = attempt.machine.resume_point() or self._resume
             self.attempt = None
             await attempt.close()
+            self._attempt_ended(attempt, error)
         else:
             assert failure is not None
             error = failure
-        if not error.retryable or self.attempts > self.max_retries:
-            self.closed = True
-            raise error
         delay = self.retry_delay
-        if self.deadline is not None and self.loop.time() + delay >= self.deadline:
+        if (
+            not error.retryable
+            or self.attempts > self.max_retries
+            or (self.deadline is not None and self.loop.time() + delay >= self.deadline)
+        ):
             self.closed = True
+            self._end_span(Outcome.FAILED, error)
             raise error
         log.debug("retrying stream on %r after %s", self.subject, type(error).__name__)
         await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------ tracing (when on)
+
+    def _attempt_ended(self, attempt: Attempt, error: BaseException | None) -> None:
+        span = self._span
+        if span is not None:
+            lease = attempt.lease
+            outcome = attempt.outcome or Outcome.FAILED
+            span.attempt_ended(outcome, lease.replies, lease.bytes, error)
+
+    def _end_span(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        span = self._span
+        if span is not None:
+            span.end(outcome, error)

@@ -91,7 +91,11 @@ class Stream:
 
     async def __aenter__(self) -> Stream:
         self._entered = True
-        await self._session.open()
+        try:
+            await self._session.open()
+        except BaseException:
+            await self._session.close()  # no __aexit__ follows: end the stream here
+            raise
         return self
 
     async def __aexit__(

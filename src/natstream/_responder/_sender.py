@@ -79,6 +79,7 @@ class Sender:
         limit: the largest reply payload, in bytes (max_payload less room for headers).
         sent: replies sent so far by this sender (pacing counts them).
         too_large: a reply over ``limit`` ended the stream (its 413 error is sent).
+        error: the error marker sent (its code and message), "" before one is.
     """
 
     __slots__ = (
@@ -87,6 +88,7 @@ class Sender:
         "_reserve",
         "_tail",
         "end_payload",
+        "error",
         "limit",
         "link",
         "loop",
@@ -120,6 +122,7 @@ class Sender:
         self.limit = link.nc.max_payload - self._reserve
         self.sent = 0
         self.too_large = False
+        self.error = ""
         self._credit: asyncio.Future[None] | None = None
         # The fast path needs a v1 requester and a way for it to tell us apart: our
         # control subject as the reply subject, or (service-routed) our stream id.
@@ -298,6 +301,7 @@ class Sender:
     async def send_error(self, message: str, code: int, retryable: bool) -> None:
         """End the stream with an error marker (the machine records it)."""
         headers = self.machine.error_headers(message, code, retryable, self.loop.time())
+        self.error = f"{code} {message}"
         await self.publish(STREAM_ERROR_PREFIX + message.encode("utf-8", "replace"), headers)
         if not self.end_payload:
             await self.publish(b"", None)  # what a requester that ends on empty waits for

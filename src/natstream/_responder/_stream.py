@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from nats.aio.msg import Msg
 from .._errors import ConnectionLostError, StreamError
 from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
 from .._timer import LazyTimer
+from .._tracing import ResponderSpan
 from .._transport import Link, Listening
 from ._handlers import HandlerResultError
 from ._kinds import Index, Kind
@@ -75,6 +77,8 @@ class ResponderStream:
         token: the last token of ``control_subject``, where the requester's control
             messages arrive (None ``control_subject`` for a plain requester).
         name: of the task, and the prefix of its sends' tasks.
+        born: when the stream was made (``time.perf_counter_ns()``), for its duration.
+        span: the stream's trace span, when tracing is on (its context is the task's).
     """
 
     def __init__(
@@ -97,6 +101,8 @@ class ResponderStream:
         self.control_subject = control_subject
         self.token = token
         self.name = name
+        self.born = time.perf_counter_ns()
+        self.span: ResponderSpan | None = None
         self.request = StreamRequest(msg, machine)
         # Service-routed control (the machine has a stream id): the requester's control
         # messages come to our own subscription of control_subject, ours carry no
@@ -124,14 +130,22 @@ class ResponderStream:
         an *accept* (the stream's first heartbeat): it learns our control subject,
         its stall detection takes over from its ``request_timeout``, and it can
         cancel the stream, however slow the handler's first reply. (Service-routed,
-        the task sends it, once the stream's control subscription is made.)"""
+        the task sends it, once the stream's control subscription is made.)
+
+        With a trace span, the handler runs in its context (the span is current)."""
+        context = None if self.span is None else self.span.context
         if self.service:
-            self.task = asyncio.create_task(self.run(), name=self.name)
+            self.task = asyncio.create_task(self.run(), name=self.name, context=context)
             return
-        if first_now is not None and self.start_now(first_now):
-            return  # a one-reply stream, already finished
+        if first_now is not None:
+            if context is None:
+                finished = self.start_now(first_now)
+            else:
+                finished = context.run(self.start_now, first_now)
+            if finished:
+                return  # a one-reply stream, already finished
         self._accept()
-        self.task = asyncio.create_task(self.run(), name=self.name)
+        self.task = asyncio.create_task(self.run(), name=self.name, context=context)
 
     def _accept(self) -> None:
         """Queue the accept, when the requester speaks v1 and nothing was sent yet

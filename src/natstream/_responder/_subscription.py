@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._protocol import Outcome, ResponderMachine
+from .._tracing import Tracing
 from .._transport import Link, drain_subscription
 from ._kinds import Index, Kind
 from ._stream import ResponderStream
@@ -29,6 +31,7 @@ class Host(Protocol):
     close_grace: float
     send_exception_text: bool
     plain_end: str
+    _tracing: Tracing | None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` as a task called ``name``, stopped when the subscriber closes."""
@@ -45,7 +48,16 @@ class Host(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionStats:
-    """Counters of one stream subscription."""
+    """Counters of one stream subscription.
+
+    Attributes:
+        bytes_sent: payload bytes of the data replies sent.
+        streams_resumed: streams that resumed a requester's earlier attempt.
+        last_error: the error marker (code and message) of the last stream that
+            failed, "" while none has.
+        processing_time: seconds the finished streams lasted, each from its request
+            to its end, added up.
+    """
 
     subject: str
     queue: str
@@ -56,10 +68,19 @@ class SubscriptionStats:
     streams_cancelled: int
     streams_rejected_busy: int
     replies_sent: int
+    bytes_sent: int = 0
+    streams_resumed: int = 0
+    last_error: str = ""
+    processing_time: float = 0.0
 
 
 class StreamSubscription:
-    """Handle of one stream subscription; :meth:`stop` ends it."""
+    """Handle of one stream subscription; :meth:`stop` ends it.
+
+    Attributes:
+        endpoint: its name as an endpoint of the subscriber's NATS service (see
+            :class:`ServiceInfo`): given when subscribing, or made from the subject.
+    """
 
     def __init__(
         self,
@@ -68,10 +89,12 @@ class StreamSubscription:
         queue: str,
         kind: Kind,
         max_concurrent_streams: int,
+        endpoint: str = "",
     ) -> None:
         self.subscriber = subscriber
         self.subject = subject
         self.queue = queue
+        self.endpoint = endpoint
         self.max_concurrent_streams = max_concurrent_streams
         self._kind = kind
         # A sync index handler's first reply is made in the request's dispatch.
@@ -82,6 +105,9 @@ class StreamSubscription:
         self._streams: set[ResponderStream] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._started = self._busy = self._sent = 0
+        self._bytes = self._resumed = 0
+        self._processing_ns = 0  # of the finished streams, each from request to end
+        self._last_error = ""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -107,6 +133,10 @@ class StreamSubscription:
             outcomes[Outcome.CANCELLED],
             self._busy,
             self._sent,
+            self._bytes,
+            self._resumed,
+            self._last_error,
+            self._processing_ns / 1e9,
         )
 
     @property
@@ -198,6 +228,9 @@ class StreamSubscription:
             f"natstream-stream-{self.subject}-{self._started}",
             imported=imported,
         )
+        tracing = self.subscriber._tracing
+        if tracing is not None:
+            stream.span = tracing.responder(msg, self.subject, self.queue, machine.resume)
         self._streams.add(stream)
         self._idle.clear()
         return stream
@@ -223,6 +256,16 @@ class StreamSubscription:
         self.subscriber._drop_control(stream.token)
         self._outcomes[outcome] += 1
         self._sent += replies
+        m = stream.machine
+        self._bytes += m.sent_bytes
+        self._processing_ns += time.perf_counter_ns() - stream.born
+        if m.resume is not None:
+            self._resumed += 1
+        if outcome is Outcome.FAILED:
+            self._last_error = stream.sender.error or "connection lost"
+        span = stream.span
+        if span is not None:
+            span.end(outcome, replies, m.sent_bytes, stream.sender.error)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self.subscriber._spawn(coro, name)
