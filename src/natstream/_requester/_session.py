@@ -83,6 +83,7 @@ class Session:
             request_timeout=self.request_timeout,
             deadline=self.deadline,
             resume=self._resume if opts.resume else None,
+            plain_end_empty=opts.plain_end == "empty",
         )
         attempt = Attempt(lease, self.subject, machine, self.loop)
         self.attempt = attempt
