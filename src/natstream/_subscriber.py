@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from types import TracebackType
@@ -50,6 +51,7 @@ from ._responder._handlers import (
     check_generator_handler,
     check_index_handler,
 )
+from ._signals import until_stopped
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._transport import Link, connect, safe_server, subscribe_live, translate_connect_error
 from ._writers import RecordSink
@@ -68,7 +70,8 @@ class Subscriber:
 
     ``async with Subscriber(config) as sub:``, or ``sub = await
     Subscriber.connect(servers)`` and ``await sub.close()``. A subscriber is opened
-    once: after :meth:`close` create a new one.
+    once: after :meth:`close` create a new one. A service serves until SIGTERM or
+    Ctrl-C with :meth:`serve_forever`.
 
     Args:
         close_grace: seconds :meth:`close` lets in-flight streams finish (max 5 by
@@ -327,6 +330,30 @@ class Subscriber:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def serve_forever(
+        self, stop: asyncio.Event | None = None, *, grace: float | None = None
+    ) -> signal.Signals | None:
+        """Serve until SIGINT or SIGTERM (or ``stop`` is set, or :meth:`close` is
+        called elsewhere), then close as :meth:`close` does, with ``grace`` seconds
+        for the streams in flight (``close_grace`` when None). Returns once closed.
+
+        While it runs, SIGINT (Ctrl-C) and SIGTERM stop it instead of their usual
+        effect; a signal during the close is logged and changes nothing (the grace
+        bounds it). The handlers set with ``signal.signal`` before are back when it
+        returns. Signals are caught in the main thread only; elsewhere ``stop`` and
+        :meth:`close` stop it. Cancellation closes the subscriber the same way, then
+        propagates.
+
+        Returns:
+            The signal that stopped it; None when ``stop`` or a close did.
+
+        Raises:
+            SubscriberClosedError: the subscriber is not open.
+        """
+        self._check_open()
+        grace = self.close_grace if grace is None else grace
+        return await until_stopped(partial(self.close, grace), grace, stop, self._closed)
 
     @property
     def nc(self) -> Client:

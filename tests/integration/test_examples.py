@@ -229,8 +229,10 @@ def test_the_service_serves_the_client_and_stops_on_sigterm(server: NatsServer) 
             service.kill()
             service.communicate(timeout=RUN_TIMEOUT)
     assert service.returncode == 0, err
-    assert "streams_completed=1" in err
-    assert err.rstrip().endswith("reports INFO stopped")
+    assert "natstream INFO SIGTERM: closing; streams in flight get 10 s to finish" in err
+    last = err.rstrip().splitlines()[-1]
+    assert "reports INFO stopped: SubscriptionStats(" in last
+    assert "streams_completed=1" in last
 
 
 async def _publish_when_recorded(url: str, count: int) -> None:
