@@ -43,6 +43,7 @@ import click
 from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
+from ._request import request
 
 __all__ = ["Failure", "Options", "UserError", "main"]
 
@@ -121,6 +122,9 @@ def main(ctx: click.Context, use_uvloop: bool) -> None:
     nats-server; 'natstream server' runs one on port 4222 for the README's examples.
     """
     ctx.obj = Options(uvloop=use_uvloop)
+
+
+main.add_command(request)
 
 
 @main.command()
