@@ -44,6 +44,7 @@ from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
 from ._request import request
+from ._serve import serve
 
 __all__ = ["Failure", "Options", "UserError", "main"]
 
@@ -125,6 +126,7 @@ def main(ctx: click.Context, use_uvloop: bool) -> None:
 
 
 main.add_command(request)
+main.add_command(serve)
 
 
 @main.command()
