@@ -255,6 +255,8 @@ _BENCH_CASES = (
     "memory",
     "writer",
     "record",
+    "request_cli",
+    "serve_memory",
 )
 
 

@@ -239,9 +239,10 @@ def _registration(handler: Any, kind: str, pack: bool, spec: str) -> _Register:
     if pack and kind != "index":
         raise TypeError(f"--pack packs an index handler's replies; this one is a {kind} handler")
     if kind == "generator":
-        check_generator_handler(handler, "stream_handler")
+        check_generator_handler(handler, "--kind generator")
     else:
-        check_index_handler(handler, kind, BATCH_SHAPE if kind == "batch" else INDEX_SHAPE)
+        shape = BATCH_SHAPE if kind == "batch" else INDEX_SHAPE
+        check_index_handler(handler, f"--kind {kind}", shape)
 
     async def register(sub: Subscriber, subject: str, queue: str | None) -> str:
         if kind == "generator":
