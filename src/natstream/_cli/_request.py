@@ -254,7 +254,7 @@ def _json_reply(out: Output, data: bytes, headers: dict[str, str] | None, seq: i
         payload, encoding = data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         payload, encoding = base64.b64encode(data).decode("ascii"), "base64"
-    shown = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("ns-")}
+    shown = {k: v for k, v in (headers or {}).items() if not k.lower().startswith(_PROTOCOL_PREFIX)}
     reply = {
         "seq": seq,
         "size": len(data),

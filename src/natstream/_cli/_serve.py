@@ -219,9 +219,10 @@ def _load(spec: str, kind: str, pack: bool) -> _Register:
     try:
         found: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if missing != module_name and not module_name.startswith(missing + "."):
             raise  # the module itself imports something missing: its traceback says what
-        raise UserError(f"--handler {spec!r}: no module named {exc.name!r}") from None
+        raise UserError(f"--handler {spec!r}: no module named {missing!r}") from None
     for part in attribute.split("."):
         if not hasattr(found, part):
             raise UserError(f"--handler {spec!r}: {module_name} has no {attribute!r}")
