@@ -23,7 +23,9 @@ class StopSignals:
 
     Entered on a running event loop. Signals can be caught only in the main thread
     of a platform with ``loop.add_signal_handler``; elsewhere :attr:`catching` is
-    False and the event is only set by whoever else holds it.
+    False and the event is only set by whoever else holds it. A signal ignored when
+    the block starts (``SIG_IGN``: SIGINT for a job a script started with ``&``)
+    stays ignored, as Python leaves it.
 
     Attributes:
         event: set at the first signal.
@@ -54,6 +56,8 @@ class StopSignals:
         loop = self._loop = asyncio.get_running_loop()
         for sig in self.signals:
             previous = signal.getsignal(sig)
+            if previous is signal.SIG_IGN:
+                continue
             try:
                 loop.add_signal_handler(sig, self._caught, sig)
             except (NotImplementedError, RuntimeError):  # no support, or not the main thread
