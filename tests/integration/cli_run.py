@@ -83,11 +83,14 @@ def assert_one_error_line(stderr: str, *words: str) -> str:
     return lines[0]
 
 
-async def arun(*args: str, stdin: bytes | None = None, **extra_env: str) -> tuple[int, bytes, str]:
+async def arun(
+    *args: str, stdin: bytes | None = None, cwd: str | None = None, **extra_env: str
+) -> tuple[int, bytes, str]:
     """:func:`run` for async tests (their event loop keeps serving meanwhile):
     (exit status, stdout as bytes, stderr as text)."""
     proc = await asyncio.create_subprocess_exec(
         *command(*args),
+        cwd=cwd,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

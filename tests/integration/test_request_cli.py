@@ -13,6 +13,7 @@ import pty
 import signal
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -458,3 +459,29 @@ def _context(files: dict[str, str]) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=files["ca.pem"])
     context.load_cert_chain(files["client.pem"], files["client.key"])
     return context
+
+
+async def test_an_nkey_seed_file_and_a_token(tmp_path: Path) -> None:
+    """--nkey reads the seed from a file (never shown); NATS_TOKEN is a token."""
+    nkeys = pytest.importorskip("nkeys")
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    user = nkeys.from_seed(bytearray(seed))
+    conf = f'authorization {{ users: [ {{ nkey: "{user.public_key.decode()}" }} ] }}'
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed + b"\n")
+    with NatsServer(config=conf) as srv:
+        status, _, err = await arun("request", "x.y", "--nkey", str(seed_file), NATS_URL=srv.url)
+        assert status == 4, err  # connected: nobody serves the subject
+        other = tmp_path / "other.nk"
+        other_seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        other.write_bytes(other_seed)
+        status, out, err = await arun("request", "x.y", "--nkey", str(other), NATS_URL=srv.url)
+        assert status == 2
+        assert other_seed.decode() not in out.decode() + err
+    token = "tk-" + os.urandom(8).hex()
+    with NatsServer(config=f'authorization {{ token: "{token}" }}') as srv:
+        status, _, err = await arun("request", "x.y", NATS_URL=srv.url, NATS_TOKEN=token)
+        assert status == 4, err
+        status, out, err = await arun("request", "x.y", "--token", "nope", NATS_URL=srv.url)
+        assert status == 2
+        assert token not in out.decode() + err

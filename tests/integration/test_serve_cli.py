@@ -359,6 +359,18 @@ async def test_a_usage_error_exits_2_with_one_line(
     assert_one_error_line("\n".join(lines), *words)
 
 
+async def test_a_handler_module_that_raises_on_import_exits_1_with_its_traceback(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    (tmp_path / "broken.py").write_text('raise RuntimeError("no database configured")\n')
+    status, out, err = await arun(
+        "serve", "x.y", "--handler", "broken:rows", NATS_URL=server.url, cwd=str(tmp_path)
+    )
+    assert (status, out) == (1, b"")
+    assert "Traceback" in err
+    assert err.rstrip().endswith("RuntimeError: no database configured")
+
+
 # ---------------------------------------------------------------- memory
 
 

@@ -49,8 +49,9 @@ _SECONDS = click.FloatRange(min=0)
 
 
 @click.command(
-    epilog="\b\nExit status: 0 after SIGINT or SIGTERM (a graceful stop); 2 a usage\n"
-    "error (a bad option, subject or handler, an unreachable server); 1 a failure.",
+    epilog="\b\nExit status: 0 after SIGINT or SIGTERM (a graceful stop); 1 the\n"
+    "--handler's module raised as it was imported; 2 a usage error (a bad option,\n"
+    "subject, command or handler, an unreachable server).",
 )
 @click.argument("subject")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD [ARGS]...]")
