@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import cli_run
 import nats
 import pytest
 import trustme
@@ -316,6 +317,22 @@ async def test_a_usage_error_exits_2_with_one_line(args: list[str], words: list[
     status, out, err = await arun("request", *args)
     assert (status, out) == (2, b"")
     assert_one_error_line(err, *words)
+
+
+async def test_a_closed_stdout_is_refused_before_anything_starts() -> None:
+    """With fd 1 closed, a socket opened later could take its number."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$@" >&-',
+        "sh",
+        *cli_run.command("request", "x.y"),
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_run.env(),
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 2
+    assert_one_error_line(err.decode(), "stdout is closed")
 
 
 # ---------------------------------------------------------------- output pacing

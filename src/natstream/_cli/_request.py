@@ -61,6 +61,7 @@ _NEWLINE = b"\n"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PROTOCOL_PREFIX = "ns-"  # natstream's own headers: Ns-Seq, Ns-Win, ...
 _INTERRUPT_WRITE = 1.0  # seconds the replies received before Ctrl-C get to be written
+_STDOUT, _STDERR = 1, 2  # file descriptors (sys.stdout is None when fd 1 is closed)
 
 
 class _TimedOut(Failure):
@@ -172,6 +173,8 @@ def request(
     """
     if raw and as_json:
         raise click.UsageError("--raw and --json exclude each other")
+    if sys.stdout is None:  # fd 1 closed: a file opened later would take its number
+        raise UserError("stdout is closed: send the replies somewhere (> /dev/null)")
     validate_publish_subject(subject)
     wanted = _Request(
         subject,
@@ -281,9 +284,10 @@ async def _run(config: Config, wanted: _Request, write: _Writer) -> int:
     for a stream that ended), or raise the one-line error of a failed one."""
     pool = Pool(config)
     await pool.open()
-    out = Output(sys.stdout.fileno())
+    out = Output(_STDOUT)
     tally = _Tally()
-    progress = Progress(sys.stderr) if sys.stderr.isatty() and not sys.stdout.isatty() else None
+    shown = sys.stderr is not None and os.isatty(_STDERR) and not os.isatty(_STDOUT)
+    progress = Progress(sys.stderr) if shown else None
     receiving = asyncio.create_task(
         _receive(wanted.stream(pool), out, write, tally, wanted.count), name="natstream-request"
     )
