@@ -336,17 +336,14 @@ class Subscriber:
     ) -> signal.Signals | None:
         """Serve until SIGINT or SIGTERM (or ``stop`` is set, or :meth:`close` is
         called elsewhere), then close as :meth:`close` does, with ``grace`` seconds
-        for the streams in flight (``close_grace`` when None). Returns once closed.
+        for the streams in flight (``close_grace`` when None); return once closed:
+        the signal that stopped it, or None.
 
-        While it runs, SIGINT (Ctrl-C) and SIGTERM stop it instead of their usual
-        effect; a signal during the close is logged and changes nothing (the grace
-        bounds it). The handlers set with ``signal.signal`` before are back when it
-        returns. Signals are caught in the main thread only; elsewhere ``stop`` and
-        :meth:`close` stop it. Cancellation closes the subscriber the same way, then
-        propagates.
-
-        Returns:
-            The signal that stopped it; None when ``stop`` or a close did.
+        Meanwhile SIGINT (Ctrl-C) and SIGTERM stop it instead of their usual effect
+        (in the main thread; an ignored one stays ignored); a signal during the close
+        is logged and changes nothing (the grace bounds it); the handlers set with
+        ``signal.signal`` before are back when it returns. Cancellation closes the
+        subscriber the same way, then propagates.
 
         Raises:
             SubscriberClosedError: the subscriber is not open.
