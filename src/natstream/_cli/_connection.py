@@ -1,7 +1,8 @@
 """The connection options of the commands that talk to NATS servers, as a :class:`Config`.
 
 ``@connection_options`` adds ``--server`` and the credential and TLS options (each
-also read from the environment variable the ``nats`` CLI reads) to a command, which
+also read from an environment variable: the ``nats`` CLI's where it has one, and
+``NATS_TOKEN``) to a command, which
 receives them as one ``connection: Connection`` argument; :meth:`Connection.config`
 checks them and builds the :class:`Config`. Secrets (password, token, NKey seed)
 are never printed: not as defaults in ``--help``, not in errors.
