@@ -6,7 +6,6 @@ Run several: they share the requests (a queue group); stop one at a time to upgr
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 
 from natstream import Config, StreamRequest, Subscriber
@@ -25,11 +24,6 @@ async def report(request: StreamRequest) -> AsyncIterator[bytes]:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
     subscriber = Subscriber(
         Config([URL]),
         close_grace=10.0,  # on stop, streams in flight get 10 s to finish
@@ -39,9 +33,10 @@ async def main() -> None:
     async with subscriber as sub:
         reports = await sub.stream_handler("reports.rows", report, queue="reports")
         log.info("serving reports.rows")
-        await stop.wait()
-        log.info("stopping: %s", reports.stats())
-    log.info("stopped")
+        # Until SIGTERM or Ctrl-C; then no new requests, and streams in flight
+        # get close_grace to finish (the rest end with a retryable error).
+        await sub.serve_forever()
+    log.info("stopped: %s", reports.stats())
 
 
 asyncio.run(main())

@@ -36,6 +36,11 @@ class StreamOptions:
         resume: on retry, continue after the last message the handler accepted (no
             duplicates, no gap); False restarts from the beginning (the handler sees the
             first replies again).
+        plain_end: how a plain responder (one that speaks only the in-band markers)
+            ends its streams: ``"marker"``, with ``__STREAM_END__``; or ``"empty"``:
+            an empty message ends them too, as responders of the NATS request-many
+            pattern (ADR-47) send. natstream responders are not affected: their
+            replies carry sequence numbers, and an empty one is data.
     """
 
     window_messages: int = 16384
@@ -43,6 +48,7 @@ class StreamOptions:
     heartbeat: float = 1.0
     stall_factor: float = 3.0
     resume: bool = True
+    plain_end: str = "marker"
 
     def __post_init__(self) -> None:
         if self.window_messages < 1:
@@ -53,6 +59,8 @@ class StreamOptions:
             raise ConfigError(f"heartbeat must be 0 (off) or >= 0.01 s, got {self.heartbeat}")
         if self.stall_factor < 1:
             raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
+        if self.plain_end not in ("marker", "empty"):
+            raise ConfigError(f"plain_end must be 'marker' or 'empty', got {self.plain_end!r}")
 
 
 @dataclass(slots=True)

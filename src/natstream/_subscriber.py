@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from types import TracebackType
@@ -57,6 +58,7 @@ from ._responder._handlers import (
     check_index_handler,
 )
 from ._service import ServiceInfo, ServiceResponder, check_endpoint_name, endpoint_name
+from ._signals import until_stopped
 from ._subjects import validate_queue, validate_subscribe_subject
 from ._tracing import tracing_for
 from ._transport import Link, subscribe_live
@@ -76,7 +78,8 @@ class Subscriber:
 
     ``async with Subscriber(config) as sub:``, or ``sub = await
     Subscriber.connect(servers)`` and ``await sub.close()``. A subscriber is opened
-    once: after :meth:`close` create a new one.
+    once: after :meth:`close` create a new one. A service serves until SIGTERM or
+    Ctrl-C with :meth:`serve_forever`.
 
     Args:
         close_grace: seconds :meth:`close` lets in-flight streams finish (max 5 by
@@ -358,6 +361,27 @@ class Subscriber:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def serve_forever(
+        self, stop: asyncio.Event | None = None, *, grace: float | None = None
+    ) -> signal.Signals | None:
+        """Serve until SIGINT or SIGTERM (or ``stop`` is set, or :meth:`close` is
+        called elsewhere), then close as :meth:`close` does, with ``grace`` seconds
+        for the streams in flight (``close_grace`` when None); return once closed:
+        the signal that stopped it, or None.
+
+        Meanwhile SIGINT (Ctrl-C) and SIGTERM stop it instead of their usual effect
+        (in the main thread; an ignored one stays ignored); a signal during the close
+        is logged and changes nothing (the grace bounds it); the handlers set with
+        ``signal.signal`` before are back when it returns. Cancellation closes the
+        subscriber the same way, then propagates.
+
+        Raises:
+            SubscriberClosedError: the subscriber is not open.
+        """
+        self._check_open()
+        grace = self.close_grace if grace is None else grace
+        return await until_stopped(partial(self.close, grace), grace, stop, self._closed)
 
     @property
     def nc(self) -> Client:

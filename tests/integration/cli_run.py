@@ -7,6 +7,8 @@ command and the processes it started).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -79,3 +81,45 @@ def assert_one_error_line(stderr: str, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, stderr)
     return lines[0]
+
+
+async def arun(
+    *args: str, stdin: bytes | None = None, cwd: str | None = None, **extra_env: str
+) -> tuple[int, bytes, str]:
+    """:func:`run` for async tests (their event loop keeps serving meanwhile):
+    (exit status, stdout as bytes, stderr as text)."""
+    proc = await asyncio.create_subprocess_exec(
+        *command(*args),
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env(**extra_env),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), RUN_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode()
+
+
+async def astart(*args: str, **popen: Any) -> asyncio.subprocess.Process:
+    """:func:`start` for async tests: in its own session, stdout and stderr piped
+    (unless given)."""
+    popen.setdefault("stdout", asyncio.subprocess.PIPE)
+    popen.setdefault("stderr", asyncio.subprocess.PIPE)
+    popen.setdefault("stdin", asyncio.subprocess.DEVNULL)
+    return await asyncio.create_subprocess_exec(
+        *command(*args), env=popen.pop("env", None) or env(), start_new_session=True, **popen
+    )
+
+
+async def astop(proc: asyncio.subprocess.Process) -> None:
+    """:func:`stop` for :func:`astart`'s processes."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()

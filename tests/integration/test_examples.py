@@ -1,14 +1,16 @@
 """The documentation's code is code that runs.
 
-Every Python code block of README.md and docs/guide.md, and every shell block that
-runs something long-lived, is an example under ``examples/``: the block is marked
-``<!-- example: examples/NAME[#SECTION] -->`` and equals that file (without its
+Every Python code block of README.md, docs/guide.md and docs/cli.md, and every shell
+block that runs something long-lived, is an example under ``examples/``: the block is
+marked ``<!-- example: examples/NAME[#SECTION] -->`` and equals that file (without its
 excerpt markers) or the excerpt between ``# --8<-- [start:SECTION]`` and
 ``# --8<-- [end:SECTION]``. A text block marked ``<!-- output: examples/NAME -->`` is
-what that example prints (each of its lines is in the output). Other shell blocks hold
-commands: each ``natstream ...`` in them must parse, each ``python examples/...`` name
-an example. Every example runs here against a real nats-server ($NATS_URL), within a
-bounded time.
+what that example prints (each of its lines is in the output), one marked
+``<!-- log: examples/NAME -->`` what the service it runs logs. Other shell blocks hold
+commands: each ``natstream ...`` in them (also as a container's command) must parse,
+each ``python examples/...`` name an example. Every example runs here against a real
+nats-server ($NATS_URL), within a bounded time; the systemd unit of docs/cli.md runs
+its ``ExecStart`` command.
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ from natstream.server import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "guide.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "guide.md", ROOT / "docs" / "cli.md")
 EXCERPT = re.compile(r"^\s*# --8<-- \[(start|end):([\w-]+)\]\s*$")
 DEFAULT_URL_PORT = 4222  # the examples' default NATS_URL, where `natstream server` listens
 PROBE_INTERVAL = 0.05  # seconds between two probes for the recorder's subscription
 MARK = re.compile(r"^<!-- example: (examples/[\w.-]+)(?:#([\w-]+))? -->$")
 OUTPUT_MARK = re.compile(r"^<!-- output: examples/([\w.-]+) -->$")
+LOG_MARK = re.compile(r"^<!-- log: examples/([\w.-]+) -->$")
+# Shell operators that end a command, and redirections (whose target is no argument).
+OPERATORS = {"&&", "||", "|", ";", "&"}
+REDIRECTIONS = {"<", ">", ">>", "2>", "2>>", "&>"}
+CONTAINER_RUNNERS = {"docker", "podman"}
 ERROR_ID = re.compile(r"error id [0-9a-f]{12}")  # random: compared as "error id <id>"
 
 # What each example prints (a line holding each string), when run to its end.
@@ -72,8 +79,14 @@ OUTPUT = {
         "span 'process prices.ticks', child of 'request prices.ticks'",
     ],
 }
-# Examples run by a test of their own below: a service, its client, a shell command.
-DRIVEN = {"service.py", "client.py", "record.sh"}
+# Examples run by a test of their own below: a service, its client, a shell command,
+# a handler module for `natstream serve` and the systemd unit that serves it.
+DRIVEN = {"service.py", "client.py", "record.sh", "reports.py", "reports.service"}
+SUFFIXES = (".py", ".sh", ".service")  # of the files under examples/ that are examples
+# Services whose logs a doc shows (a log block), run by a test below.
+LOGGED = {"reports.service"}
+UNIT = EXAMPLES / "reports.service"  # a systemd unit running reports.py
+KILL_GRACE = 5.0  # natstream serve's default --kill-grace
 
 
 @dataclass
@@ -147,25 +160,77 @@ def test_each_code_block_is_an_example_or_commands_that_parse(block: Block) -> N
         assert block.lang == "text", f"{block}: an output block is text"
         assert output.group(1) in OUTPUT, f"{block}: {output.group(1)} is not run to its end"
         return
+    log = LOG_MARK.match(block.mark or "")
+    if log is not None:
+        assert block.lang == "text", f"{block}: a log block is text"
+        assert log.group(1) in LOGGED, f"{block}: nothing runs {log.group(1)}'s service"
+        return
     assert block.lang == "sh", f"{block}: a {block.lang or 'plain'} block that is no example"
-    for line in _commands(block.code):
-        words = shlex.split(line, comments=True)
-        if words[:1] == ["natstream"]:
-            main.make_context("natstream", words[1:])  # raises on a bad option
+    for words in _commands(block.code):
+        _parses(words)
         for word in words:
             if word.startswith("examples/"):
                 assert (ROOT / word).is_file(), f"{block}: {word} does not exist"
 
 
-def _commands(code: str) -> list[str]:
-    """The commands of a shell block, continuation lines joined, split at ``&&``."""
-    joined = code.replace("\\\n", " ")
-    return [c.strip() for ln in joined.splitlines() for c in ln.split("&&") if c.strip()]
+def _parses(words: list[str]) -> None:
+    """A natstream command parses (raises on a bad option); run by a container runner
+    too (``docker run ... IMAGE natstream ...``)."""
+    if words[:1] and words[0] in CONTAINER_RUNNERS and "natstream" in words:
+        words = words[words.index("natstream") :]
+    if not words[:1] or os.path.basename(words[0]) != "natstream":
+        return
+    group = main.make_context("natstream", words[1:])
+    args = words[1:]
+    while args and args[0].startswith("-"):  # the group's own options (--uvloop)
+        args = args[1:]
+    if args:  # the command's options and arguments too (the group leaves them unparsed)
+        command = main.get_command(group, args[0])
+        assert command is not None, f"no command {args[0]!r}: {words}"
+        command.make_context(args[0], args[1:], parent=group)
+
+
+def _commands(code: str) -> list[list[str]]:
+    """The commands of a shell block, as words: continuation lines joined, split at
+    ``&&``, ``|``, ``;`` and ``&``, comments and redirections left out."""
+    commands: list[list[str]] = []
+    for line in code.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words: list[str] = []
+        skip = False
+        for token in lexer:
+            if skip:
+                skip = False
+            elif token in OPERATORS:
+                commands.append(words)
+                words = []
+            elif token in REDIRECTIONS or token.rstrip("0123456789") in REDIRECTIONS:
+                skip = True
+            else:
+                words.append(token)
+        commands.append(words)
+    return [c for c in commands if c]
+
+
+def test_commands_are_split_as_a_shell_splits_them() -> None:
+    code = (
+        "natstream request a.b --raw < in.txt > out.bin  # a comment\n"
+        "cd examples && natstream serve x -- sh -c 'echo a | tr a b' &\n"
+        "docker run --rm image \\\n    natstream server | head -1\n"
+    )
+    assert _commands(code) == [
+        ["natstream", "request", "a.b", "--raw"],
+        ["cd", "examples"],
+        ["natstream", "serve", "x", "--", "sh", "-c", "echo a | tr a b"],
+        ["docker", "run", "--rm", "image", "natstream", "server"],
+        ["head", "-1"],
+    ]
 
 
 def test_every_example_is_shown_and_run() -> None:
     shown = {p.name for b in BLOCKS if (ex := _example(b)) for p in [ex[0]]}
-    files = {p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh")}
+    files = {p.name for p in EXAMPLES.iterdir() if p.suffix in SUFFIXES}
     assert files == shown, "an example no doc shows, or a doc naming a missing one"
     assert files == set(OUTPUT) | DRIVEN, "an example this module does not run"
 
@@ -234,8 +299,83 @@ def test_the_service_serves_the_client_and_stops_on_sigterm(server: NatsServer) 
             service.kill()
             service.communicate(timeout=RUN_TIMEOUT)
     assert service.returncode == 0, err
-    assert "streams_completed=1" in err
-    assert err.rstrip().endswith("reports INFO stopped")
+    assert "natstream INFO SIGTERM: closing; streams in flight get 10 s to finish" in err
+    last = err.rstrip().splitlines()[-1]
+    assert "reports INFO stopped: SubscriptionStats(" in last
+    assert "streams_completed=1" in last
+
+
+def _unit_settings() -> dict[str, str]:
+    """The ``Key=Value`` settings of the systemd unit (sections and comments left out)."""
+    settings = {}
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_the_unit_runs_natstream_serve_and_gives_it_its_grace() -> None:
+    unit = _unit_settings()
+    command = shlex.split(unit["ExecStart"])
+    assert os.path.basename(command[0]) == "natstream"
+    _parses(command)
+    grace = float(command[command.index("--grace") + 1])
+    assert float(unit["TimeoutStopSec"]) > grace + KILL_GRACE
+    assert unit["KillMode"] == "mixed"  # SIGTERM to natstream alone, not its commands
+    module = command[command.index("--handler") + 1].partition(":")[0]
+    assert (EXAMPLES / f"{module}.py").is_file()
+
+
+async def test_the_unit_serves_reports_and_logs_what_the_docs_show(server: NatsServer) -> None:
+    """The unit's ExecStart in examples/ (its WorkingDirectory): reports.py served,
+    a request from the command line, a stop with SIGTERM (systemctl stop)."""
+    command = shlex.split(_unit_settings()["ExecStart"])[1:]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        "-m",
+        "natstream",
+        *command,
+        cwd=EXAMPLES,
+        env=_env(server),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        logged = []
+        while not logged or "natstream.serve: serving" not in logged[-1]:
+            line = await asyncio.wait_for(proc.stderr.readline(), RUN_TIMEOUT)
+            assert line, f"serve ended: {logged}"
+            logged.append(line.decode().rstrip())
+        request = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "natstream",
+            "request",
+            "reports.rows",
+            "3",
+            env=_env(server),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(request.communicate(), RUN_TIMEOUT)
+        assert request.returncode == 0
+        assert out.decode().splitlines() == ["row 0 of 3", "row 1 of 3", "row 2 of 3"]
+        proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    lines = [*logged, *rest.decode().splitlines()]
+    shown = {ln.replace(server.url, f"nats://127.0.0.1:{DEFAULT_URL_PORT}") for ln in lines}
+    for block in BLOCKS:
+        m = LOG_MARK.match(block.mark or "")
+        if m is not None and m.group(1) == UNIT.name:
+            for line in block.code.splitlines():
+                assert line in shown, f"{block}: {line!r} is not logged"
 
 
 async def _publish_when_recorded(url: str, count: int) -> None:

@@ -9,7 +9,15 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from natstream import STREAM_END, Pool, StreamError, StreamRequest, Subscriber
+from natstream import (
+    STREAM_END,
+    Pool,
+    RequestTimeoutError,
+    StreamError,
+    StreamOptions,
+    StreamRequest,
+    Subscriber,
+)
 from natstream._transport import flush_ordered, subscribe_live
 from natstream.server import NatsServer
 
@@ -159,3 +167,34 @@ async def test_a_responder_can_end_plain_streams_the_way_request_many_clients_ex
         got: list[bytes] = []
         await pool.stream_request(subject, b"", lambda m: got.append(m.data) or True)
         assert got == [b"r0", b"r1", b"r2", b"r3", b"r4", STREAM_END]
+
+
+async def test_a_requester_can_end_on_the_empty_message_of_a_request_many_responder(
+    server: NatsServer, pool: Pool, subject: str
+) -> None:
+    """An ADR-47 responder (raw nats-py): replies, then an empty message and nothing more."""
+    responder = await nats.connect(server.url)
+
+    async def adr47(msg: Msg) -> None:
+        for i in range(3):
+            await responder.publish(msg.reply, b"r%d" % i)
+        await responder.publish(msg.reply, b"")
+
+    try:
+        await subscribe_live(responder, subject, adr47)
+        empty_ends = StreamOptions(heartbeat=0.2, plain_end="empty")
+        async with pool.stream(subject, options=empty_ends, stream_timeout=10) as s:
+            assert [m.data async for m in s] == [b"r0", b"r1", b"r2"]
+        # By default the empty message is data, and the stream waits for the marker.
+        got: list[bytes] = []
+
+        async def take_all() -> None:
+            async with pool.stream(subject, request_timeout=0.5) as s:
+                async for m in s:
+                    got.append(m.data)
+
+        with pytest.raises(RequestTimeoutError):
+            await take_all()
+        assert got == [b"r0", b"r1", b"r2", b""]
+    finally:
+        await responder.close()

@@ -275,6 +275,23 @@ def test_plain_error_marker_is_retryable_500() -> None:
     assert (m.error.message, m.error.code, m.error.retryable) == ("boom", 500, True)
 
 
+def test_an_empty_plain_message_ends_the_stream_when_asked() -> None:
+    """ADR-47 responders (request-many) end with an empty message."""
+    m = RequesterMachine(0.0, plain_end_empty=True)
+    assert m.on_reply(0.0, None, b"a", "") is Reply.DELIVER
+    assert m.on_reply(0.0, None, b"", "") is Reply.END
+    assert m.state is RequesterState.ENDED
+    default = RequesterMachine(0.0)
+    assert default.on_reply(0.0, None, b"", "") is Reply.DELIVER  # plain data, by default
+    assert default.on_reply(0.0, None, STREAM_END, "") is Reply.END
+
+
+def test_an_empty_v1_message_is_data_whatever_plain_end_says() -> None:
+    m = RequesterMachine(0.0, plain_end_empty=True)
+    assert m.on_reply(0.0, {HDR_SEQ: "1"}, b"", CTL) is Reply.DELIVER
+    assert m.state is RequesterState.STREAMING
+
+
 def test_plain_responder_gets_no_acks_heartbeats_or_cancel() -> None:
     m = RequesterMachine(0.0, window_messages=1, heartbeat=0.1, stall_factor=2)
     for _ in range(5):  # no window for a plain peer

@@ -11,6 +11,7 @@ import pytest
 
 from natstream import Config, StreamRequest, Subscriber, SubscriberClosedError
 from natstream._responder import Index
+from natstream._responder._handlers import written_kind
 
 
 def one_arg(request: StreamRequest) -> tuple[bytes, bool, None]:
@@ -172,3 +173,49 @@ def test_keyboard_interrupt_and_system_exit_still_propagate_from_the_first_call(
 
     with pytest.raises(stop):
         Index(stopping, sync=True).start(None, None)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the kind a handler is written as
+
+
+async def _generator(request: StreamRequest) -> AsyncIterator[bytes]:
+    yield b""
+
+
+def _index(request: StreamRequest, index: int) -> tuple[bytes | None, bool, None]:
+    return None, False, None
+
+
+async def _batch(request: StreamRequest, batch: int) -> tuple[list[bytes], bool, None]:
+    return [], False, None
+
+
+def _batch_by_name(request: StreamRequest, batch: int) -> tuple[list[bytes], bool, Unknown]:  # type: ignore[name-defined]  # noqa: F821
+    return [], False, None
+
+
+class _Methods:
+    async def rows(self, request: StreamRequest) -> AsyncIterator[bytes]:
+        yield b""
+
+    def pages(self, request: StreamRequest, batch: int) -> tuple[list[bytes], bool, None]:
+        return [], False, None
+
+
+@pytest.mark.parametrize(
+    ("handler", "kind"),
+    [
+        (_generator, "generator"),
+        (lambda request: _generator(request), "generator"),  # returns an async iterator
+        (_index, "index"),
+        (lambda request, index: (None, False, None), "index"),
+        (_batch, "batch"),
+        (_batch_by_name, "batch"),  # an annotation that does not resolve
+        (functools.partial(_batch), "batch"),
+        (_Methods().rows, "generator"),
+        (_Methods().pages, "batch"),
+        (print, "index"),  # no signature to read: registration will tell
+    ],
+)
+def test_the_kind_a_handler_is_written_as(handler: object, kind: str) -> None:
+    assert written_kind(handler) == kind

@@ -79,9 +79,15 @@ def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"window_messages": 0}, {"window_bytes": 0}, {"heartbeat": -1}, {"stall_factor": 0.5}],
+    [
+        {"window_messages": 0},
+        {"window_bytes": 0},
+        {"heartbeat": -1},
+        {"stall_factor": 0.5},
+        {"plain_end": "none"},
+    ],
 )
-def test_stream_options_reject_bad_values(kwargs: dict[str, float]) -> None:
+def test_stream_options_reject_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(natstream.ConfigError):
         StreamOptions(**kwargs)  # type: ignore[arg-type]
 

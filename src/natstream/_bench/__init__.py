@@ -4,7 +4,9 @@ Each case measures natstream and its baseline in the same run and reports the ra
 because this kind of machine is shared and noisy: absolute figures move, ratios less.
 Cases: ``stream_128`` and ``stream_1k`` (one long stream), ``packed`` (many small
 items, packed), ``first_reply`` (latency), ``concurrent`` (1,000 streams at once),
-``memory`` (a slow consumer), ``writer`` (the hour files) and ``record`` (the recorder).
+``memory`` (a slow consumer), ``writer`` (the hour files), ``record`` (the recorder),
+``request_cli`` (``natstream request`` against the library) and ``serve_memory``
+(``natstream serve`` streaming to a slow requester).
 With ``uvloop`` every event loop of the run is uvloop's: this process's and the
 responder's and requesters' processes (the record case's publisher process excepted).
 
@@ -44,6 +46,8 @@ TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
     "memory": [("natstream_rss_growth_mb", "<", 100.0)],
     "writer": [("ratio", ">=", 0.9)],
     "record": [("ratio", ">=", 0.8)],
+    "request_cli": [("ratio", ">=", 0.8)],
+    "serve_memory": [("serve_rss_growth_mb", "<", 100.0)],
 }
 CASES = tuple(TARGETS)
 
@@ -68,9 +72,20 @@ _ALIASES = {
         "natstream_cpu_req_us": "recorder_cpu_us_per_msg",
         "raw_cpu_req_us": "raw_cpu_us_per_msg",
     },
+    "request_cli": {
+        "natstream_msgs_per_s": "cli_msgs_per_s",
+        "natstream_mb_per_s": "cli_mb_per_s",
+        "raw_msgs_per_s": "library_msgs_per_s",
+        "raw_mb_per_s": "library_mb_per_s",
+    },
 }
-_BASELINE = {"writer": "plain file", "record": "nats-py", "memory": "nats-py, no fc"}
-_LABEL = {"packed": "natstream items"}
+_BASELINE = {
+    "writer": "plain file",
+    "record": "nats-py",
+    "memory": "nats-py, no fc",
+    "request_cli": "stream_request",
+}
+_LABEL = {"packed": "natstream items", "request_cli": "request --raw"}
 
 
 def _version(package: str) -> str | None:
@@ -112,7 +127,7 @@ def _loop_policy(uvloop: bool) -> Iterator[None]:
 
 
 def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from . import memory, packed, record, stream, writer
+    from . import cli, memory, packed, record, stream, writer
 
     n = 5_000 if quick else 100_000
     rounds = 1 if quick else 3
@@ -131,6 +146,11 @@ def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]
         "memory": lambda: memory.run(200 if quick else 10_000, 100 * 1024, uvloop=uvloop),
         "writer": lambda: writer.run(50_000 if quick else 1_000_000, 100),
         "record": lambda: record.run(n, 128),
+        "request_cli": lambda: cli.run_request(n, 128, 1 if quick else 5, uvloop=uvloop),
+        # 1 GB (10,000 x 100 KiB) from serve to a requester that sleeps 0.05 s every 50
+        "serve_memory": lambda: cli.run_serve_memory(
+            (200 if quick else 10_000) * 100 * 1024, uvloop=uvloop
+        ),
     }
 
 
@@ -271,6 +291,8 @@ def _extra(name: str, figures: dict[str, Any]) -> str:
             "ratio_to_alternating_stream",
         ),
         "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
+        "request_cli": ("cli_wall_msgs_per_s", "cli_startup_s", "rounds"),
+        "serve_memory": ("stream_mb", "serve_rss_growth_mb", "serve_rss_before_mb", "seconds"),
         "packed": ("items", "per_batch", "raw_messages"),
     }.get(name, ())
     shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]

@@ -43,6 +43,8 @@ import click
 from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
+from ._request import request
+from ._serve import serve
 from ._services import services
 
 __all__ = ["Failure", "Options", "UserError", "main"]
@@ -122,6 +124,10 @@ def main(ctx: click.Context, use_uvloop: bool) -> None:
     nats-server; 'natstream server' runs one on port 4222 for the README's examples.
     """
     ctx.obj = Options(uvloop=use_uvloop)
+
+
+main.add_command(request)
+main.add_command(serve)
 
 
 @main.command()
@@ -250,6 +256,8 @@ _BENCH_CASES = (
     "memory",
     "writer",
     "record",
+    "request_cli",
+    "serve_memory",
 )
 
 

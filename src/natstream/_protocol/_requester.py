@@ -89,6 +89,8 @@ class RequesterMachine(Credit):
             time applies from then on (its accept comes at once).
         deadline: absolute time the whole stream must end by (None: no limit).
         resume: continue after this message (a retry); None starts from the beginning.
+        plain_end_empty: an empty message from a plain responder ends the stream too
+            (the NATS request-many pattern, ADR-47); its end marker always does.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class RequesterMachine(Credit):
         request_timeout: float | None = None,
         deadline: float | None = None,
         resume: Resume | None = None,
+        plain_end_empty: bool = False,
     ) -> None:
         if window_messages < 1 or window_bytes < 1:
             raise ValueError("window_messages and window_bytes must be at least 1")
@@ -119,6 +122,7 @@ class RequesterMachine(Credit):
         self.stall_factor = stall_factor
         self.request_timeout = request_timeout
         self.deadline = deadline
+        self.plain_end_empty = plain_end_empty
         self.state = RequesterState.WAITING
         self.error: StreamFailure | None = None
         self.control_subject: str | None = None  # the bound responder's, once known
@@ -353,7 +357,7 @@ class RequesterMachine(Credit):
             return Reply.DROP  # a plain responder talking over our bound v1 responder
         self.state = RequesterState.STREAMING
         self._last_rx = now
-        if payload == STREAM_END:
+        if payload == STREAM_END or (not payload and self.plain_end_empty):
             self.state = RequesterState.ENDED
             self._responder_done = True
             return Reply.END

@@ -269,6 +269,11 @@ class Attempt:
             await self.wait()
             if not buf:
                 return None
+        return self.take()
+
+    def take(self) -> Msg:
+        """The next data reply, which has arrived (the buffer is not empty)."""
+        buf = self.buffer
         self.machine.consumer_busy()
         entry = buf[0]
         if type(entry) is Pack:

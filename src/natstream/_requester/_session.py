@@ -100,6 +100,7 @@ class Session:
             request_timeout=self.request_timeout,
             deadline=self.deadline,
             resume=resume,
+            plain_end_empty=opts.plain_end == "empty",
         )
         attempt = Attempt(lease, self.subject, machine, self.loop)
         self.attempt = attempt

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_index_handler",
     "handler_name",
     "is_async_function",
+    "written_kind",
     "wrong_result",
 ]
 
@@ -116,6 +118,40 @@ def check_generator_handler(fn: object, api: str) -> None:
             f"{handler_name(fn)} is a generator function (def with yield, not async); {expected}"
         )
     _check_arguments(fn, api, "request", 1)
+
+
+def written_kind(handler: object) -> str:
+    """The kind ``handler`` is written as, for code that is given a handler without
+    its kind (``natstream serve --handler``): ``"generator"`` for an async generator
+    function, or a callable of the request alone; ``"batch"`` for a callable of
+    (request, batch) whose return annotation is a tuple starting with a list (the
+    items); ``"index"`` otherwise. Registering it checks it as usual."""
+    function = _function(handler)
+    if inspect.isasyncgenfunction(function):
+        return "generator"
+    try:
+        signature = inspect.signature(handler)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "index"
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return "generator"
+    return "batch" if _returns_items(function) else "index"
+
+
+def _returns_items(function: object) -> bool:
+    """Whether ``function`` is annotated to return ``tuple[list[...], ...]``."""
+    try:
+        hint = typing.get_type_hints(function).get("return")
+    except Exception:  # an annotation that does not resolve: read its text
+        hint = getattr(function, "__annotations__", {}).get("return")
+    if isinstance(hint, str):
+        return hint.replace(" ", "").lower().startswith("tuple[list")
+    if typing.get_origin(hint) is not tuple:
+        return False
+    first = typing.get_args(hint)[:1]
+    return bool(first) and (first[0] is list or typing.get_origin(first[0]) is list)
 
 
 def _described(value: object) -> str:
