@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ._config import Config
-from ._errors import NoServersError, SubscriberClosedError
-from ._events import ConnectionWatch
+from ._errors import ConfigError, NoServersError, SubscriberClosedError
+from ._events import ConnectionWatch, check_hook
 from ._responder import StreamSubscription, SubscriptionStats
+from ._service import ServiceInfo
 from ._transport import Link, connect, safe_server, translate_connect_error
 
 __all__ = [
@@ -172,3 +173,47 @@ async def close_quietly(link: Link) -> None:
         await link.close()
     except Exception:
         log.debug("closing the subscriber's connection failed", exc_info=True)
+
+
+def check_options(
+    *,
+    close_grace: float,
+    max_concurrent_streams: int,
+    max_request_size: int | None,
+    max_stream_duration: float | None,
+    stall_factor: float,
+    control: str,
+    plain_end: str,
+    on_connection_event: object,
+    service: object,
+) -> None:
+    """Check a Subscriber's keyword options (see its docstring for their meaning).
+
+    Raises:
+        ConfigError: a value is out of range.
+        TypeError: ``on_connection_event`` or ``service`` is not of the right kind.
+    """
+    check_limit("max_concurrent_streams", max_concurrent_streams)
+    check_hook(on_connection_event)
+    if service is not None and not isinstance(service, ServiceInfo):
+        raise TypeError(f"service must be a ServiceInfo, not {type(service).__name__}")
+    if control not in ("auto", "service"):
+        raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
+    if plain_end not in ("marker", "empty"):
+        raise ConfigError(f"plain_end must be 'marker' or 'empty', got {plain_end!r}")
+    if close_grace < 0:
+        raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
+    if max_request_size is not None and max_request_size < 0:
+        raise ConfigError(f"max_request_size must be >= 0 bytes or None, got {max_request_size}")
+    if max_stream_duration is not None and max_stream_duration <= 0:
+        raise ConfigError(
+            f"max_stream_duration must be > 0 seconds or None, got {max_stream_duration}"
+        )
+    if stall_factor < 1:
+        raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
+
+
+def check_limit(name: str, value: int) -> None:
+    """A concurrency limit: at least 1."""
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")

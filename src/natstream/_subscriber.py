@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
@@ -25,16 +24,16 @@ from nats.aio.msg import Msg
 
 from ._config import Config, as_config
 from ._errors import (
-    ConfigError,
     NatstreamError,
-    PermissionDeniedError,
     SubscriberClosedError,
 )
-from ._events import ConnectionEventHook, ConnectionWatch, check_hook
+from ._events import ConnectionEventHook, ConnectionWatch
 from ._lifecycle import (
     SubscriberState,
     SubscriberStats,
     Tally,
+    check_limit,
+    check_options,
     close_quietly,
     connect_subscriber,
     not_open_error,
@@ -50,6 +49,7 @@ from ._responder import (
     Kind,
     StreamSubscription,
     index_kind,
+    subscribe_control,
 )
 from ._responder._handlers import (
     BATCH_SHAPE,
@@ -147,26 +147,17 @@ class Subscriber:
         on_connection_event: ConnectionEventHook | None = None,
         service: ServiceInfo | None = None,
     ) -> None:
-        _check_limit("max_concurrent_streams", max_concurrent_streams)
-        check_hook(on_connection_event)
-        if service is not None and not isinstance(service, ServiceInfo):
-            raise TypeError(f"service must be a ServiceInfo, not {type(service).__name__}")
-        if control not in ("auto", "service"):
-            raise ConfigError(f"control must be 'auto' or 'service', got {control!r}")
-        if plain_end not in ("marker", "empty"):
-            raise ConfigError(f"plain_end must be 'marker' or 'empty', got {plain_end!r}")
-        if close_grace < 0:
-            raise ConfigError(f"close_grace must be >= 0 seconds, got {close_grace}")
-        if max_request_size is not None and max_request_size < 0:
-            raise ConfigError(
-                f"max_request_size must be >= 0 bytes or None, got {max_request_size}"
-            )
-        if max_stream_duration is not None and max_stream_duration <= 0:
-            raise ConfigError(
-                f"max_stream_duration must be > 0 seconds or None, got {max_stream_duration}"
-            )
-        if stall_factor < 1:
-            raise ConfigError(f"stall_factor must be >= 1, got {stall_factor}")
+        check_options(
+            close_grace=close_grace,
+            max_concurrent_streams=max_concurrent_streams,
+            max_request_size=max_request_size,
+            max_stream_duration=max_stream_duration,
+            stall_factor=stall_factor,
+            control=control,
+            plain_end=plain_end,
+            on_connection_event=on_connection_event,
+            service=service,
+        )
         self.config = as_config(config)
         self._tracing = tracing_for(self.config)
         self.service = service
@@ -243,7 +234,9 @@ class Subscriber:
             plain_end_empty=self.plain_end == "empty",
         )
         try:
-            dispatch.control_prefix = await self._subscribe_control(link, dispatch)
+            dispatch.control_prefix = await subscribe_control(
+                link, dispatch, self.config.inbox_prefix, service_routed=self.control == "service"
+            )
             if self.service is not None:
                 self._service = ServiceResponder(self.service, link, lambda: self._subscriptions)
                 await self._service.start()
@@ -259,36 +252,6 @@ class Subscriber:
         self._dispatch = dispatch
         self._state = SubscriberState.OPEN
         self._watch.connected(link.nc)
-
-    async def _subscribe_control(self, link: Link, dispatch: Dispatcher) -> str:
-        """Subscribe the control subjects under the inbox prefix and return their
-        prefix; "" (service-routed control) with ``control="service"`` or when the
-        server refuses that subscription (least-privilege permissions)."""
-        if self.control == "service":
-            return ""
-        prefix = f"{self.config.inbox_prefix}.{secrets.token_hex(12)}"
-
-        async def on_control(msg: Msg) -> None:
-            dispatch.control(msg)
-
-        try:
-            await subscribe_live(
-                link.nc,
-                f"{prefix}.*",
-                on_control,
-                pending_bytes_limit=0,
-                direct=dispatch.control,
-                denials=link.denials,
-                refusal_expected=True,
-            )
-        except PermissionDeniedError:
-            log.info(
-                "control messages come through the service subjects: this connection "
-                "may not subscribe %s.* (see docs/security.md)",
-                self.config.inbox_prefix,
-            )
-            return ""
-        return prefix
 
     def _set_closed(self) -> None:
         self._state = SubscriberState.CLOSED
@@ -463,7 +426,7 @@ class Subscriber:
         if max_concurrent_streams is None:
             max_concurrent_streams = self.max_concurrent_streams
         else:
-            _check_limit("max_concurrent_streams", max_concurrent_streams)
+            check_limit("max_concurrent_streams", max_concurrent_streams)
         handle = StreamSubscription(self, subject, q, kind, max_concurrent_streams, name)
         assert self._dispatch is not None  # open (checked above)
         serve = partial(self._dispatch.serve, handle)
@@ -606,8 +569,3 @@ async def _stop_recording(recording: Recording) -> None:
         await recording.stop()
     except Exception:
         log.exception("recording of %r: flushing the writer failed", recording.subject)
-
-
-def _check_limit(name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -9,7 +9,7 @@ streams (or turns them away) and routes inbox-routed control messages. This pack
 never imports the ``Subscriber``: a subscription reaches it through ``Host``.
 """
 
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, subscribe_control
 from ._kinds import Batch, Generator, Index, Kind, PackedIndex, index_kind
 from ._request import (
     BAD_REQUEST,
@@ -48,4 +48,5 @@ __all__ = [
     "SubscriptionStats",
     "index_kind",
     "send_rejection",
+    "subscribe_control",
 ]

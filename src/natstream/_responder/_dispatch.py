@@ -10,6 +10,7 @@ subscription (see docs/protocol.md, "Control routing").
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -17,16 +18,19 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from .._errors import PermissionDeniedError
 from .._protocol import HeaderError, ResponderMachine, parse_request_headers
 from .._protocol._frames import IMPORT_REPLY_PREFIX
 from .._protocol._wire import HDR_CONTROL
-from .._transport import Link
+from .._transport import Link, subscribe_live
 from ._request import BAD_REQUEST, BUSY, SHUTTING_DOWN, TOO_LARGE
 from ._sender import send_rejection
 from ._stream import ResponderStream
 from ._subscription import StreamSubscription
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "subscribe_control"]
+
+log = logging.getLogger("natstream")
 
 
 class Dispatcher:
@@ -142,3 +146,37 @@ class Dispatcher:
             ),
             f"natstream-stream-{handle.subject}-rejected-{code}",
         )
+
+
+async def subscribe_control(
+    link: Link, dispatch: Dispatcher, inbox_prefix: str, *, service_routed: bool
+) -> str:
+    """Subscribe the inbox-routed control subjects of a subscriber and return their
+    prefix; "" (every stream routes its control through the service subjects) when
+    ``service_routed`` or when the server refuses that subscription (least-privilege
+    permissions: logged at INFO, it is expected there)."""
+    if service_routed:
+        return ""
+    prefix = f"{inbox_prefix}.{secrets.token_hex(12)}"
+
+    async def on_control(msg: Msg) -> None:
+        dispatch.control(msg)
+
+    try:
+        await subscribe_live(
+            link.nc,
+            f"{prefix}.*",
+            on_control,
+            pending_bytes_limit=0,
+            direct=dispatch.control,
+            denials=link.denials,
+            refusal_expected=True,
+        )
+    except PermissionDeniedError:
+        log.info(
+            "control messages come through the service subjects: this connection may "
+            "not subscribe %s.* (see docs/security.md)",
+            inbox_prefix,
+        )
+        return ""
+    return prefix
