@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from nats.micro import add_service
 from nats.micro.request import Request
 
-from natstream import Pool, ServiceInfo, StreamError, StreamRequest, Subscriber
+from natstream import Config, Pool, ServiceInfo, StreamError, StreamRequest, Subscriber
 from natstream.server import NatsServer
 
 WINDOW = "0.5"  # seconds the command gathers answers for (loopback)
@@ -130,3 +131,19 @@ def test_usage_errors_are_one_line_and_exit_status_2(args: list[str], words: lis
     done = cli_run.run("services", *args)
     assert done.returncode == 2, done.stderr
     cli_run.assert_one_error_line(done.stderr, *words)
+
+
+async def test_credentials_reach_a_server_that_needs_them_and_are_never_shown() -> None:
+    password = "pw-" + os.urandom(8).hex()
+    with NatsServer(config=f'authorization {{ user: "alice", password: "{password}" }}') as srv:
+        config = Config([srv.url], user="alice", password=password)
+        async with Subscriber(config, service=ServiceInfo("guarded", "1.0.0")) as sub:
+            await sub.stream_subscribe_handler("guarded.list", five)
+            refused = await services("--server", srv.url, "--timeout", WINDOW)
+            assert refused.returncode == 2, refused.stderr
+            cli_run.assert_one_error_line(refused.stderr, "authorization violation")
+            env = {"NATS_URL": srv.url, "NATS_USER": "alice", "NATS_PASSWORD": password}
+            done = await services("ls", "--timeout", WINDOW, **env)
+            assert done.returncode == 0, done.stderr
+            assert [row[0] for row in cells(done.stdout)[1:]] == ["guarded"]
+            assert password not in done.stdout + done.stderr + refused.stderr

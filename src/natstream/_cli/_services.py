@@ -22,6 +22,7 @@ from .._config import Config
 from .._errors import NoServersError
 from .._service import INFO_TYPE, NAME, STATS_TYPE
 from .._transport import connect, safe_server, translate_connect_error
+from ._connection import Connection, connection_options
 from ._errors import UserError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["NO_ANSWER", "services"]
 
 NO_ANSWER = 4  # exit status when no service answered
-_DEFAULT_SERVER = "nats://127.0.0.1:4222"
 _TOKEN = re.compile(r"[^\s.*>]+")  # one subject token: what an instance id is
 _PROTOCOL = "natstream.protocol"  # what a natstream endpoint says in its metadata
 _NO_RESPONDERS = "503"  # the status of the server's answer when nothing subscribes
@@ -56,14 +56,6 @@ _common_options: list[Callable[[Any], Any]] = [
     click.argument("name", required=False),
     click.argument("instance", metavar="[ID]", required=False),
     click.option(
-        "--server",
-        "servers",
-        envvar="NATS_URL",
-        default=_DEFAULT_SERVER,
-        show_default=True,
-        help="Server URL, or several separated by commas (also NATS_URL).",
-    ),
-    click.option(
         "--timeout",
         type=click.FloatRange(min=0, min_open=True),
         default=1.0,
@@ -77,7 +69,7 @@ _common_options: list[Callable[[Any], Any]] = [
 def _with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(_common_options):
         fn = option(fn)
-    return fn
+    return connection_options(fn)
 
 
 @click.group(cls=_Services, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,31 +86,32 @@ def services() -> None:
 @services.command("ls")
 @_with_common_options
 @click.pass_obj
-def ls_command(opts: Options, /, **given: Any) -> None:
+def ls_command(opts: Options, /, connection: Connection, **given: Any) -> None:
     """One line per running instance: name, version, id, endpoints, description."""
-    _run(opts, "INFO", given, _render_ls)
+    _run(opts, "INFO", connection, given, _render_ls)
 
 
 @services.command("info")
 @_with_common_options
 @click.pass_obj
-def info_command(opts: Options, /, **given: Any) -> None:
+def info_command(opts: Options, /, connection: Connection, **given: Any) -> None:
     """One line per endpoint: its subject, queue group, and whether it streams."""
-    _run(opts, "INFO", given, _render_info)
+    _run(opts, "INFO", connection, given, _render_info)
 
 
 @services.command("stats")
 @_with_common_options
 @click.pass_obj
-def stats_command(opts: Options, /, **given: Any) -> None:
+def stats_command(opts: Options, /, connection: Connection, **given: Any) -> None:
     """One line per endpoint: requests, errors, average time, and for natstream's
     endpoints replies, bytes and streams running; the last error."""
-    _run(opts, "STATS", given, _render_stats)
+    _run(opts, "STATS", connection, given, _render_stats)
 
 
 def _run(
     opts: Options,
     verb: str,
+    connection: Connection,
     given: dict[str, Any],
     render: Callable[[list[dict[str, Any]]], list[list[str]]],
 ) -> None:
@@ -128,7 +121,7 @@ def _run(
         raise UserError(f"service name {name!r}: names hold letters, digits, '_' and '-' only")
     if instance is not None and not _TOKEN.fullmatch(instance):
         raise UserError(f"instance id {instance!r} is not one subject token")
-    config = Config(given["servers"])  # a ConfigError is a usage error (see the group)
+    config = connection.config()  # a ConfigError is a usage error (see the group)
     subject = ".".join(["$SRV", verb, *(p for p in (name, instance) if p is not None)])
     kind = STATS_TYPE if verb == "STATS" else INFO_TYPE
     answers, ignored = opts.run(_gather(config, subject, kind, given["timeout"], instance))
