@@ -50,7 +50,8 @@ class SubscriberStats:
             credentials; None before it first connected.
         subscriptions: one per stream subscription still serving, by subject.
         streams_active, streams_started, streams_completed, streams_failed,
-        streams_cancelled, streams_rejected_busy, replies_sent: sums over every
+        streams_cancelled, streams_rejected_busy, replies_sent,
+        requests_rejected_invalid: sums over every
             stream subscription it made, stopped ones included (see
             :class:`SubscriptionStats`).
         reconnects: times its connection came back after a loss.
@@ -70,6 +71,7 @@ class SubscriberStats:
     replies_sent: int
     reconnects: int
     disconnects: int
+    requests_rejected_invalid: int = 0
 
 
 _TOTALS = (
@@ -80,6 +82,7 @@ _TOTALS = (
     "streams_cancelled",
     "streams_rejected_busy",
     "replies_sent",
+    "requests_rejected_invalid",
 )
 
 

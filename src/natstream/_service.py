@@ -242,7 +242,7 @@ def _endpoint_stats(subscription: StreamSubscription) -> dict[str, Any]:
         "subject": st.subject,
         "queue_group": st.queue,
         "num_requests": st.streams_started,
-        "num_errors": st.streams_failed,
+        "num_errors": st.streams_failed + st.requests_rejected_invalid,
         "last_error": st.last_error,
         "processing_time": busy,
         "average_processing_time": busy // finished if finished else 0,
@@ -254,5 +254,6 @@ def _endpoint_stats(subscription: StreamSubscription) -> dict[str, Any]:
             "cancelled": st.streams_cancelled,
             "resumed": st.streams_resumed,
             "rejected_busy": st.streams_rejected_busy,
+            "rejected_invalid": st.requests_rejected_invalid,
         },
     }

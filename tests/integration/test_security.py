@@ -665,7 +665,11 @@ async def test_request_over_max_request_size_gets_413(server: NatsServer) -> Non
             assert not info.value.retryable
             assert "1001 bytes exceeds the limit of 1000" in info.value.message
             await pool.stream_request("sec.limit", b"r" * 1000, _true)
-        assert handle.stats().streams_started == 1  # the rejected one never started
+        st = handle.stats()
+        assert st.streams_started == 1  # the rejected one never started
+        assert st.requests_rejected_invalid == 1
+        assert st.last_error == "413 request of 1001 bytes exceeds the limit of 1000"
+        assert sub.stats().requests_rejected_invalid == 1
     finally:
         await sub.close()
 

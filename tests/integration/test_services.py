@@ -136,7 +136,7 @@ async def test_every_subject_answers_as_adr_32_says(
         assert (watch["num_requests"], watch["num_errors"], watch["last_error"]) == (1, 0, "")
         assert watch["data"] == {
             "replies": 4, "bytes": 24, "active": 0, "completed": 1, "cancelled": 0,
-            "resumed": 0, "rejected_busy": 0,
+            "resumed": 0, "rejected_busy": 0, "rejected_invalid": 0,
         }  # fmt: skip
         # Whole streams: four replies 50 ms apart take 200 ms at least.
         assert 200_000_000 <= watch["processing_time"] < 10**10
@@ -252,3 +252,18 @@ async def test_an_endpoint_name_is_checked(subscriber: Subscriber) -> None:
 def test_service_must_be_a_service_info() -> None:
     with pytest.raises(TypeError, match="ServiceInfo"):
         Subscriber(["nats://127.0.0.1:4222"], service={"name": "x"})  # type: ignore[arg-type]
+
+
+async def test_invalid_requests_count_as_errors(server: NatsServer, nc: nats.NATS) -> None:
+    """A request refused at once as malformed (400) is no stream, but an error."""
+    async with Subscriber([server.url], service=SERVICE) as sub:
+        await sub.stream_subscribe_handler("orders.list", ten)
+        refused = await nc.request("orders.list", b"", headers={"Ns-V": "1", "Ns-Win": "lots"})
+        assert refused.headers is not None
+        assert refused.headers["Nats-Service-Error-Code"] == "400"
+        [stats] = await ask(nc, f"$SRV.STATS.orders.{sub.service_id}", 1)
+        validate(stats, "STATS")
+        [listed] = stats["endpoints"]
+        assert (listed["num_requests"], listed["num_errors"]) == (0, 1)
+        assert listed["last_error"].startswith("400 ")
+        assert listed["data"]["rejected_invalid"] == 1

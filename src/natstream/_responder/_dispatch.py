@@ -140,6 +140,8 @@ class Dispatcher:
         retryable: bool,
     ) -> None:
         """Answer a request with an error marker alone, from a task."""
+        if code != BUSY:
+            handle._refused(code, message)
         self._spawn(
             send_rejection(
                 self.link, msg, machine, message, code, retryable, self._plain_end_empty

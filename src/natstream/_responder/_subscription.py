@@ -54,9 +54,11 @@ class SubscriptionStats:
         bytes_sent: payload bytes of the data replies sent.
         streams_resumed: streams that resumed a requester's earlier attempt.
         last_error: the error marker (code and message) of the last stream that
-            failed, "" while none has.
+            failed or request refused as invalid, "" while none has.
         processing_time: seconds the finished streams lasted, each from its request
             to its end, added up.
+        requests_rejected_invalid: requests refused at once as malformed (400) or
+            too large (413); they are not streams.
     """
 
     subject: str
@@ -72,6 +74,7 @@ class SubscriptionStats:
     streams_resumed: int = 0
     last_error: str = ""
     processing_time: float = 0.0
+    requests_rejected_invalid: int = 0
 
 
 class StreamSubscription:
@@ -105,7 +108,7 @@ class StreamSubscription:
         self._streams: set[ResponderStream] = set()
         self._outcomes = dict.fromkeys(Outcome, 0)
         self._started = self._busy = self._sent = 0
-        self._bytes = self._resumed = 0
+        self._bytes = self._resumed = self._invalid = 0
         self._processing_ns = 0  # of the finished streams, each from request to end
         self._last_error = ""
         self._idle = asyncio.Event()
@@ -137,6 +140,7 @@ class StreamSubscription:
             self._resumed,
             self._last_error,
             self._processing_ns / 1e9,
+            self._invalid,
         )
 
     @property
@@ -204,6 +208,11 @@ class StreamSubscription:
             return True
         self._busy += 1
         return False
+
+    def _refused(self, code: int, message: str) -> None:
+        """A request was refused as invalid (400, 413) with the error ``message``."""
+        self._invalid += 1
+        self._last_error = f"{code} {message}"
 
     def _open_stream(
         self,
