@@ -43,6 +43,7 @@ import click
 from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
+from ._record_options import durable_options
 
 __all__ = ["Failure", "Options", "UserError", "main"]
 
@@ -217,9 +218,11 @@ def server(port: int | None, size: int | None, jetstream: bool, store: str | Non
 @click.option("--compress", type=click.Choice(["gzip", "zstd"]), help="Compress finished hours.")
 @click.option("--retention", help="Keep files this long and/or this many: 7d, 24h, 48, 7d,100.")
 @click.option("--queue", help="Queue group, to share the recording between recorders.")
+@durable_options
 @click.pass_obj
 def record(
     opts: Options,
+    /,
     subjects: tuple[str, ...],
     directory: str,
     name: str,
@@ -228,6 +231,7 @@ def record(
     compress: str | None,
     retention: str | None,
     queue: str | None,
+    **durable: Any,
 ) -> None:
     """Record SUBJECTS (wildcards allowed) into hour-split files until Ctrl-C/SIGTERM.
 
@@ -238,7 +242,12 @@ def record(
     is lost and when it is back. On stop everything received is flushed to disk
     (exit status 0). A write that fails (a full disk) stops the recorder within a
     second: one line on stderr, exit status 1.
+
+    With --durable NAME the messages come from JetStream through a durable consumer:
+    each message once, in the hour it was stored, across crashes and restarts (see
+    the guide's "Durable recording").
     """
+    from ._record import durable_args
     from ._record import record as run_record
 
     count = opts.run(
@@ -251,6 +260,8 @@ def record(
             compress=compress,
             retention=retention,
             queue=queue,
+            fsync=durable.pop("fsync"),
+            durable=durable_args(**durable),
         )
     )
     click.echo(f"recorded {count:,} messages", err=True)
@@ -265,6 +276,7 @@ _BENCH_CASES = (
     "memory",
     "writer",
     "record",
+    "durable",
 )
 
 
