@@ -4,7 +4,8 @@ Each case measures natstream and its baseline in the same run and reports the ra
 because this kind of machine is shared and noisy: absolute figures move, ratios less.
 Cases: ``stream_128`` and ``stream_1k`` (one long stream), ``packed`` (many small
 items, packed), ``first_reply`` (latency), ``concurrent`` (1,000 streams at once),
-``memory`` (a slow consumer), ``writer`` (the hour files) and ``record`` (the recorder).
+``memory`` (a slow consumer), ``writer`` (the hour files), ``record`` (the recorder) and
+``durable`` (the durable recorder, from JetStream).
 With ``uvloop`` every event loop of the run is uvloop's: this process's and the
 responder's and requesters' processes (the record case's publisher process excepted).
 
@@ -44,6 +45,7 @@ TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
     "memory": [("natstream_rss_growth_mb", "<", 100.0)],
     "writer": [("ratio", ">=", 0.9)],
     "record": [("ratio", ">=", 0.8)],
+    "durable": [("ratio", ">=", 0.8)],
 }
 CASES = tuple(TARGETS)
 
@@ -68,8 +70,18 @@ _ALIASES = {
         "natstream_cpu_req_us": "recorder_cpu_us_per_msg",
         "raw_cpu_req_us": "raw_cpu_us_per_msg",
     },
+    "durable": {
+        "natstream_msgs_per_s": "durable_msgs_per_s",
+        "natstream_cpu_req_us": "durable_cpu_us_per_msg",
+        "raw_cpu_req_us": "raw_cpu_us_per_msg",
+    },
 }
-_BASELINE = {"writer": "plain file", "record": "nats-py", "memory": "nats-py, no fc"}
+_BASELINE = {
+    "writer": "plain file",
+    "record": "nats-py",
+    "memory": "nats-py, no fc",
+    "durable": "nats-py fetch",
+}
 _LABEL = {"packed": "natstream items"}
 
 
@@ -112,7 +124,7 @@ def _loop_policy(uvloop: bool) -> Iterator[None]:
 
 
 def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from . import memory, packed, record, stream, writer
+    from . import durable, memory, packed, record, stream, writer
 
     n = 5_000 if quick else 100_000
     rounds = 1 if quick else 3
@@ -131,6 +143,8 @@ def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]
         "memory": lambda: memory.run(200 if quick else 10_000, 100 * 1024, uvloop=uvloop),
         "writer": lambda: writer.run(50_000 if quick else 1_000_000, 100),
         "record": lambda: record.run(n, 128),
+        # 100,000 x 128 B stored in a stream, drained by each receiver; 3 rounds
+        "durable": lambda: durable.run(n, 128, rounds),
     }
 
 
@@ -272,6 +286,7 @@ def _extra(name: str, figures: dict[str, Any]) -> str:
         ),
         "memory": ("stream_mb", "raw_rss_growth_mb", "natstream_rss_before_mb"),
         "packed": ("items", "per_batch", "raw_messages"),
+        "durable": ("core_recorder_msgs_per_s", "ratio_to_core", "raw_batch", "max_ack_pending"),
     }.get(name, ())
     shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]
     if "errors" in figures:

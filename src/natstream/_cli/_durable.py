@@ -7,7 +7,7 @@ cover the subjects, a consumer with another configuration) are user errors too, 
 before the first message is pulled. While it runs, a status line on a terminal shows
 the messages written, the rate over the last second, how many messages the consumer
 has not delivered yet, when the last acknowledgement went, and the current file; on
-exit a summary line says how far the files go. A failure (a full disk, the consumer
+a clean exit a summary line says how far the files go. A failure (a full disk, the consumer
 deleted) stops it within :data:`_STATUS_INTERVAL` with a one-line :class:`Failure`.
 """
 
@@ -75,8 +75,64 @@ async def record_durable(
         ack_wait=args.ack_wait,
         max_ack_pending=args.max_ack_pending,
     )
-    config = Config(servers=servers)
     _check_writable(directory)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the consumer exists: no window
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        writer, sub, recording = await _open(
+            options,
+            Config(servers=servers),
+            directory=directory,
+            name=name,
+            utc=utc,
+            compress=compress,
+            retention=retention,
+            fsync=fsync,
+        )
+        if status is None and sys.stderr.isatty():
+            status = sys.stderr
+        display = _Display(status, events or sys.stderr)
+        try:
+            await _run(sub, recording, writer, display, stop)
+        finally:
+            display.end()
+            failure = await _stop(sub, recording, writer)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    if failure is not None:
+        raise Failure(one_line(failure)) from failure
+    stats = recording.stats()
+    display.event(
+        f"stream {stats.stream}, consumer {stats.consumer}: the files hold its messages up "
+        f"to sequence {stats.last_sequence:,}; {stats.skipped:,} redeliveries skipped, "
+        f"{stats.behind:,} messages not delivered yet"
+    )
+    return stats.messages
+
+
+async def _open(
+    options: DurableOptions,
+    config: Config,
+    *,
+    directory: str,
+    name: str,
+    utc: bool,
+    compress: str | None,
+    retention: str | None,
+    fsync: bool,
+) -> tuple[HourlyFileWriter, Subscriber, DurableRecording]:
+    """The writer (with its checkpoint), the subscriber, and the recording started;
+    nothing is left open when it raises.
+
+    Raises:
+        UserError: another recorder holds the checkpoint, or JetStream refused.
+        NoServersError: no server could be reached.
+    """
     try:
         writer = HourlyFileWriter(
             directory,
@@ -112,32 +168,7 @@ async def record_durable(
         if isinstance(exc, JetStreamError):
             raise UserError(one_line(exc)) from None
         raise
-    if status is None and sys.stderr.isatty():
-        status = sys.stderr
-    display = _Display(status, events or sys.stderr)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    failure: BaseException | None = None
-    try:
-        await _run(sub, recording, writer, display, stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-        display.end()
-        failure = await _stop(sub, recording, writer)
-    stats = recording.stats()
-    display.event(
-        f"stream {stats.stream}, consumer {stats.consumer}: the files hold its messages up "
-        f"to sequence {stats.last_sequence:,}; {stats.skipped:,} redeliveries skipped, "
-        f"{stats.behind:,} messages not delivered yet"
-    )
-    if failure is not None:
-        raise Failure(one_line(failure)) from failure
-    return stats.messages
+    return writer, sub, recording
 
 
 async def _run(

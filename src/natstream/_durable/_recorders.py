@@ -97,13 +97,12 @@ class DurableRecorders:
         return recording
 
     async def _stop_durables(self) -> None:
-        """Stop the durable recordings still running (for ``close``); a failure is
-        logged, as its owner was told by :meth:`DurableRecording.wait`."""
+        """Stop the durable recordings (for ``close``); a failure their owner was not
+        told of (by :meth:`DurableRecording.wait` or ``stop``) is logged."""
         durables, self._durables = self._durables, set()
         for recording in durables:
-            if recording.stopped:
-                continue
             try:
                 await recording.stop()
-            except Exception:
-                log.exception("durable recording of %r failed while stopping", recording.stream)
+            except Exception as exc:
+                if not recording.told:
+                    log.error("durable recording of %r failed: %s", recording.stream, exc)

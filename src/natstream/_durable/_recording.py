@@ -115,6 +115,7 @@ class DurableRecording:
         self._failure: BaseException | None = None
         self._next_look = 0.0
         self.error: BaseException | None = None
+        self.told = False  # the error was raised to the owner
         self.messages = 0
         self.bytes = 0
         self.skipped = 0
@@ -244,6 +245,7 @@ class DurableRecording:
         """
         await self._finished.wait()
         if self.error is not None:
+            self.told = True
             raise self.error
 
     async def stop(self) -> None:
@@ -262,6 +264,7 @@ class DurableRecording:
             self._arrived.set()
         await self._finished.wait()
         if self.error is not None:
+            self.told = True
             raise self.error
 
     # -- receiving ----------------------------------------------------------------
@@ -290,8 +293,8 @@ class DurableRecording:
             await self._confirm()
             await self._hand_back()
         except Exception as exc:
-            self.error = exc
-            log.error("durable recording of %s stopped: %s", self.stream, exc)
+            self.error = exc  # raised to the owner by wait() and stop()
+            log.info("durable recording of %s stopped: %s", self.stream, exc)
             if self._puller is not None:
                 await self._puller.close()
             await self._hand_back()

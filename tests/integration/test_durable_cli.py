@@ -1,0 +1,430 @@
+"""``natstream record --durable`` as a user runs it: a subprocess against nats-server
+with JetStream (its store in a temporary directory), killed, restarted, out of space.
+
+Waiting on another process's progress means looking at the consumer every
+``durable_help.POLL`` seconds: no event crosses the process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import pty
+import random
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cli_run
+import nats
+import pytest
+from durable_help import WAIT, acked, consumer, lines, payloads, publish, until
+from nats.js.api import ConsumerConfig, StreamConfig
+from test_record_cli import WITH_FILE_SIZE_LIMIT, _read_status
+
+from natstream.server import NatsServer
+
+STREAM = CONSUMER = "REC"
+ACK_WAIT = "2s"  # a killed recorder's deliveries come back this soon (default: 30s)
+
+
+@pytest.fixture
+def js_server() -> Iterator[NatsServer]:
+    """A nats-server with JetStream of the test's own, its store a temporary directory."""
+    with NatsServer(jetstream=True) as srv:
+        yield srv
+
+
+def _args(srv: NatsServer, directory: Path, *args: str, subject: str = "dur.>") -> list[str]:
+    """``natstream``'s arguments: record ``subject`` into ``rec_*.log``, durably."""
+    return [
+        "record", subject, "--dir", str(directory), "--name", "rec", "--durable", CONSUMER,
+        "--server", srv.url, "--utc", "--ack-wait", ACK_WAIT, *args,
+    ]  # fmt: skip
+
+
+def _argv(srv: NatsServer, directory: Path, *args: str) -> list[str]:
+    return cli_run.command(*_args(srv, directory, *args))
+
+
+async def _start(
+    argv: list[str], *, stderr: int | None = None, **env: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stderr=asyncio.subprocess.PIPE if stderr is None else stderr,
+        env=cli_run.env(**env),
+    )
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, and the recorder's stderr; it must exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 0, err.decode()
+    return err.decode()
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def _live(srv: NatsServer) -> None:
+    """The recorder has bound its stream and consumer (it pulls right after)."""
+    await until(srv.url, STREAM, CONSUMER, lambda info: True)
+
+
+def _checkpoint_sequence(directory: Path) -> int:
+    import json
+
+    state = json.loads((directory / ".rec.checkpoint").read_text())
+    return int(json.loads(state["token"])["sequence"]) if state["token"] else 0
+
+
+# ---------------------------------------------------------------- crashes
+
+MESSAGES = 100_000
+KILLS = 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_killed_three_times_the_files_hold_every_message_once_in_order(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    # 300-byte lines: a round of 500 fills past half the writer's buffer, which is then
+    # written out before the commit, so a kill can leave uncommitted lines on disk.
+    texts = [f"m{i:06d} {'x' * 280}" for i in range(MESSAGES)]
+    argv = _argv(js_server, tmp_path)
+    proc = await _start(argv, stderr=asyncio.subprocess.DEVNULL)
+    kills: list[tuple[int, int, int]] = []  # (delivered, lines in files, committed) at each
+    try:
+        await _live(js_server)
+        publisher = asyncio.create_task(
+            publish(js_server.url, "dur.data", texts, chunk=1000)
+        )
+        for _ in range(KILLS):
+            start = (await consumer(js_server.url, STREAM, CONSUMER)).delivered.stream_seq
+            target = min(MESSAGES - 1, start + rng.randint(2_000, 20_000))
+            await until(
+                js_server.url, STREAM, CONSUMER, lambda i, t=target: i.delivered.stream_seq >= t
+            )
+            await asyncio.sleep(rng.uniform(0, 0.3))  # a random moment of its work
+            await _kill(proc)
+            info = await consumer(js_server.url, STREAM, CONSUMER)
+            on_disk = len(lines(tmp_path, "rec"))
+            kills.append((info.delivered.stream_seq, on_disk, _checkpoint_sequence(tmp_path)))
+            proc = await _start(argv, stderr=asyncio.subprocess.DEVNULL)
+        await publisher
+        await until(js_server.url, STREAM, CONSUMER, acked(MESSAGES), within=300)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), WAIT)
+        assert proc.returncode == 0
+    finally:
+        await _kill(proc)
+    got = payloads(tmp_path, "rec")
+    duplicates = len(got) - len(set(got))
+    sys.stderr.write(  # shown with pytest -s: the figures of this run
+        f"seed {seed}; at each kill (delivered, lines on disk, committed): {kills}; "
+        f"{len(got)} lines, {duplicates} duplicates\n"
+    )
+    assert len(kills) == KILLS
+    assert duplicates == 0
+    assert got == texts  # every message once, in stream order
+
+
+# ---------------------------------------------------------------- the stored time
+
+STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})(Z?)\] dur\.data: (.*)")
+
+
+async def _stored_times(url: str, count: int) -> dict[str, dt.datetime]:
+    """Each message's stored time as JetStream has it, by payload."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        out = {}
+        for seq in range(1, count + 1):
+            msg = await js.get_msg(STREAM, seq)
+            assert msg.data is not None
+            out[msg.data.decode()] = msg.time  # aware, UTC, microseconds
+        return out
+    finally:
+        await nc.close()
+
+
+async def test_a_backlog_is_stamped_and_filed_by_the_time_it_was_stored(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    argv = _argv(js_server, tmp_path)
+    proc = await _start(argv)
+    try:
+        await _live(js_server)
+        await _stop(proc)  # down: the consumer stays, and the stream keeps for it
+        await publish(js_server.url, "dur.data", [f"early {i}" for i in range(50)])
+        await asyncio.sleep(1.2)  # the later half is stored at a later second
+        await publish(js_server.url, "dur.data", [f"late {i}" for i in range(50)])
+        stored = await _stored_times(js_server.url, 100)
+        await asyncio.sleep(1.2)  # and the recorder starts later still
+        started = dt.datetime.now(dt.UTC)
+        proc = await _start(argv)
+        await until(js_server.url, STREAM, CONSUMER, acked(100))
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    files = sorted(tmp_path.glob("rec_*.log"))  # noqa: ASYNC240 - the recorder has ended
+    recorded = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            m = STAMP.fullmatch(line)
+            assert m is not None, line
+            assert m.group(2) == "Z", line
+            stamp = dt.datetime.fromisoformat(m.group(1)).replace(tzinfo=dt.UTC)
+            assert path.name == f"rec_{stamp:%Y-%m-%d_%H}.log", (path, line)
+            recorded[m.group(3)] = stamp
+    assert set(recorded) == set(stored)
+    for text, when in stored.items():
+        # the stored time to the millisecond, not the replay's
+        assert recorded[text] == when.replace(microsecond=when.microsecond // 1000 * 1000)
+        assert recorded[text] < started
+    assert max(recorded[f"early {i}"] for i in range(50)) < min(
+        recorded[f"late {i}"] for i in range(50)
+    )
+
+
+def _julian(day: dt.date) -> int:
+    """POSIX TZ's ``Jn``: the day of the year, 1-365, February 29th never counted."""
+    n = (day - dt.date(day.year, 1, 1)).days + 1
+    leap = day.year % 4 == 0 and (day.year % 100 != 0 or day.year % 400 == 0)
+    return n - 1 if leap and day > dt.date(day.year, 2, 28) else n
+
+
+async def test_a_backlog_goes_to_the_hour_file_of_its_stored_time_not_the_replay(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    # A zone whose clocks go forward an hour a few seconds from now: the messages
+    # stored before and after that instant belong to different hours (files), and a
+    # recorder started after it would file all of them in the later one if it went by
+    # the time it replays them.
+    switch = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=4)
+    if switch.date() != (switch + dt.timedelta(hours=2)).date() or _julian(switch.date()) >= 365:
+        pytest.skip("the switch would cross midnight or the year's end")
+    zone = f"AAA0BBB-1,J{_julian(switch.date())}/{switch:%H:%M:%S},J365/23:59:59"
+    argv = _argv(js_server, tmp_path)
+    argv.remove("--utc")  # local time: the zone above
+    proc = await _start(argv, TZ=zone)
+    try:
+        await _live(js_server)
+        await _stop(proc)
+        await publish(js_server.url, "dur.data", [f"before {i}" for i in range(20)])
+        await asyncio.sleep(max(0.0, (switch - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
+        await publish(js_server.url, "dur.data", [f"after {i}" for i in range(20)])
+        proc = await _start(argv, TZ=zone)
+        await until(js_server.url, STREAM, CONSUMER, acked(40))
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    files = {p.name: p.read_text().splitlines() for p in sorted(tmp_path.glob("rec_*.log"))}  # noqa: ASYNC240
+    hour = switch.hour
+    before = f"rec_{switch:%Y-%m-%d}_{hour:02d}+0000.log"
+    after = f"rec_{switch:%Y-%m-%d}_{hour + 1:02d}+0100.log"
+    assert set(files) == {before, after}, files
+    assert [ln.split(": ", 1)[1] for ln in files[before]] == [f"before {i}" for i in range(20)]
+    assert [ln.split(": ", 1)[1] for ln in files[after]] == [f"after {i}" for i in range(20)]
+    for line in files[after]:  # stamped in local time, an hour ahead after the switch
+        assert line.startswith(f"[{switch:%Y-%m-%d} {hour + 1:02d}:"), line
+
+
+# ---------------------------------------------------------------- a full disk
+
+FILE_SIZE_LIMIT = 20_000  # bytes (WITH_FILE_SIZE_LIMIT's)
+
+
+async def test_a_full_disk_stops_it_and_after_a_restart_nothing_is_lost(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    texts = [f"{i:0100d}" for i in range(1000)]  # 130 kB of lines
+    argv = _argv(js_server, tmp_path)
+    limited = [sys.executable, "-c", WITH_FILE_SIZE_LIMIT, *argv]
+    proc = await _start(limited)
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", texts)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT)  # stops by itself
+    finally:
+        await _kill(proc)
+    assert proc.returncode == 1, err.decode()
+    cli_run.assert_one_error_line(err.decode(), "File too large")
+    on_disk = payloads(tmp_path, "rec")
+    assert on_disk == texts[: len(on_disk)]  # whole lines, in order
+    info = await consumer(js_server.url, STREAM, CONSUMER)
+    assert info.ack_floor.stream_seq <= len(on_disk)  # nothing acknowledged beyond the disk
+
+    proc = await _start(argv)  # the space is back
+    try:
+        await until(js_server.url, STREAM, CONSUMER, acked(len(texts)))
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    assert payloads(tmp_path, "rec") == texts
+
+
+# ---------------------------------------------------------------- status, summary
+
+
+async def test_the_status_line_shows_rate_backlog_and_last_ack(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    master, terminal = pty.openpty()
+    proc = await _start(_argv(js_server, tmp_path), stderr=terminal)
+    os.close(terminal)
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", [str(i) for i in range(2000)])
+        status = await _read_status(master, lambda s: s.startswith("2,000 msgs"))
+        assert "msg/s  behind 0  last ack " in status, status
+        assert f"-> {tmp_path}{os.sep}rec_" in status
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), WAIT)
+    finally:
+        await _kill(proc)
+        os.close(master)
+    assert proc.returncode == 0
+
+
+async def test_on_exit_a_summary_says_how_far_the_files_go(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    proc = await _start(_argv(js_server, tmp_path))
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", [str(i) for i in range(300)])
+        await until(js_server.url, STREAM, CONSUMER, acked(300))
+        err = await _stop(proc)
+    finally:
+        await _kill(proc)
+    assert err.splitlines()[-2:] == [
+        "stream REC, consumer REC: the files hold its messages up to sequence 300; "
+        "0 redeliveries skipped, 0 messages not delivered yet",
+        "recorded 300 messages",
+    ]
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def _one_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    cli_run.assert_one_error_line(proc.stderr, *words)
+
+
+def _run(
+    srv: NatsServer, directory: Path, *args: str, subject: str = "dur.>"
+) -> subprocess.CompletedProcess[str]:
+    return cli_run.run(*_args(srv, directory, *args, subject=subject))
+
+
+def test_without_jetstream_it_says_so(server: NatsServer, tmp_path: Path) -> None:
+    _one_error(_run(server, tmp_path), "no JetStream", "-js")
+
+
+async def _make(
+    url: str, stream: str, subjects: list[str], consumer: ConsumerConfig | None
+) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=stream, subjects=subjects))
+        if consumer is not None:
+            await js.add_consumer(stream, consumer)
+    finally:
+        await nc.close()
+
+
+async def test_a_stream_that_does_not_cover_the_subjects(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    await _make(js_server.url, "OTHER", ["other.>"], None)
+    proc = await asyncio.to_thread(_run, js_server, tmp_path, "--stream", "OTHER")
+    _one_error(proc, "'OTHER' does not cover 'dur.>'", "other.>")
+
+
+async def test_subjects_another_stream_holds(js_server: NatsServer, tmp_path: Path) -> None:
+    await _make(js_server.url, "HOLDER", ["dur.>"], None)
+    proc = await asyncio.to_thread(_run, js_server, tmp_path)
+    _one_error(proc, "overlap", "HOLDER", "--stream")
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        (ConsumerConfig(durable_name=CONSUMER, filter_subject="dur.a"), "subjects ['dur.a']"),
+        (
+            ConsumerConfig(durable_name=CONSUMER, deliver_subject="push.here"),
+            "push delivery",
+        ),
+        (ConsumerConfig(durable_name=CONSUMER, max_deliver=3), "max_deliver 3"),
+    ],
+    ids=["subjects", "push", "max-deliver"],
+)
+async def test_a_consumer_with_another_configuration(
+    js_server: NatsServer, tmp_path: Path, config: ConsumerConfig, says: str
+) -> None:
+    await _make(js_server.url, STREAM, ["dur.>"], config)
+    proc = await asyncio.to_thread(_run, js_server, tmp_path)
+    _one_error(proc, f"consumer {CONSUMER!r}", says)
+
+
+async def test_one_recorder_per_directory_and_name(js_server: NatsServer, tmp_path: Path) -> None:
+    first = await _start(_argv(js_server, tmp_path))
+    try:
+        await _live(js_server)
+        proc = await asyncio.to_thread(_run, js_server, tmp_path)
+        _one_error(proc, "in use by another writer")
+        await _stop(first)
+    finally:
+        await _kill(first)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--queue", "q"], "--queue and --durable exclude each other"),
+        (["--stream", "S", "--max-age", "1h"], "--max-age and --max-bytes"),
+        (["--max-bytes", "lots"], "--max-bytes 'lots'"),
+        (["--ack-wait", "0s"], "--ack-wait '0s'"),
+    ],
+)
+def test_durable_options_are_checked_first(
+    server: NatsServer, tmp_path: Path, args: list[str], says: str
+) -> None:
+    _one_error(_run(server, tmp_path, *args), says)
+
+
+def test_durable_options_need_durable(tmp_path: Path) -> None:
+    proc = cli_run.run("record", "a.b", "--dir", str(tmp_path), "--name", "n", "--stream", "S")
+    _one_error(proc, "--stream: only with --durable")
+
+
+async def test_files_of_another_stream_are_not_mixed_in(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    proc = await _start(_argv(js_server, tmp_path))
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", ["x"])
+        await until(js_server.url, STREAM, CONSUMER, acked(1))
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    await _make(js_server.url, "ELSE", ["else.>"], None)
+    run = await asyncio.to_thread(_run, js_server, tmp_path, "--stream", "ELSE", subject="else.>")
+    _one_error(run, "recorded from stream 'REC', not 'ELSE'")
