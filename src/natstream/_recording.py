@@ -54,9 +54,10 @@ def _render_stamp(millis: int) -> bytes:
 def default_formatter(msg: Msg) -> bytes:
     """One line per message: ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data\\n`` (local time).
 
-    The time is when the formatter runs, truncated to the millisecond. Backslashes,
-    newlines and carriage returns in the payload are escaped (``\\\\``, ``\\n``,
-    ``\\r``), so one message is one line. For files split by UTC hours
+    The time is when the formatter runs, truncated to the millisecond (in a durable
+    recording, ``Subscriber.record_durable``, when JetStream stored the message).
+    Backslashes, newlines and carriage returns in the payload are escaped (``\\\\``,
+    ``\\n``, ``\\r``), so one message is one line. For files split by UTC hours
     (``HourlyFileWriter(utc=True)``) use :func:`utc_formatter`.
     """
     millis = int(_time() * 1000)

@@ -18,6 +18,7 @@ from natstream import (
     DurableRecording,
     HourlyFileWriter,
     JetStreamError,
+    NatstreamError,
     Subscriber,
     utc_formatter,
 )
@@ -52,7 +53,7 @@ async def test_every_message_once_in_order_and_the_checkpoint_says_how_far(
     assert (recording.stream, recording.consumer, recording.subjects) == ("API", "API", ("api.>",))
     texts = [f"t{i}" for i in range(3000)]
     await publish(js_server.url, SUBJECT, texts)
-    await until(js_server.url, "API", "API", acked(3000))
+    await asyncio.wait_for(recording.wait_recorded(3000), 60)
     await recording.stop()
     stats = recording.stats()
     assert (stats.messages, stats.last_sequence, stats.acked, stats.behind) == (3000, 3000, 3000, 0)
@@ -86,7 +87,7 @@ async def test_a_formatter_of_ones_own_sees_the_stored_time(
 
     recording = await sub.record_durable(SUBJECT, writer, formatter, durable="API")
     await publish(js_server.url, SUBJECT, ["a"])
-    await until(js_server.url, "API", "API", acked(1))
+    await asyncio.wait_for(recording.wait_recorded(1), 60)
     await recording.stop()
     (line,) = lines(tmp_path, "rec")
     stamp, _, data = line.partition(" ")
@@ -156,7 +157,7 @@ async def test_a_server_restart_in_the_middle_loses_and_repeats_nothing(
     js_server.kill()  # mid-stream, maybe with deliveries on the way
     js_server.start()  # same port, same store
     await publish(js_server.url, SUBJECT, [f"b{i}" for i in range(2000)])
-    await until(js_server.url, "API", "API", acked(4000))
+    await asyncio.wait_for(recording.wait_recorded(4000), 60)
     await recording.stop()
     got = payloads(tmp_path, "rec")
     assert got == [f"a{i}" for i in range(2000)] + [f"b{i}" for i in range(2000)]
@@ -181,3 +182,16 @@ async def test_memory_is_bounded_by_max_ack_pending_on_a_backlog(
             await asyncio.sleep(0.01)
     assert 0 < most <= 200
     assert payloads(tmp_path, "rec") == [f"{i:05d}" for i in range(20_000)]
+
+
+async def test_waiting_for_a_sequence_past_the_end_raises_once_stopped(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter
+) -> None:
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    waiter = asyncio.create_task(recording.wait_recorded(10))
+    await publish(js_server.url, SUBJECT, ["a"])
+    await asyncio.wait_for(recording.wait_recorded(1), 60)
+    assert not waiter.done()
+    await recording.stop()
+    with pytest.raises(NatstreamError, match="stopped at sequence 1, before 10"):
+        await asyncio.wait_for(waiter, 60)

@@ -108,9 +108,7 @@ async def test_killed_three_times_the_files_hold_every_message_once_in_order(
     kills: list[tuple[int, int, int]] = []  # (delivered, lines in files, committed) at each
     try:
         await _live(js_server)
-        publisher = asyncio.create_task(
-            publish(js_server.url, "dur.data", texts, chunk=1000)
-        )
+        publisher = asyncio.create_task(publish(js_server.url, "dur.data", texts, chunk=1000))
         for _ in range(KILLS):
             start = (await consumer(js_server.url, STREAM, CONSUMER)).delivered.stream_seq
             target = min(MESSAGES - 1, start + rng.randint(2_000, 20_000))

@@ -66,6 +66,7 @@ OUTPUT = {
         "in 3 attempts",
     ],
     "recording.py": ["messages=6", "sensors.room1: 22.5"],
+    "durable.py": ["last_sequence=2", "last_sequence=5", "sensors.room1: 21.9", "22.3"],
 }
 # Examples run by a test of their own below: a service, its client, a shell command.
 DRIVEN = {"service.py", "client.py", "record.sh"}

@@ -104,5 +104,5 @@ class DurableRecorders:
             try:
                 await recording.stop()
             except Exception as exc:
-                if not recording.told:
+                if not recording._told:
                     log.error("durable recording of %r failed: %s", recording.stream, exc)

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from nats.aio.msg import Msg
 
-from .._errors import ConfigError, ConnectionLostError, JetStreamError
+from .._errors import ConfigError, ConnectionLostError, JetStreamError, NatstreamError
 from .._recording import Formatter, stamped
 from .._transport import Link
 from .._writers import HourlyFileWriter
@@ -86,6 +86,12 @@ class DurableRecording:
     acknowledged that the files do not hold, and what the recording held
     unacknowledged is handed back to JetStream (negatively acknowledged) to be
     redelivered at once to the next run.
+
+    Attributes:
+        error: the failure that ended the recording, or None.
+        messages, bytes, skipped, acked, last_ack, behind, started: as in
+            :class:`DurableRecordingStats` (:meth:`stats` is a consistent snapshot).
+        committed: the stream sequence the files hold up to (``last_sequence``).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class DurableRecording:
         self._deque: collections.deque[Msg] = collections.deque()
         self._arrived = asyncio.Event()
         self._finished = asyncio.Event()
+        self._progress = asyncio.Event()  # set (and replaced) at each commit; set at the end
         self._unacked: dict[int, Msg] = {}  # by stream sequence: written or skipped
         self._last_acked: Msg | None = None
         self._seq: Sequencer[Msg] = Sequencer()
@@ -115,7 +122,7 @@ class DurableRecording:
         self._failure: BaseException | None = None
         self._next_look = 0.0
         self.error: BaseException | None = None
-        self.told = False  # the error was raised to the owner
+        self._told = False  # the error was raised to the owner
         self.messages = 0
         self.bytes = 0
         self.skipped = 0
@@ -245,8 +252,26 @@ class DurableRecording:
         """
         await self._finished.wait()
         if self.error is not None:
-            self.told = True
+            self._told = True
             raise self.error
+
+    async def wait_recorded(self, sequence: int) -> None:
+        """Wait until the files hold the recording's messages up to stream sequence
+        ``sequence`` (committed: in their files, and in the writer's checkpoint), e.g.
+        the ``seq`` of a ``PubAck`` JetStream gave a publisher. Cancelling the call only
+        stops the wait.
+
+        Raises:
+            the failure that ended the recording; :class:`NatstreamError` if it was
+            stopped before getting there.
+        """
+        while self.committed < sequence:
+            if self._finished.is_set():
+                await self.wait()
+                raise NatstreamError(
+                    f"the recording stopped at sequence {self.committed}, before {sequence}"
+                )
+            await self._progress.wait()
 
     async def stop(self) -> None:
         """Stop pulling, write and commit what arrived, acknowledge it (the last
@@ -264,7 +289,7 @@ class DurableRecording:
             self._arrived.set()
         await self._finished.wait()
         if self.error is not None:
-            self.told = True
+            self._told = True
             raise self.error
 
     # -- receiving ----------------------------------------------------------------
@@ -300,6 +325,7 @@ class DurableRecording:
             await self._hand_back()
         finally:
             self._finished.set()
+            self._progress.set()
 
     def _check_link(self) -> None:
         if self._failure is not None:
@@ -351,6 +377,8 @@ class DurableRecording:
         token = json.dumps({**self._token_head, "sequence": written})
         await asyncio.to_thread(self._writer.commit, token)
         self.committed = written
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
 
     async def _ack(self) -> None:
         """Acknowledge what is written (committed) or skipped, in stream order."""
