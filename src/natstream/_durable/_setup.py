@@ -91,7 +91,9 @@ class DurableOptions:
             )
         if max_age is not None and not (0 < max_age < math.inf):
             raise ConfigError(f"max_age must be a positive number of seconds, got {max_age!r}")
-        if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes < 1):
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+        ):
             raise ConfigError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
         if not (isinstance(ack_wait, int | float) and 0 < ack_wait < math.inf):
             raise ConfigError(f"ack_wait must be a positive number of seconds, got {ack_wait!r}")
