@@ -24,7 +24,7 @@ import nats
 import pytest
 from durable_help import WAIT, acked, consumer, lines, payloads, publish, until
 from nats.js.api import ConsumerConfig, StreamConfig
-from test_record_cli import WITH_FILE_SIZE_LIMIT, _read_status
+from test_record_cli import WITH_FILE_SIZE_LIMIT, _has_interest, _publish, _read_status
 
 from natstream.server import NatsServer
 
@@ -430,3 +430,16 @@ async def test_files_of_another_stream_are_not_mixed_in(
     await _make(js_server.url, "ELSE", ["else.>"], None)
     run = await asyncio.to_thread(_run, js_server, tmp_path, "--stream", "ELSE", subject="else.>")
     _one_error(run, "recorded from stream 'REC', not 'ELSE'")
+
+
+async def test_core_recording_takes_fsync_too(server: NatsServer, tmp_path: Path) -> None:
+    args = ["rec.cli.*", "--dir", str(tmp_path), "--name", "stream_data", "--fsync"]
+    proc = await _start(cli_run.command("record", *args, "--server", server.url))
+    try:
+        await asyncio.wait_for(_has_interest(server.url, "rec.cli.probe"), WAIT)
+        await _publish(server.url, 5)
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    recorded = [text for text in payloads(tmp_path, "stream_data") if text.isdigit()]
+    assert recorded == [f"{i:010d}" for i in range(5)]
