@@ -183,7 +183,8 @@ async def _run(
     link = _Link(sub.nc, lost="reconnecting (JetStream keeps what is published meanwhile)")
     while not recording.stopped:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), _STATUS_INTERVAL)
+            async with asyncio.timeout(_STATUS_INTERVAL):
+                await stop.wait()
         if stop.is_set():
             return
         for event in link.events():

@@ -18,6 +18,7 @@ unacknowledged messages, which bounds what the recording holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class Puller:
         self._inbox = link.new_inbox()
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._want = asyncio.Event()
         self._outstanding = 0
         self._heard = time.monotonic()
@@ -103,6 +105,7 @@ class Puller:
     async def close(self) -> None:
         """Stop asking for messages and end the subscription; when this returns, every
         message the server sent to the inbox has been handed to ``deliver``. Idempotent."""
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -143,11 +146,12 @@ class Puller:
 
     async def _run(self) -> None:
         nc = self._link.nc
-        while True:
-            try:
-                await asyncio.wait_for(self._want.wait(), _TICK)
-            except TimeoutError:
-                pass
+        while not self._closed:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that comes as the event is set, and close() would wait for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TICK):
+                    await self._want.wait()
             self._want.clear()
             now = time.monotonic()
             reconnects = nc.stats["reconnects"]

@@ -309,8 +309,8 @@ class DurableRecording:
         try:
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    wait = _DOUBT_LOOK if self._seq.in_doubt else _TICK
-                    await asyncio.wait_for(self._arrived.wait(), wait)
+                    async with asyncio.timeout(_DOUBT_LOOK if self._seq.in_doubt else _TICK):
+                        await self._arrived.wait()
                 self._arrived.clear()
                 self._check_link()
                 await self._round()
