@@ -139,6 +139,69 @@ async def test_killed_three_times_the_files_hold_every_message_once_in_order(
     assert got == texts  # every message once, in stream order
 
 
+# A recorder that dies at an exact point of a round: after the files and the checkpoint
+# took it, before its acknowledgements went ("committed"), or after its lines were
+# written to the files but before the checkpoint took them ("written"). It is the
+# library's recording, as the command runs it, in a process that ends with os._exit.
+CRASHING = """
+import asyncio, os, sys
+from natstream import HourlyFileWriter, Subscriber, utc_formatter
+
+url, directory, when = sys.argv[1:]
+
+class Crashing(HourlyFileWriter):
+    def commit(self, token):
+        if when == "written":
+            self.flush()  # the lines are in the files, the checkpoint still the old one
+            os._exit(9)
+        super().commit(token)
+        os._exit(9)  # committed; the round's acknowledgements never go
+
+async def main():
+    writer = Crashing(directory, "rec", utc=True, checkpoint=".rec.checkpoint")
+    async with Subscriber([url]) as sub:
+        await sub.record_durable("dur.>", writer, utc_formatter, durable="REC", ack_wait=2.0)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("when", ["committed", "written"])
+async def test_a_crash_between_writing_and_acknowledging_writes_nothing_twice(
+    js_server: NatsServer, tmp_path: Path, when: str
+) -> None:
+    texts = [f"c{i:04d}" for i in range(1000)]
+    crashing = [sys.executable, "-c", CRASHING, js_server.url, str(tmp_path), when]
+    proc = await _start(crashing)
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", texts[:300])
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT)  # dies in its first commit
+    finally:
+        await _kill(proc)
+    assert proc.returncode == 9, err.decode()
+    info = await consumer(js_server.url, STREAM, CONSUMER)
+    assert info.ack_floor.stream_seq == 0  # nothing acknowledged, something delivered
+    assert info.num_ack_pending
+    on_disk = payloads(tmp_path, "rec")
+    assert on_disk  # the lines were in the files
+    assert on_disk == texts[: len(on_disk)]
+    held = _checkpoint_sequence(tmp_path)
+    assert held == (len(on_disk) if when == "committed" else 0)
+
+    proc = await _start(_argv(js_server, tmp_path))  # the command, restarted
+    try:
+        await publish(js_server.url, "dur.data", texts[300:])
+        await until(js_server.url, STREAM, CONSUMER, acked(len(texts)))
+        err_text = await _stop(proc)
+    finally:
+        await _kill(proc)
+    assert payloads(tmp_path, "rec") == texts  # each once, in order
+    # the redeliveries of what the checkpoint held were skipped, not written again
+    assert f"; {held:,} redeliveries skipped," in err_text, err_text
+
+
 # ---------------------------------------------------------------- the stored time
 
 STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})(Z?)\] dur\.data: (.*)")
