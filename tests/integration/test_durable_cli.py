@@ -23,7 +23,14 @@ import cli_run
 import nats
 import pytest
 from durable_help import WAIT, acked, consumer, lines, payloads, publish, until
-from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
 from test_record_cli import WITH_FILE_SIZE_LIMIT, _has_interest, _publish, _read_status
 
 from natstream.server import NatsServer
@@ -200,6 +207,60 @@ async def test_a_crash_between_writing_and_acknowledging_writes_nothing_twice(
     assert payloads(tmp_path, "rec") == texts  # each once, in order
     # the redeliveries of what the checkpoint held were skipped, not written again
     assert f"; {held:,} redeliveries skipped," in err_text, err_text
+
+
+# ---------------------------------------------------------------- stream and consumer
+
+
+async def _infos(url: str, stream: str) -> tuple[StreamInfo, ConsumerInfo]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        return await js.stream_info(stream), await js.consumer_info(stream, CONSUMER)
+    finally:
+        await nc.close()
+
+
+async def test_the_stream_it_creates_has_the_limits_asked_and_a_pull_consumer(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    limits = ["--max-age", "2h", "--max-bytes", "10MB", "--max-ack-pending", "321"]
+    proc = await _start(_argv(js_server, tmp_path, *limits))
+    try:
+        await _live(js_server)
+        await publish(js_server.url, "dur.data", ["x"])
+        await until(js_server.url, STREAM, CONSUMER, acked(1))
+        await _stop(proc)
+    finally:
+        await _kill(proc)
+    stream, pull = await _infos(js_server.url, STREAM)
+    assert stream.config.subjects == ["dur.>"]
+    assert stream.config.storage == StorageType.FILE
+    assert (stream.config.max_age, stream.config.max_bytes) == (7200.0, 10_000_000)
+    assert pull.config.durable_name == CONSUMER
+    assert pull.config.deliver_subject is None  # pulled
+    assert pull.config.ack_policy == AckPolicy.EXPLICIT
+    assert (pull.config.ack_wait, pull.config.max_ack_pending) == (2.0, 321)
+    assert payloads(tmp_path, "rec") == ["x"]
+
+
+async def test_a_stream_of_ones_own_is_bound_and_recorded_with_fsync(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    await _make(js_server.url, "MINE", ["dur.>", "else.>"], None)
+    await publish(js_server.url, "else.data", ["not recorded"])  # another subject of it
+    proc = await _start(_argv(js_server, tmp_path, "--stream", "MINE", "--fsync"))
+    try:
+        await until(js_server.url, "MINE", CONSUMER, lambda info: True)
+        await publish(js_server.url, "dur.data", [f"f{i}" for i in range(500)])
+        await until(js_server.url, "MINE", CONSUMER, acked(501))
+        err = await _stop(proc)
+    finally:
+        await _kill(proc)
+    assert payloads(tmp_path, "rec") == [f"f{i}" for i in range(500)]
+    assert "stream MINE, consumer REC: the files hold its messages up to sequence 501" in err
+    stream, _ = await _infos(js_server.url, "MINE")
+    assert stream.config.subjects == ["dur.>", "else.>"]  # left as it was
 
 
 # ---------------------------------------------------------------- the stored time
