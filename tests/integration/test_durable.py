@@ -55,6 +55,9 @@ async def test_every_message_once_in_order_and_the_checkpoint_says_how_far(
     await publish(js_server.url, SUBJECT, texts)
     await asyncio.wait_for(recording.wait_recorded(3000), 60)
     await recording.stop()
+    # stop() ends with an acknowledgement the server confirms: it has them all now
+    info = await consumer(js_server.url, "API", "API")
+    assert (info.ack_floor.stream_seq, info.num_ack_pending) == (3000, 0)
     stats = recording.stats()
     assert (stats.messages, stats.last_sequence, stats.acked, stats.behind) == (3000, 3000, 3000, 0)
     assert stats.skipped == 0
