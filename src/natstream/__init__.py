@@ -9,10 +9,12 @@ from typing import Final, TypeAlias
 
 from . import _events, _protocol, _requester, _responder
 from ._config import Config, StreamOptions
+from ._durable import DurableRecording, DurableRecordingStats
 from ._errors import (
     ConfigError,
     ConnectionLostError,
     InvalidSubjectError,
+    JetStreamError,
     NatstreamError,
     NoRespondersError,
     NoServersError,
@@ -99,11 +101,14 @@ __all__ = [  # noqa: RUF022 - plain sorted(), which a test checks
     "ConnectionEventHook",
     "ConnectionEventKind",
     "ConnectionLostError",
+    "DurableRecording",
+    "DurableRecordingStats",
     "GeneratorHandler",
     "Handler",
     "HourlyFileWriter",
     "IndexHandler",
     "InvalidSubjectError",
+    "JetStreamError",
     "NatstreamError",
     "NoRespondersError",
     "NoServersError",

@@ -10,6 +10,7 @@
     ├── NoServersError (ConnectionError)     no configured server could be reached
     ├── ServerStartError                     embedded nats-server failed (natstream.server)
     ├── WriterError (OSError)                a writer could not write, flush or close
+    ├── JetStreamError                       JetStream cannot serve a durable recording
     └── StreamFailure                        a stream did not end normally
         ├── StreamError                      the responder sent an error marker (.code, .retryable)
         ├── NoRespondersError                nobody subscribes to the subject
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "InvalidSubjectError",
+    "JetStreamError",
     "NatstreamError",
     "NoRespondersError",
     "NoServersError",
@@ -88,6 +90,13 @@ class NoServersError(NatstreamError, ConnectionError):
 
 class WriterError(NatstreamError, OSError):
     """A writer failed to write, flush or close; ``__cause__`` is the OS error."""
+
+
+class JetStreamError(NatstreamError):
+    """JetStream cannot serve a durable recording: the server has no JetStream, a stream
+    does not cover the subjects, a consumer of that name has a conflicting
+    configuration, or the consumer went away while recording. The message says which,
+    and what to do instead."""
 
 
 class StreamFailure(NatstreamError):

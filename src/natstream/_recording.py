@@ -16,7 +16,14 @@ from nats.aio.subscription import Subscription
 from ._transport import drain_subscription
 from ._writers import RecordSink
 
-__all__ = ["Recording", "RecordingStats", "default_formatter", "utc_formatter"]
+__all__ = [
+    "Formatter",
+    "Recording",
+    "RecordingStats",
+    "default_formatter",
+    "stamped",
+    "utc_formatter",
+]
 
 log = logging.getLogger("natstream")
 
@@ -47,9 +54,10 @@ def _render_stamp(millis: int) -> bytes:
 def default_formatter(msg: Msg) -> bytes:
     """One line per message: ``[YYYY-MM-DD HH:MM:SS.mmm] subject: data\\n`` (local time).
 
-    The time is when the formatter runs, truncated to the millisecond. Backslashes,
-    newlines and carriage returns in the payload are escaped (``\\\\``, ``\\n``,
-    ``\\r``), so one message is one line. For files split by UTC hours
+    The time is when the formatter runs, truncated to the millisecond (in a durable
+    recording, ``Subscriber.record_durable``, when JetStream stored the message).
+    Backslashes, newlines and carriage returns in the payload are escaped (``\\\\``,
+    ``\\n``, ``\\r``), so one message is one line. For files split by UTC hours
     (``HourlyFileWriter(utc=True)``) use :func:`utc_formatter`.
     """
     millis = int(_time() * 1000)
@@ -65,20 +73,61 @@ def default_formatter(msg: Msg) -> bytes:
 _last_utc_ms: tuple[int, bytes] = (-1, b"")  # as _last_ms, for utc_formatter
 
 
+def _render_utc_stamp(millis: int) -> bytes:
+    global _last_utc_ms
+    seconds, ms = divmod(millis, 1000)
+    head = time.strftime("[%Y-%m-%d %H:%M:%S.", time.gmtime(seconds)).encode()
+    stamp = head + b"%03dZ] " % ms
+    _last_utc_ms = (millis, stamp)
+    return stamp
+
+
 def utc_formatter(msg: Msg) -> bytes:
     """:func:`default_formatter` in UTC: ``[YYYY-MM-DD HH:MM:SS.mmmZ] subject: data\\n``.
 
     The ``Z`` says the time is UTC, so the lines agree with files named by UTC hours
     (``HourlyFileWriter(utc=True)``, ``natstream record --utc``).
     """
-    global _last_utc_ms
     millis = int(_time() * 1000)
     key, stamp = _last_utc_ms
     if key != millis:
-        seconds, ms = divmod(millis, 1000)
-        head = time.strftime("[%Y-%m-%d %H:%M:%S.", time.gmtime(seconds)).encode()
-        stamp = head + b"%03dZ] " % ms
-        _last_utc_ms = (millis, stamp)
+        stamp = _render_utc_stamp(millis)
+    data = msg.data
+    if 92 in data or 10 in data or 13 in data:
+        data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return b"".join((stamp, msg.subject.encode(), b": ", data, b"\n"))
+
+
+def stamped(formatter: Formatter) -> Callable[[Msg, int], bytes]:
+    """``formatter`` as a durable recording calls it: with the time the message was
+    stored, in milliseconds since the epoch. :func:`default_formatter` and
+    :func:`utc_formatter` stamp that time; any other formatter is called with the
+    message alone (its ``metadata.timestamp`` is that time)."""
+    if formatter is default_formatter:
+        return _local_line
+    if formatter is utc_formatter:
+        return _utc_line
+
+    def call(msg: Msg, millis: int) -> bytes:
+        return formatter(msg)
+
+    return call
+
+
+def _local_line(msg: Msg, millis: int) -> bytes:
+    key, stamp = _last_ms
+    if key != millis:
+        stamp = _render_stamp(millis)
+    data = msg.data
+    if 92 in data or 10 in data or 13 in data:
+        data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return b"".join((stamp, msg.subject.encode(), b": ", data, b"\n"))
+
+
+def _utc_line(msg: Msg, millis: int) -> bytes:
+    key, stamp = _last_utc_ms
+    if key != millis:
+        stamp = _render_utc_stamp(millis)
     data = msg.data
     if 92 in data or 10 in data or 13 in data:
         data = data.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")

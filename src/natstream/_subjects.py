@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from ._errors import InvalidSubjectError
 
-__all__ = ["validate_publish_subject", "validate_queue", "validate_subscribe_subject"]
+__all__ = [
+    "subject_covers",
+    "validate_publish_subject",
+    "validate_queue",
+    "validate_subscribe_subject",
+]
 
 _MAX_SUBJECT = 4096  # far above real subjects; bounds work on hostile input
 
@@ -68,3 +73,21 @@ def validate_queue(queue: str | None) -> str:
     if any(c.isspace() for c in queue) or "*" in queue or ">" in queue:
         raise InvalidSubjectError(queue, "a queue group name has no whitespace or wildcards")
     return queue
+
+
+def subject_covers(pattern: str, subject: str) -> bool:
+    """Whether every subject ``subject`` matches is matched by ``pattern`` too (both may
+    hold wildcards: ``a.>`` covers ``a.b.*``; ``a.*`` does not cover ``a.>``)."""
+    wide = pattern.split(".")
+    narrow = subject.split(".")
+    for i, token in enumerate(wide):
+        if token == ">":
+            return len(narrow) > i
+        if i >= len(narrow):
+            return False
+        if token == "*":
+            if narrow[i] == ">":
+                return False
+        elif token != narrow[i]:
+            return False
+    return len(narrow) == len(wide)

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ._config import Config, as_config
+from ._durable import DurableRecorders, DurableRecording
 from ._errors import (
     NatstreamError,
     SubscriberClosedError,
@@ -73,7 +74,7 @@ _SEND_WAIT = 1.0
 __all__ = ["Subscriber", "SubscriberState", "SubscriberStats"]
 
 
-class Subscriber:
+class Subscriber(DurableRecorders):
     """Responds to streamed requests; also records subjects into writers.
 
     ``async with Subscriber(config) as sub:``, or ``sub = await
@@ -182,6 +183,7 @@ class Subscriber:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._recordings: dict[int, Recording] = {}  # by id() of their subscription
+        self._durables: set[DurableRecording] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -291,6 +293,7 @@ class Subscriber:
                 await self._service.stop()
             subs = list(self._subscriptions)
             await asyncio.gather(*(s.stop(grace) for s in subs))
+            await self._stop_durables()
             for key in list(self._recordings):
                 await _stop_recording(self._recordings.pop(key))
             if self._tasks:

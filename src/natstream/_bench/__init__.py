@@ -5,8 +5,9 @@ because this kind of machine is shared and noisy: absolute figures move, ratios 
 Cases: ``stream_128`` and ``stream_1k`` (one long stream), ``packed`` (many small
 items, packed), ``first_reply`` (latency), ``concurrent`` (1,000 streams at once),
 ``memory`` (a slow consumer), ``writer`` (the hour files), ``record`` (the recorder),
-``request_cli`` (``natstream request`` against the library) and ``serve_memory``
-(``natstream serve`` streaming to a slow requester).
+``request_cli`` (``natstream request`` against the library), ``serve_memory``
+(``natstream serve`` streaming to a slow requester) and ``durable`` (the durable
+recorder, from JetStream).
 With ``uvloop`` every event loop of the run is uvloop's: this process's and the
 responder's and requesters' processes (the record case's publisher process excepted).
 
@@ -48,6 +49,7 @@ TARGETS: dict[str, list[tuple[str, str, float | bool]]] = {
     "record": [("ratio", ">=", 0.8)],
     "request_cli": [("ratio", ">=", 0.8)],
     "serve_memory": [("serve_rss_growth_mb", "<", 100.0)],
+    "durable": [("ratio", ">=", 0.8)],
 }
 CASES = tuple(TARGETS)
 
@@ -78,12 +80,18 @@ _ALIASES = {
         "raw_msgs_per_s": "library_msgs_per_s",
         "raw_mb_per_s": "library_mb_per_s",
     },
+    "durable": {
+        "natstream_msgs_per_s": "durable_msgs_per_s",
+        "natstream_cpu_req_us": "durable_cpu_us_per_msg",
+        "raw_cpu_req_us": "raw_cpu_us_per_msg",
+    },
 }
 _BASELINE = {
     "writer": "plain file",
     "record": "nats-py",
     "memory": "nats-py, no fc",
     "request_cli": "stream_request",
+    "durable": "nats-py fetch",
 }
 _LABEL = {"packed": "natstream items", "request_cli": "request --raw"}
 
@@ -127,7 +135,7 @@ def _loop_policy(uvloop: bool) -> Iterator[None]:
 
 
 def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from . import cli, memory, packed, record, stream, writer
+    from . import cli, durable, memory, packed, record, stream, writer
 
     n = 5_000 if quick else 100_000
     rounds = 1 if quick else 3
@@ -151,6 +159,8 @@ def _cases(quick: bool, uvloop: bool) -> dict[str, Callable[[], dict[str, Any]]]
         "serve_memory": lambda: cli.run_serve_memory(
             (200 if quick else 10_000) * 100 * 1024, uvloop=uvloop
         ),
+        # 100,000 x 128 B stored in a stream, drained by each receiver; 3 rounds
+        "durable": lambda: durable.run(n, 128, rounds),
     }
 
 
@@ -294,6 +304,7 @@ def _extra(name: str, figures: dict[str, Any]) -> str:
         "request_cli": ("cli_wall_msgs_per_s", "cli_startup_s", "rounds"),
         "serve_memory": ("stream_mb", "serve_rss_growth_mb", "serve_rss_before_mb", "seconds"),
         "packed": ("items", "per_batch", "raw_messages"),
+        "durable": ("core_recorder_msgs_per_s", "ratio_to_core", "raw_batch", "max_ack_pending"),
     }.get(name, ())
     shown = [f"{k} {_fmt(figures[k], 1)}" for k in keys if k in figures]
     if "errors" in figures:

@@ -43,6 +43,7 @@ import click
 from .._errors import ConfigError, NoServersError
 from ..server import NatsCluster, NatsServer, ServerStartError
 from ._errors import Failure, UserError, one_line
+from ._record_options import durable_options
 from ._request import request
 from ._serve import serve
 from ._services import services
@@ -159,16 +160,27 @@ def demo(opts: Options) -> None:
 @click.option(
     "--cluster", "size", type=click.IntRange(min=2), help="Run a routed cluster of SIZE nodes."
 )
-def server(port: int | None, size: int | None) -> None:
+@click.option("--jetstream", is_flag=True, help="Enable JetStream (streams, durable consumers).")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    help="JetStream's storage directory, kept after exit (default: a temporary one).",
+)
+def server(port: int | None, size: int | None, jetstream: bool, store: str | None) -> None:
     """Run an embedded nats-server (or a cluster) on loopback until Ctrl-C.
 
     One node listens on port 4222, NATS's default and where the examples connect
     (their NATS_URL's default), unless --port says otherwise; when 4222 is taken it
     takes a free port and says so. A cluster's nodes take free ports. Prints each
-    node's client URL on stdout, one a line.
+    node's client URL on stdout, one a line. With --jetstream the node runs JetStream
+    (needed by 'natstream record --durable'), storing into --store.
     """
     if port is not None and size is not None:
         raise click.UsageError("--port and --cluster exclude each other: nodes take free ports")
+    if jetstream and size is not None:
+        raise click.UsageError("--jetstream runs on one node: leave out --cluster")
+    if store is not None and not jetstream:
+        raise click.UsageError("--store is JetStream's storage: add --jetstream")
     if port is not None and not _port_free(port):
         raise UserError(f"port {port} on {_HOST} is in use: choose another --port, or leave it out")
     note = None
@@ -177,11 +189,16 @@ def server(port: int | None, size: int | None) -> None:
             port = DEFAULT_PORT
         else:
             note = f"port {DEFAULT_PORT} is in use (another nats-server?), so this one took"
-    with _interrupts_stop(), NatsCluster(size) if size else NatsServer(port=port) as srv:
+    srv: NatsServer | NatsCluster = (
+        NatsCluster(size) if size else NatsServer(port=port, jetstream=jetstream, store_dir=store)
+    )
+    with _interrupts_stop(), srv:
         nodes = srv.nodes if isinstance(srv, NatsCluster) else [srv]
         if note is not None:
             click.echo(f"{note} port {nodes[0].port}: NATS_URL={nodes[0].url}", err=True)
         click.echo(f"{len(nodes)} nats-server node(s) running; Ctrl-C to stop", err=True)
+        if jetstream:
+            click.echo(f"JetStream on, storing into {nodes[0].store_dir}", err=True)
         for node in nodes:  # last: a script that has read the URLs may stop us at once
             click.echo(node.url)
         _wait_until_exit(nodes)
@@ -208,9 +225,11 @@ def server(port: int | None, size: int | None) -> None:
 @click.option("--compress", type=click.Choice(["gzip", "zstd"]), help="Compress finished hours.")
 @click.option("--retention", help="Keep files this long and/or this many: 7d, 24h, 48, 7d,100.")
 @click.option("--queue", help="Queue group, to share the recording between recorders.")
+@durable_options
 @click.pass_obj
 def record(
     opts: Options,
+    /,
     subjects: tuple[str, ...],
     directory: str,
     name: str,
@@ -219,6 +238,7 @@ def record(
     compress: str | None,
     retention: str | None,
     queue: str | None,
+    **durable: Any,
 ) -> None:
     """Record SUBJECTS (wildcards allowed) into hour-split files until Ctrl-C/SIGTERM.
 
@@ -229,7 +249,12 @@ def record(
     is lost and when it is back. On stop everything received is flushed to disk
     (exit status 0). A write that fails (a full disk) stops the recorder within a
     second: one line on stderr, exit status 1.
+
+    With --durable NAME the messages come from JetStream through a durable consumer:
+    each message once, in the hour it was stored, across crashes and restarts (see
+    the guide's "Durable recording").
     """
+    from ._record import durable_args
     from ._record import record as run_record
 
     count = opts.run(
@@ -242,6 +267,8 @@ def record(
             compress=compress,
             retention=retention,
             queue=queue,
+            fsync=durable.pop("fsync"),
+            durable=durable_args(**durable),
         )
     )
     click.echo(f"recorded {count:,} messages", err=True)
@@ -258,6 +285,7 @@ _BENCH_CASES = (
     "record",
     "request_cli",
     "serve_memory",
+    "durable",
 )
 
 

@@ -30,8 +30,9 @@ from .._subscriber import Subscriber
 from .._transport import safe_server
 from .._writers import HourlyFileWriter, parse_retention
 from ._errors import Failure, UserError, one_line
+from ._record_options import DurableArgs, durable_args
 
-__all__ = ["record"]
+__all__ = ["durable_args", "record"]
 
 _STATUS_INTERVAL = 0.5  # seconds between looks at the recorder (status, failures, link)
 _RATE_WINDOW = 1.0  # seconds the status line's rate is measured over
@@ -48,11 +49,16 @@ async def record(
     compress: str | None = None,
     retention: str | None = None,
     queue: str | None = None,
+    fsync: bool = False,
+    durable: DurableArgs | None = None,
     status: TextIO | None = None,
     events: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Record ``subjects`` until SIGINT/SIGTERM (or ``stop`` is set); return messages written.
+
+    With ``durable`` the messages come from JetStream (:mod:`._durable`); else from
+    core NATS, as follows.
 
     On stop, the subscription is drained, the writer flushed and closed. A status line
     goes to ``status`` (stderr when it is a terminal), connection events to ``events``
@@ -67,6 +73,28 @@ async def record(
         Failure: writing failed (disk full, permissions): what was accepted before the
             failure is on disk as the writer documents.
     """
+    if durable is not None:
+        if queue:
+            raise UserError(
+                "--queue and --durable exclude each other: a durable consumer "
+                "delivers each message to one recorder already"
+            )
+        from ._durable import record_durable
+
+        return await record_durable(
+            subjects,
+            durable,
+            directory=directory,
+            name=name,
+            servers=servers,
+            utc=utc,
+            compress=compress,
+            retention=retention,
+            fsync=fsync,
+            status=status,
+            events=events,
+            stop=stop,
+        )
     for subject in subjects:
         validate_subscribe_subject(subject)
     validate_queue(queue)
@@ -77,6 +105,7 @@ async def record(
         utc=utc,
         compress=compress,
         retention=parse_retention(retention) if retention else None,
+        fsync=fsync,
     )
     try:
         _check_writable(directory)
@@ -200,8 +229,14 @@ class _Rate:
 class _Link:
     """Whether the server connection is up, from nats-py's public state, as events."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        lost: str = "reconnecting (messages published meanwhile are not recorded)",
+    ) -> None:
         self._nc = nc
+        self._lost = lost
         self.up = True
         self._reconnects = nc.stats["reconnects"]
         self._url = self._current_url()
@@ -215,10 +250,7 @@ class _Link:
         out = []
         reconnects = self._nc.stats["reconnects"]
         if self.up and (not self._nc.is_connected or reconnects != self._reconnects):
-            out.append(
-                f"connection to {self._url} lost: reconnecting "
-                "(messages published meanwhile are not recorded)"
-            )
+            out.append(f"connection to {self._url} lost: {self._lost}")
             self.up = False
         if not self.up and self._nc.is_connected:
             self._url = self._current_url()

@@ -19,15 +19,20 @@ Guarantees kept here:
 * Errors are never swallowed: a failure is raised from the flush that hit it (the flush
   thread's are stored by the writer, see ``_background_tick``), and a failure to point
   the link, which does not stop the data, is stored and raised from the next call.
+* With a checkpoint (``_commits``), a file is listed in it before its first byte is
+  written, and a commit is a flush and the checkpoint's save under one hold of the I/O
+  lock: the sizes it records are those of exactly the records that flush took.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Protocol
 
 from .._errors import WriterError
+from ._commits import Checkpoint
 from ._failures import Failures
 from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
@@ -65,6 +70,7 @@ class Flusher:
     """
 
     __slots__ = (
+        "_checkpoint",
         "_failures",
         "_hour",
         "_io_lock",
@@ -90,6 +96,7 @@ class Flusher:
         sink: FileSink,
         maintenance: Maintenance,
         failures: Failures,
+        checkpoint: Checkpoint | None,
     ) -> None:
         self._lock = lock
         self._io_lock = threading.Lock()  # one flush at a time, so files get records in order
@@ -99,6 +106,7 @@ class Flusher:
         self._link = None if options.link is None else Link(options.link)
         self._maintenance = maintenance
         self._failures = failures
+        self._checkpoint = checkpoint
         self._wake = threading.Event()
         self._thread = threading.Thread(
             target=_run,
@@ -132,6 +140,26 @@ class Flusher:
         """
         with self._io_lock:
             self._drain_locked(writer, keep=True)
+
+    def commit(self, writer: Host, token: str) -> None:
+        """:meth:`flush`, then record ``token`` in the checkpoint with the files' sizes,
+        with no flush in between (the writer must have a checkpoint).
+
+        Raises:
+            WriterError: the flush or the checkpoint's save failed; the previous commit
+                stands.
+        """
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+        with self._io_lock:
+            self._drain_locked(writer, keep=True)
+            sink = self._sink
+            try:
+                released = checkpoint.commit(token, sink.path if sink.fd is not None else None)
+            except OSError as exc:
+                raise self._failures.error(exc, "save the checkpoint", checkpoint.path) from exc
+        if released:
+            self._maintenance.request()  # files finished before this commit are whole now
 
     def flush_unless_busy(self, writer: Host) -> None:
         """:meth:`flush`, unless a flush is running on another thread: that one takes
@@ -231,7 +259,13 @@ class Flusher:
             if sink.path == path:
                 return
             self._close_finished()
-        sink.open(path)
+        fd = sink.open(path)
+        if self._checkpoint is not None:
+            try:
+                self._checkpoint.note(path, os.fstat(fd).st_size)
+            except OSError:
+                sink.close()  # unlisted: it must not stay open for the next flush
+                raise
         if self._link is not None:
             with self._lock:
                 current = path == self._hour.path

@@ -8,10 +8,11 @@ flush thread, buffer to files), ``_sink`` (the file, the link), ``_maintenance``
 
 Guarantees kept here:
 
-* A record goes to the file of the hour the clock shows when ``write()`` accepts it,
-  whole, in the order records were accepted. With the default clock a ``write()``
-  racing an hour change on another thread may be accepted on either side of it, but
-  always in an hour the clock showed during that call.
+* A record goes to the file of the hour the clock shows when ``write()`` accepts it
+  (of the hour holding the time given to ``write_at()``), whole, in the order records
+  were accepted. With the default clock a ``write()`` racing an hour change on another
+  thread may be accepted on either side of it, but always in an hour the clock showed
+  during that call.
 * ``write()`` returning means the record was accepted (it is in memory); raising means it
   was not. Accepted records are written by the next flush: every ``flush_interval``
   seconds and when half the buffer is used (on the flush thread), at each rotation, on
@@ -22,6 +23,8 @@ Guarantees kept here:
   next ``write()``, ``flush()`` or ``close()``.
 * ``close()`` always closes: it stops both threads; records it cannot write are dropped,
   counted in ``stats().bytes_dropped`` and reported in the exception's notes.
+* With a ``checkpoint`` (``_commits``), ``commit()`` makes the records accepted before it
+  survive any end of the process, and a writer opened later cuts off what came after.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +42,7 @@ from typing import Final, NoReturn, Self
 
 from .._errors import WriterError
 from . import _core
+from ._commits import Checkpoint
 from ._core import Core
 from ._failures import Failures
 from ._flusher import Flusher
@@ -48,40 +51,9 @@ from ._maintenance import Maintenance
 from ._options import DEFAULT_BUFFER_SIZE, Options
 from ._rotation import LOCAL_TIME, CurrentHour, Retention, clock_reading
 from ._sink import FileSink
+from ._stats import WriterStats
 
 __all__ = ["HourlyFileWriter", "WriterStats"]
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """A snapshot of a writer's counters (:meth:`HourlyFileWriter.stats`).
-
-    Attributes:
-        records: ``write()`` calls accepted since the writer was created.
-        bytes_written: record bytes the operating system accepted into files.
-        bytes_buffered: accepted record bytes not written yet.
-        bytes_dropped: accepted record bytes lost because ``close()`` could not write them.
-        current_path: the file for the current hour (it may not exist before its first
-            flush).
-        files_opened: files opened for appending (new or existing).
-        lines_repaired: files found not ending in ``b"\\n"`` and given one.
-        flushes: flushes that wrote data.
-        errors: failed operations; each was raised as a :class:`WriterError`.
-        files_compressed: finished hour files compressed.
-        files_removed: finished hour files removed by retention.
-    """
-
-    records: int
-    bytes_written: int
-    bytes_buffered: int
-    bytes_dropped: int
-    current_path: Path
-    files_opened: int
-    lines_repaired: int
-    flushes: int
-    errors: int
-    files_compressed: int
-    files_removed: int
 
 
 class _State(enum.Enum):
@@ -136,6 +108,17 @@ class HourlyFileWriter(Core):
     Restart: a new writer appends to the current hour's file, starting a fresh line if
     the file does not end in ``b"\\n"``.
 
+    Records of other times: :meth:`write_at` puts a record into the hour of a time it is
+    given (a message's stored time, for a backlog replayed later) instead of the clock's.
+
+    Commits (``checkpoint``): :meth:`commit` flushes and records a token of the caller's
+    (say, the last sequence number written) in the checkpoint file, with how long each
+    file was then; a writer opened later with the same checkpoint cuts every file back
+    to its last commit and returns that token from :attr:`committed`. So the caller
+    knows exactly what the files hold after a crash, and writes the rest again: no
+    record twice, none lost. With ``fsync`` this holds across a power loss too. One
+    writer (one process) at a time per checkpoint.
+
     Background work, stopped by :meth:`close`: a flush thread, and when ``compress`` or
     ``retention`` is set, a maintenance thread that compresses finished hour files and
     applies retention at start and after each rotation. Only files whose relative path
@@ -164,9 +147,14 @@ class HourlyFileWriter(Core):
             at start and after each rotation.
         link_name: path relative to ``base_dir`` of a symlink kept pointing at the current
             hour's file (replaced atomically when a new hour's file is opened).
+        checkpoint: file name, in ``base_dir``, of the commit checkpoint (see above);
+            e.g. ``".sensors.checkpoint"``. It is created on the first file opened or
+            commit, with ``{checkpoint}.lock`` beside it.
 
     Raises:
         ConfigError: an argument is invalid (the message names it).
+        WriterError: the checkpoint is held by another writer, damaged, or a file could
+            not be cut back to it.
     """
 
     # Besides WriterCore's (_chunks, _fill, _gate, _hi, _live, _lo), never repeated here:
@@ -174,11 +162,13 @@ class HourlyFileWriter(Core):
     __slots__ = (
         "__weakref__",
         "_bytes_dropped",
+        "_checkpoint",
         "_clock",
         "_close_lock",
         "_error",
         "_failures",
         "_flusher",
+        "_given",
         "_half",
         "_hour",
         "_ledger",
@@ -205,6 +195,7 @@ class HourlyFileWriter(Core):
         compress: str | None = None,
         retention: Retention | str | int | timedelta | None = None,
         link_name: str | None = None,
+        checkpoint: str | None = None,
     ) -> None:
         options = Options.check(
             base_dir,
@@ -218,10 +209,14 @@ class HourlyFileWriter(Core):
             compress=compress,
             retention=retention,
             link_name=link_name,
+            checkpoint=checkpoint,
         )
         self._options = options
         self._clock = options.clock  # with _tz, read on every locked write()
         self._tz: tzinfo = UTC if utc else LOCAL_TIME
+        # The time the last record came with (write_at), until a write(): while set,
+        # hours follow the given times, not the clock.
+        self._given: float | None = None
 
         self._lock = threading.Lock()
         self._observer: Callable[[], None] | None = None  # see _notify
@@ -248,6 +243,11 @@ class HourlyFileWriter(Core):
         self._sink = FileSink(self._lock, fsync=options.fsync)
         self._bytes_dropped = 0
         self._failures = Failures(self._lock, options.name)
+        self._checkpoint: Checkpoint | None = None
+        if options.checkpoint is not None:
+            commits = Checkpoint(options.base, options.checkpoint, self._lock, fsync=fsync)
+            commits.open()  # cuts files back before maintenance may look at them
+            self._checkpoint = commits
 
         self._maintenance = Maintenance(self, options, lock=self._lock, failures=self._failures)
         self._flusher = Flusher(
@@ -259,6 +259,7 @@ class HourlyFileWriter(Core):
             sink=self._sink,
             maintenance=self._maintenance,
             failures=self._failures,
+            checkpoint=self._checkpoint,
         )
         now, tz = self._now()
         self._rotate_locked(now, tz)  # the first hour: nothing to flush yet
@@ -278,16 +279,53 @@ class HourlyFileWriter(Core):
         """``write()`` under the lock: the exact path, and the only one with a clock."""
         if type(data) is not bytes:
             data = _as_bytes(data)
+        return self._accept(data, None)
+
+    def write_at(self, when: float, data: bytes) -> int:
+        """Accept one record for the file of the hour holding ``when``, not the clock's.
+
+        ``when`` is in seconds since the epoch, as ``time.time()`` gives: the time the
+        record stands for (a message's stored time, say, when a backlog is replayed
+        later). The writer takes it as the clock's reading for this record: it moves to
+        that hour, forward or back (as when the clock steps back), and until the next
+        :meth:`write` it follows the given times, not the clock: the file of a past hour
+        stays open while its records come and is finished when a record of a later hour
+        comes (or at :meth:`close`). Otherwise as :meth:`write` (on its locked path).
+
+        Raises:
+            WriterError: as :meth:`write`; the record was not accepted.
+            TypeError: ``data`` is not bytes-like, or ``when`` is not a number.
+            ValueError: ``when`` is not finite.
+        """
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            raise TypeError(f"write_at() takes a time in seconds, not {type(when).__name__}")
+        when = float(when)
+        if not math.isfinite(when):
+            raise ValueError(f"write_at() needs a finite time, got {when!r}")
+        return self._accept(data, when)
+
+    def _accept(self, data: bytes, when: float | None) -> int:
+        """Append ``data`` under the lock, in the hour of ``when`` (None: the clock's)."""
         size = len(data)
         while True:
             with self._lock:
                 if self._state is not _OPEN or self._error is not None:
                     self._raise_unusable_locked()
                 if self._fill + size < self._gate or self._has_room_locked(size):
-                    now, tz = self._now()
+                    given = self._given
+                    self._given = when  # set before a rotation arms the fast path
+                    if when is None:
+                        now, tz = self._now()
+                    else:
+                        now = when
+                        tz = self._tz if self._clock is None else self._now()[1]
                     hour = self._hour
                     if (now >= hour.end or now < hour.start) and self._rotate_locked(now, tz):
-                        self._flusher.wake()  # it writes out and closes the finished hour
+                        self._flusher.wake()  # it writes out and closes the other hour
+                    elif (given is None) is not (when is None):
+                        self._arm_locked()  # write()'s lock-free path: shut while given
                     self._chunks.append(data)
                     self._fill += size
                     return size
@@ -326,6 +364,47 @@ class HourlyFileWriter(Core):
                 self._raise_unusable_locked()
             self._follow_clock_locked()
         self._flusher.flush(self)
+
+    def commit(self, token: str) -> None:
+        """Flush, then record ``token`` in the checkpoint as covering what was accepted.
+
+        On return every record accepted before the call is in its file (on disk too,
+        with ``fsync``) and the checkpoint holds ``token`` with the files' sizes: a
+        writer opened later with this checkpoint keeps those records and reports
+        ``token`` as :attr:`committed`, and cuts off any record accepted after this call
+        that no later commit covers. Records accepted on another thread while this call
+        waits for a flush running there may be covered too. Runs on the caller's thread
+        (from asyncio: ``await asyncio.to_thread(writer.commit, token)``).
+
+        Raises:
+            WriterError: the writer has no checkpoint or is closed, or writing, syncing
+                or saving the checkpoint failed: the previous commit stands (the
+                unwritten records stay buffered, as in :meth:`flush`).
+            TypeError: ``token`` is not a str.
+        """
+        if not isinstance(token, str):
+            raise TypeError(f"commit() takes a str token, not {type(token).__name__}")
+        if self._checkpoint is None:
+            raise WriterError(
+                f"writer {self._options.name!r} has no checkpoint: create it with "
+                "HourlyFileWriter(..., checkpoint='.name.checkpoint') to commit"
+            )
+        with self._lock:
+            if self._state is not _OPEN or self._error is not None:
+                self._raise_unusable_locked()
+            self._follow_clock_locked()
+        self._flusher.commit(self, token)
+
+    @property
+    def committed(self) -> str | None:
+        """The token of the last commit: before this writer's first one, the token the
+        checkpoint held when the writer was opened; None without a commit or checkpoint."""
+        return None if self._checkpoint is None else self._checkpoint.token
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file (absolute), or None when the writer has none."""
+        return None if self._checkpoint is None else Path(self._checkpoint.path)
 
     def close(self) -> None:
         """Flush, close the file, stop the background threads. Idempotent.
@@ -366,6 +445,8 @@ class HourlyFileWriter(Core):
                         problems.append(self._error)
                         self._error = None
                     self._state = _State.CLOSED
+                if self._checkpoint is not None:
+                    self._checkpoint.close()
                 self._notify()
         if problems:
             first = problems[0]
@@ -412,6 +493,8 @@ class HourlyFileWriter(Core):
         self._flusher.wake()
         self._maintenance.stop()
         self._sink.drop()
+        if self._checkpoint is not None:
+            self._checkpoint.close()
         warnings.warn(
             f"{self!r} was never closed; {sum(map(len, self._chunks))} buffered bytes are lost. "
             "Call close() or use it in a with block.",
@@ -428,6 +511,8 @@ class HourlyFileWriter(Core):
         return clock_reading(clock(), self._options.utc)
 
     def _follow_clock_locked(self) -> None:
+        if self._given is not None:
+            return  # hours follow the times records come with (write_at)
         now, tz = self._now()
         hour = self._hour
         if (now >= hour.end or now < hour.start) and self._rotate_locked(now, tz):
@@ -445,7 +530,12 @@ class HourlyFileWriter(Core):
 
     def _arm_locked(self) -> None:
         """Open or shut the lock-free path of ``write()`` (shut: an empty hour range)."""
-        if self._clock is None and self._state is _OPEN and self._error is None:
+        if (
+            self._clock is None
+            and self._state is _OPEN
+            and self._error is None
+            and self._given is None
+        ):
             self._lo, self._hi = self._hour.start, self._hour.end
         else:
             self._lo, self._hi = math.inf, -math.inf
@@ -533,6 +623,8 @@ class HourlyFileWriter(Core):
     def _in_use_locked(self) -> set[str]:
         used = self._ledger.paths()
         used.add(self._hour.path)
+        if self._checkpoint is not None:
+            used |= self._checkpoint.paths  # bytes not committed yet
         if self._sink.path is not None:
             used.add(self._sink.path)
         return used

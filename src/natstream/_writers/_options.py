@@ -41,6 +41,7 @@ class Options:
         zstd: the ``zstandard`` module when ``compress`` is ``"zstd"``, else None.
         retention: which finished files to keep, or None (all).
         link: the absolute path of the link to the current file, or None.
+        checkpoint: the absolute path of the commit checkpoint, or None.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Options:
     zstd: Any
     retention: Retention | None
     link: str | None
+    checkpoint: str | None
 
     @classmethod
     def check(
@@ -71,6 +73,7 @@ class Options:
         compress: str | None,
         retention: Retention | str | int | timedelta | None,
         link_name: str | None,
+        checkpoint: str | None = None,
     ) -> Options:
         """Check the arguments of ``HourlyFileWriter``; no I/O.
 
@@ -116,6 +119,23 @@ class Options:
             if compiled.regex.fullmatch(link_name):
                 raise ConfigError(f"link_name {link_name!r} matches the file pattern {pattern!r}")
             link = os.path.join(base, link_name)
+        checkpoint_path: str | None = None
+        if checkpoint is not None:
+            if (
+                not isinstance(checkpoint, str)
+                or not checkpoint
+                or "/" in checkpoint
+                or checkpoint in (".", "..")
+            ):
+                raise ConfigError(
+                    f"checkpoint must be a file name (no '/') in base_dir, got {checkpoint!r}"
+                )
+            for name in (checkpoint, checkpoint + ".tmp", checkpoint + ".lock"):
+                if compiled.regex.fullmatch(name):
+                    raise ConfigError(
+                        f"checkpoint {checkpoint!r} matches the file pattern {pattern!r}"
+                    )
+            checkpoint_path = os.path.join(base, checkpoint)
         return cls(
             name=filename,
             base=base,
@@ -129,6 +149,7 @@ class Options:
             zstd=zstd,
             retention=None if retention is None else Retention.coerce(retention),
             link=link,
+            checkpoint=checkpoint_path,
         )
 
     def thread_name(self, job: str) -> str:

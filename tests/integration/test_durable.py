@@ -1,0 +1,200 @@
+"""``Subscriber.record_durable`` against nats-server with JetStream: what it writes,
+how it stops, what it refuses, and a server restart in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from durable_help import acked, consumer, lines, payloads, publish, until
+from nats.aio.msg import Msg
+
+from natstream import (
+    ConfigError,
+    DurableRecording,
+    HourlyFileWriter,
+    JetStreamError,
+    NatstreamError,
+    Subscriber,
+    utc_formatter,
+)
+from natstream.server import NatsServer, free_port
+
+SUBJECT = "api.data"
+
+
+@pytest.fixture
+def js_server() -> Iterator[NatsServer]:
+    with NatsServer(port=free_port(), jetstream=True) as srv:
+        yield srv
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[HourlyFileWriter]:
+    with HourlyFileWriter(tmp_path, "rec", utc=True, checkpoint=".rec.checkpoint") as w:
+        yield w
+
+
+@pytest.fixture
+async def sub(js_server: NatsServer) -> AsyncIterator[Subscriber]:
+    async with Subscriber([js_server.url]) as s:
+        yield s
+
+
+async def test_every_message_once_in_order_and_the_checkpoint_says_how_far(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    recording = await sub.record_durable("api.>", writer, utc_formatter, durable="API")
+    assert isinstance(recording, DurableRecording)
+    assert (recording.stream, recording.consumer, recording.subjects) == ("API", "API", ("api.>",))
+    texts = [f"t{i}" for i in range(3000)]
+    await publish(js_server.url, SUBJECT, texts)
+    await asyncio.wait_for(recording.wait_recorded(3000), 60)
+    await recording.stop()
+    # stop() ends with an acknowledgement the server confirms: it has them all now
+    info = await consumer(js_server.url, "API", "API")
+    assert (info.ack_floor.stream_seq, info.num_ack_pending) == (3000, 0)
+    stats = recording.stats()
+    assert (stats.messages, stats.last_sequence, stats.acked, stats.behind) == (3000, 3000, 3000, 0)
+    assert stats.skipped == 0
+    assert stats.error is None
+    assert stats.last_ack is not None
+    assert payloads(tmp_path, "rec") == texts
+    token = json.loads(writer.committed or "")
+    assert token["sequence"] == 3000
+    assert token["stream"] == "API"
+    assert token["subjects"] == ["api.>"]
+
+
+async def test_a_second_recording_resumes_after_the_first(
+    js_server: NatsServer, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    for part in range(2):
+        async with Subscriber([js_server.url]) as s:
+            await s.record_durable(SUBJECT, writer, durable="API")
+            await publish(js_server.url, SUBJECT, [f"{part}-{i}" for i in range(100)])
+            await until(js_server.url, "API", "API", acked(100 * (part + 1)))
+        # closing the subscriber stopped the recording: committed and acknowledged
+    assert payloads(tmp_path, "rec") == [f"{p}-{i}" for p in range(2) for i in range(100)]
+
+
+async def test_a_formatter_of_ones_own_sees_the_stored_time(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    def formatter(msg: Msg) -> bytes:
+        return f"{msg.metadata.timestamp.isoformat()} {msg.data.decode()}\n".encode()
+
+    recording = await sub.record_durable(SUBJECT, writer, formatter, durable="API")
+    await publish(js_server.url, SUBJECT, ["a"])
+    await asyncio.wait_for(recording.wait_recorded(1), 60)
+    await recording.stop()
+    (line,) = lines(tmp_path, "rec")
+    stamp, _, data = line.partition(" ")
+    assert data == "a"
+    assert stamp.endswith("+00:00")
+
+
+async def test_the_writer_must_have_a_checkpoint(sub: Subscriber, tmp_path: Path) -> None:
+    with HourlyFileWriter(tmp_path, "plain") as plain:
+        with pytest.raises(ConfigError, match="checkpoint"):
+            await sub.record_durable(SUBJECT, plain, durable="API")
+
+
+async def test_one_recording_per_writer(sub: Subscriber, writer: HourlyFileWriter) -> None:
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    with pytest.raises(ConfigError, match="one per writer"):
+        await sub.record_durable("api.other", writer, durable="OTHER")
+    await recording.stop()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"durable": "a.b"}, "durable name"),
+        ({"durable": "API", "stream": "S", "max_age": 60.0}, "max_age and max_bytes"),
+        ({"durable": "API", "ack_wait": 0}, "ack_wait"),
+        ({"durable": "API", "max_ack_pending": 0}, "max_ack_pending"),
+    ],
+)
+async def test_settings_are_checked_before_anything_is_asked(
+    sub: Subscriber, writer: HourlyFileWriter, kwargs: dict[str, object], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
+        await sub.record_durable(SUBJECT, writer, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_without_jetstream(server: NatsServer, writer: HourlyFileWriter) -> None:
+    async with Subscriber([server.url]) as s:
+        with pytest.raises(JetStreamError, match="no JetStream"):
+            await s.record_durable(SUBJECT, writer, durable="API")
+
+
+async def test_a_deleted_consumer_ends_the_recording_with_an_error(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter
+) -> None:
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    await publish(js_server.url, SUBJECT, ["a"])
+    await until(js_server.url, "API", "API", acked(1))
+    nc = await nats.connect(js_server.url)
+    try:
+        await nc.jetstream().delete_consumer("API", "API")
+    finally:
+        await nc.close()
+    with pytest.raises(JetStreamError, match="API"):
+        await asyncio.wait_for(recording.wait(), 30)
+    assert recording.stopped
+    assert recording.stats().error is not None
+    with pytest.raises(JetStreamError):
+        await recording.stop()
+
+
+async def test_a_server_restart_in_the_middle_loses_and_repeats_nothing(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    await publish(js_server.url, SUBJECT, [f"a{i}" for i in range(2000)])
+    js_server.kill()  # mid-stream, maybe with deliveries on the way
+    js_server.start()  # same port, same store
+    await publish(js_server.url, SUBJECT, [f"b{i}" for i in range(2000)])
+    await asyncio.wait_for(recording.wait_recorded(4000), 60)
+    await recording.stop()
+    got = payloads(tmp_path, "rec")
+    assert got == [f"a{i}" for i in range(2000)] + [f"b{i}" for i in range(2000)]
+
+
+async def test_memory_is_bounded_by_max_ack_pending_on_a_backlog(
+    js_server: NatsServer, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    async with Subscriber([js_server.url]) as s:  # create the stream and consumer, then go
+        await s.record_durable(SUBJECT, writer, durable="API", max_ack_pending=200)
+    await publish(js_server.url, SUBJECT, [f"{i:05d}" for i in range(20_000)], chunk=2000)
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, durable="API", max_ack_pending=200)
+        most = 0
+        while True:
+            info = await consumer(js_server.url, "API", "API")
+            most = max(most, info.num_ack_pending or 0)
+            in_memory = len(recording._deque) + len(recording._unacked) + recording._seq.held
+            assert in_memory <= 200
+            if info.ack_floor.stream_seq >= 20_000:
+                break
+            await asyncio.sleep(0.01)
+    assert 0 < most <= 200
+    assert payloads(tmp_path, "rec") == [f"{i:05d}" for i in range(20_000)]
+
+
+async def test_waiting_for_a_sequence_past_the_end_raises_once_stopped(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter
+) -> None:
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    waiter = asyncio.create_task(recording.wait_recorded(10))
+    await publish(js_server.url, SUBJECT, ["a"])
+    await asyncio.wait_for(recording.wait_recorded(1), 60)
+    assert not waiter.done()
+    await recording.stop()
+    with pytest.raises(NatstreamError, match="stopped at sequence 1, before 10"):
+        await asyncio.wait_for(waiter, 60)
