@@ -45,6 +45,7 @@ from natstream._writers import (
     WriterStats,
     parse_retention,
 )
+from natstream._writers._buffer import Buffer
 from natstream._writers._core import WriterCore
 from natstream._writers._rotation import Retention
 from natstream._writers._sink import _PIECE, _pieces
@@ -69,11 +70,15 @@ def on_core(core: type) -> type[HourlyFileWriter]:
     """HourlyFileWriter's own code on ``core``: the class in use, or the same methods
     and slots on the other core (to test the Python fallback when the C one is in use).
     """
-    if core is HourlyFileWriter.__base__:
+    if core is Buffer.__base__:
         return HourlyFileWriter
-    skip = {*HourlyFileWriter.__slots__, "__dict__"}  # slot descriptors: type() makes its own
-    namespace = {k: v for k, v in vars(HourlyFileWriter).items() if k not in skip}
-    return type(HourlyFileWriter.__name__, (core,), namespace)
+
+    def rebased(cls: type, base: type) -> type:
+        skip = {*cls.__slots__, "__dict__"}  # slot descriptors: type() makes its own
+        namespace = {k: v for k, v in vars(cls).items() if k not in skip}
+        return type(cls.__name__, (base,), namespace)
+
+    return rebased(HourlyFileWriter, rebased(Buffer, core))
 
 
 CORES = {"python": WriterCore}
@@ -1383,7 +1388,7 @@ def test_the_lock_free_clock_reads_as_time_time(tmp_path: Path, locked: list[byt
 def test_natstream_no_extensions_selects_the_python_core(disabled: str) -> None:
     script = (
         "import natstream._writers as w; "
-        "print(w.WRITER_IMPL, w.HourlyFileWriter.__base__.__module__)"
+        "print(w.WRITER_IMPL, w.HourlyFileWriter.__base__.__base__.__module__)"
     )
     env = {**os.environ, "NATSTREAM_NO_EXTENSIONS": disabled}
     done = subprocess.run(

@@ -2,9 +2,10 @@
 
 :class:`HourlyFileWriter` holds the buffer under its lock (its lock-free ``write()`` is
 the core's, ``_core``), follows the clock from hour to hour, keeps the state and the
-stored error, gathers the stats and closes. Its parts do the rest: ``_flusher`` (the
-flush thread, buffer to files), ``_sink`` (the file, the link), ``_maintenance``
-(compression, retention), ``_ledger`` (which file each record goes to).
+stored error, gathers the stats and closes. Its parts do the rest: ``_buffer`` (what
+is buffered, taken and put back), ``_flusher`` (the flush thread, buffer to files),
+``_sink`` (the file, the link), ``_maintenance`` (compression, retention), ``_ledger``
+(which file each record goes to).
 
 Guarantees kept here:
 
@@ -42,11 +43,10 @@ from typing import Final, NoReturn, Self
 
 from .._errors import WriterError
 from . import _core
+from ._buffer import Buffer
 from ._commits import Checkpoint
-from ._core import Core
 from ._failures import Failures
 from ._flusher import Flusher
-from ._ledger import Ledger, Segment
 from ._maintenance import Maintenance
 from ._options import DEFAULT_BUFFER_SIZE, Options
 from ._rotation import LOCAL_TIME, CurrentHour, Retention, clock_reading
@@ -65,7 +65,7 @@ class _State(enum.Enum):
 _OPEN: Final = _State.OPEN
 
 
-class HourlyFileWriter(Core):
+class HourlyFileWriter(Buffer):
     """Append records to one file per wall-clock hour, buffered, from any thread.
 
     Files are named ``{base_dir}/{filename}_YYYY-MM-DD_HH.log`` (for example
@@ -157,8 +157,8 @@ class HourlyFileWriter(Core):
             not be cut back to it.
     """
 
-    # Besides WriterCore's (_chunks, _fill, _gate, _hi, _live, _lo), never repeated here:
-    # a slot of the same name would hide the C core's field from Python code.
+    # Besides WriterCore's (_chunks, _fill, _gate, _hi, _live, _lo) and Buffer's, never
+    # repeated here: a slot of the same name would hide the C core's field from Python.
     __slots__ = (
         "__weakref__",
         "_bytes_dropped",
@@ -169,9 +169,7 @@ class HourlyFileWriter(Core):
         "_failures",
         "_flusher",
         "_given",
-        "_half",
         "_hour",
-        "_ledger",
         "_lock",
         "_maintenance",
         "_observer",
@@ -224,17 +222,7 @@ class HourlyFileWriter(Core):
         self._state = _State.CLOSED  # OPEN once the threads run (__del__ looks at it)
         self._live = False  # state is OPEN; read by write() after its lock-free append
         self._error: BaseException | None = None
-        # Accepted records not yet taken by a flush, oldest first. The list object is
-        # never replaced: write()'s fast path appends to it without the lock, and takes
-        # remove from its front (see _take_locked).
-        self._chunks: list[bytes] = []
-        self._ledger = Ledger()  # which file each record in _chunks goes to
-        # Bytes in _chunks, an estimate: the fast path updates it without the lock, so
-        # two racing writers may lose an update (a record's size); every take and every
-        # decision to block recounts it exactly. Between takes it is off by a few records.
-        self._fill = 0
-        self._half = max(1, buffer_size // 2)
-        self._gate = self._half  # the fast path needs _fill + size < _gate
+        self._init_buffer(buffer_size)
         self._hour = CurrentHour(options.base, options.pattern)
         # The fast path's hour bounds: the bucket's when write() may skip the lock
         # (default clock, open, no stored error), else an empty range.
@@ -462,7 +450,7 @@ class HourlyFileWriter(Core):
             return WriterStats(
                 records=self._ledger.taken + len(self._chunks),
                 bytes_written=self._flusher.bytes_written,
-                bytes_buffered=sum(map(len, self._chunks)) + self._ledger.inflight_size(),
+                bytes_buffered=self._buffered_locked(),
                 bytes_dropped=self._bytes_dropped,
                 current_path=Path(self._hour.path),
                 files_opened=self._sink.files_opened,
@@ -540,21 +528,6 @@ class HourlyFileWriter(Core):
         else:
             self._lo, self._hi = math.inf, -math.inf
 
-    def _recount_locked(self) -> int:
-        # One C-level pass: with the GIL no other thread appends during it.
-        fill = self._fill = sum(map(len, self._chunks))
-        return fill
-
-    def _has_room_locked(self, size: int) -> bool:
-        """Wake the flush thread at half the buffer; False when it is full."""
-        if self._gate < self._options.buffer_size:
-            # Half full: wake the flush thread once; come back here when full.
-            self._gate = self._options.buffer_size
-            self._flusher.wake()
-        # On the estimate: if it is high, the flush comes a little early; the take
-        # recounts.
-        return self._fill < self._options.buffer_size
-
     def _raise_unusable_locked(self) -> NoReturn:
         if self._state is not _OPEN:
             name = self._options.name
@@ -566,27 +539,6 @@ class HourlyFileWriter(Core):
         self._error = None
         self._arm_locked()
         raise error
-
-    def _take_locked(self) -> list[Segment]:
-        """Remove every buffered record, split by file; lock-free appends go on meanwhile.
-
-        Reading the length, copying the slice and deleting it are each atomic with the
-        GIL, and appends only add after the end, so exactly the first ``count`` records
-        are taken, whole.
-        """
-        chunks = self._chunks
-        count = len(chunks)
-        batch = chunks[:count]
-        del chunks[:count]
-        self._recount_locked()
-        self._gate = self._half
-        return self._ledger.take(batch)
-
-    def _put_back_locked(self, rest: list[Segment]) -> None:
-        """Return records a flush could not write to the front of the buffer."""
-        records = self._ledger.put_back(rest)
-        self._chunks[0:0] = records  # atomic with the GIL, like the take
-        self._fill += sum(map(len, records))
 
     # -- background work -------------------------------------------------------------
 
@@ -601,6 +553,9 @@ class HourlyFileWriter(Core):
         except Exception as exc:  # stored, raised to the user by the next call
             self._store_error(exc)
         return True
+
+    def _half_full(self) -> None:
+        self._flusher.wake()
 
     def _store_error(self, error: BaseException) -> None:
         with self._lock:
