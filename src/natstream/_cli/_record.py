@@ -154,7 +154,8 @@ async def _run(
     errors = writer.stats().errors
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), _STATUS_INTERVAL)
+            async with asyncio.timeout(_STATUS_INTERVAL):  # wait_for may eat a cancel (3.11)
+                await stop.wait()
         if stop.is_set():
             return None
         for r in recordings:
