@@ -6,7 +6,14 @@ import asyncio
 import math
 from collections.abc import Callable
 
-__all__ = ["LazyTimer"]
+__all__ = ["LATE", "RECHECK", "LazyTimer"]
+
+LATE = 0.05
+"""Seconds after its deadline past which a firing is late: the event loop was blocked
+(by the application's own code, maybe) while messages may sit unread in the socket. A
+stream's timer then looks again ``RECHECK`` seconds later, once the reader has run,
+before it judges silence (a stall, a requester gone)."""
+RECHECK = 0.02
 
 
 class LazyTimer:

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -414,3 +415,47 @@ async def test_a_loop_blocked_by_the_callers_own_code_is_not_a_stall(
     finally:
         proc.kill()
         await proc.wait()
+
+
+REQUESTER = """
+import asyncio, sys
+from natstream import Config, Pool, StreamOptions
+
+async def main(url, subject, hb):
+    async with Pool(Config([url], stream=StreamOptions(heartbeat=hb))) as pool:
+        await pool.stream_request(subject, b"", lambda m: print(m.data.decode()) or True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+"""
+
+
+async def test_a_responder_loop_blocked_by_its_own_handler_keeps_a_live_requester(
+    server: NatsServer, subject: str
+) -> None:
+    """The responder's sync handler blocks its event loop past its requester-gone limit
+    (here 1.5 heartbeats) while the requester, in another process, keeps sending
+    heartbeats (and, with 3 heartbeats, still waits): they sit in the socket, and the
+    late timer must let the reader take them before it judges the requester gone."""
+    hb = 0.4
+
+    async def blocking(request: natstream.StreamRequest) -> AsyncIterator[bytes]:
+        for index in range(6):
+            if index == 2:
+                time.sleep(hb * 2.25)  # noqa: ASYNC251 - blocks the loop on purpose
+            yield str(index).encode()
+            await asyncio.sleep(hb / 4)
+
+    async with Subscriber([server.url], stall_factor=1.5) as sub:
+        await sub.stream_handler(subject, blocking)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", REQUESTER, server.url, subject, str(hb),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().split() == ["0", "1", "2", "3", "4", "5", "__STREAM_END__"]

@@ -27,7 +27,7 @@ from .._protocol import (
     cancel_headers,
 )
 from .._protocol._frames import LONE_TAIL, data_seq, id_tail
-from .._timer import LazyTimer
+from .._timer import LATE, RECHECK, LazyTimer
 from .._transport import Listening, check_payload, publish
 from ._delivery import Pack, call_direct
 from ._lease import Lease
@@ -35,12 +35,6 @@ from ._lease import Lease
 __all__ = ["Attempt"]
 
 log = logging.getLogger("natstream")
-
-# A timer that fires this late (seconds) means the event loop was blocked, by the
-# caller's own code maybe, while replies may sit unread in the socket: the stream's
-# clocks are checked again this much later, once the reader has run.
-_LATE = 0.05
-_RECHECK = 0.02
 
 # A peer without flow control can outrun us: past these we fail loudly instead of
 # growing without bound (nats-py's own per-subscription defaults).
@@ -343,11 +337,11 @@ class Attempt:
 
     def _on_timer(self) -> None:
         m = self.machine
-        if self._timer.late > _LATE and not self._rechecking:
+        if self._timer.late > LATE and not self._rechecking:
             # No stall, no silence while our own loop could not read: look again
             # once the reader has taken what arrived meanwhile.
             self._rechecking = True
-            self._timer.arm(self.loop.time() + _RECHECK)
+            self._timer.arm(self.loop.time() + RECHECK)
             return
         self._rechecking = False
         now = self.loop.time()
