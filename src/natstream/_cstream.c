@@ -7,6 +7,8 @@
  *   AttemptCore  the fields of a requester attempt its receive path reads (base of
  *                _requester._attempt.Attempt), and that path: lane.c
  *   Scanner      the NATS protocol reader of _transport._parser.FastParser: scan.c
+ *   fill_index   a sync index handler's replies, queued as HPUB/PUB commands: send.c
+ *   pack_items   the payload of a packed message: send.c
  *   drain_pack   the items of a packed message, handed to a sync handler: lane.c
  *
  * Each mirrors a Python function named in its comment and is held to it by the
@@ -66,7 +68,7 @@ PyDoc_STRVAR(configure_doc,
 "configure(what, value)\n--\n\n"
 "Give the extension an object of the layer that owns it (set once at import):\n"
 "``streaming``, ``terminal``, ``ctl_ack``, ``responder_open``, ``hold``,\n"
-"``task_table`` or ``task_swap``.");
+"``task_table``, ``task_swap``, ``pause_mask`` or ``pause_bytes``.");
 
 static PyObject *
 configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -86,6 +88,8 @@ configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         {"hold", offsetof(ns_config_t, hold)},
         {"task_table", offsetof(ns_config_t, task_table)},
         {"task_swap", offsetof(ns_config_t, task_swap)},
+        {"pause_mask", offsetof(ns_config_t, pause_mask)},
+        {"pause_bytes", offsetof(ns_config_t, pause_bytes)},
     };
     const char *what = PyUnicode_AsUTF8(args[0]);
     if (what == NULL) {
@@ -200,6 +204,13 @@ hook_data_seq(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, configure_doc},
+    {"fill_index", (PyCFunction)(void (*)(void))ns_fill_index, METH_FASTCALL,
+     "fill_index(sender, handler, request, index)\n--\n\n"
+     "Call a sync index handler from ``index`` on and queue its replies (see\n"
+     "_responder._kinds.Index.run_from); returns (status, index, value)."},
+    {"pack_items", (PyCFunction)(void (*)(void))ns_pack_items, METH_FASTCALL,
+     "pack_items(items, start, stop)\n--\n\n"
+     "_wire.pack_items(items[start:stop]) (items: a list of bytes)."},
     {"drain_pack", (PyCFunction)(void (*)(void))ns_drain_pack, METH_FASTCALL,
      "drain_pack(attempt, pack, handler)\n--\n\n"
      "Hand a pack's items to a sync handler as _delivery.drain_pack does, up to the\n"
@@ -234,6 +245,28 @@ intern_names(void)
     NAME(dispatch, "_dispatch")
     NAME(yield_soon, "yield_soon")
     NAME(raw_failed, "_raw_failed")
+    NAME(prefix, "_prefix")
+    NAME(tail, "_tail")
+    NAME(limit, "limit")
+    NAME(sent, "sent")
+    NAME(machine, "machine")
+    NAME(link, "link")
+    NAME(loop, "loop")
+    NAME(state, "state")
+    NAME(v1, "v1")
+    NAME(sent_seq, "sent_seq")
+    NAME(acked_seq, "acked_seq")
+    NAME(sent_bytes, "sent_bytes")
+    NAME(acked_bytes, "acked_bytes")
+    NAME(last_tx, "_last_tx")
+    NAME(limits, "limits")
+    NAME(window_messages, "window_messages")
+    NAME(window_bytes, "window_bytes")
+    NAME(writable, "writable")
+    NAME(pending_size, "pending_size")
+    NAME(queue_batch, "queue_batch")
+    NAME(time, "time")
+    NAME(mono, "_mono")
     NAME(cls, "cls")
     NAME(next, "next")
     NAME(offsets, "offsets")

@@ -35,6 +35,8 @@ typedef struct {
     PyObject *hold;           /* _delivery._hold(attempt, msg, result, exc) */
     PyObject *task_table;     /* asyncio.tasks._current_tasks (3.11), or NULL */
     PyObject *task_swap;      /* asyncio.tasks._swap_current_task (3.12+), or NULL */
+    PyObject *pause_mask;     /* _sender._PAUSE_MASK */
+    PyObject *pause_bytes;    /* _sender._PAUSE_BYTES */
 } ns_config_t;
 
 extern ns_config_t ns_config;
@@ -42,8 +44,11 @@ extern ns_config_t ns_config;
 /* Interned attribute and method names. */
 typedef struct {
     PyObject *ack_headers, *append, *arm, *defer_ack_check, *done, *handle, *send_ack,
-        *set_result, *stats, *in_msgs, *in_bytes, *dispatch, *yield_soon, *raw_failed, *cls,
-        *next, *offsets, *payload, *reply, *size, *subject, *data;
+        *set_result, *stats, *in_msgs, *in_bytes, *dispatch, *yield_soon, *raw_failed,
+        *prefix, *tail, *limit, *sent, *machine, *link, *loop, *state, *v1, *sent_seq,
+        *acked_seq, *sent_bytes, *acked_bytes, *last_tx, *limits, *window_messages,
+        *window_bytes, *writable, *pending_size, *queue_batch, *time, *mono, *cls, *next,
+        *offsets, *payload, *reply, *size, *subject, *data;
 } ns_names_t;
 
 extern ns_names_t ns_names;
@@ -137,5 +142,10 @@ PyObject *ns_light_msg(AttemptCore *a, PyObject *type, PyObject *data, PyObject 
 PyObject *ns_call_as(PyObject *loop, PyObject *task, PyObject *fn, PyObject *arg);
 
 PyObject *ns_drain_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+/* ------------------------------------------------------------ sending (send.c) */
+
+PyObject *ns_fill_index(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *ns_pack_items(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -1,7 +1,7 @@
 """The C extension ``natstream._cstream``: chosen where it is built, turned off by
 ``NATSTREAM_NO_EXTENSIONS``, required in CI, no reference leaks on its paths, and
 hostile bytes never crash its scanner (the equivalence of each path with its Python
-twin is held by test_fastparser.py and tests/protocol).
+twin is held by test_fastparser.py, test_index_replies.py and tests/protocol).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fastparser import FUZZ, FakeClient, cut, fast_parser, receive
+from test_index_replies import serve
 
 from natstream._ext import STREAM_IMPL, cstream
 
@@ -90,6 +91,17 @@ def test_the_receive_path_leaks_nothing(actions: list[str]) -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("mode", ["v1", "service", "plain"])
+def test_the_send_path_leaks_nothing(mode: str) -> None:
+    script = [("bytes", 30)] * 40 + [("none", 0), ("bytearray", 3), ("awaitable", 2)]
+
+    def run() -> None:
+        asyncio.run(serve(script, mode, (16, 100_000), True, 0, True))
+
+    assert not _leaks(run)
+
+
+@needs_c
 def test_the_paths_hold_no_reference_to_what_they_handled() -> None:
     payload = b"z" * 300
     handler_calls: list[int] = []
@@ -102,6 +114,10 @@ def test_the_paths_hold_no_reference_to_what_they_handled() -> None:
     parser = fast_parser(FakeClient(), "c")
     for _ in range(100):
         asyncio.run(parser.parse(b"MSG a.b 7 300\r\n" + payload + b"\r\n"))
+    items = [payload] * 50
+    for _ in range(100):
+        cstream.pack_items(items, 0, 50)
+    del items
     assert (sys.getrefcount(payload), sys.getrefcount(handler)) == before
 
 
