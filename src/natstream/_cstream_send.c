@@ -266,7 +266,9 @@ ns_fill_index(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             count += 1;
             nbytes += size;
             sent += 1;
-            pause = !(sent & pause_mask) || pending + o.len > pause_bytes;
+            /* The pacing rule of Sender.send_now: see _sender.py. */
+            pause = !(sent & pause_mask) ||
+                    (!(sent & (pause_mask >> 3)) && pending + o.len > pause_bytes);
         }
         more = PyObject_IsTrue(PyTuple_GET_ITEM(result, 1));
         if (more < 0) {

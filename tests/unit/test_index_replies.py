@@ -38,6 +38,7 @@ FUZZ = settings(
 )
 LIMIT = 1000  # max_payload of the fake connection: larger replies are refused (413)
 PAUSE_MASK = 7  # a pause every 8 replies here, to see many of them
+BYTES_PAUSE_MASK = 31  # with a byte limit: then a pause every 4 replies over it
 
 
 class Boom(Exception):
@@ -179,6 +180,7 @@ def frequent_pauses(monkeypatch: pytest.MonkeyPatch) -> Any:
     window=st.tuples(st.integers(1, 30), st.integers(1, 4000)),
     acks=st.booleans(),
     resume=st.sampled_from([0, 0, 5]),
+    pause_bytes=st.sampled_from([None, 0, 40, 300]),
 )
 async def test_fill_queues_what_the_python_loop_queues(
     script: list[tuple[str, int]],
@@ -186,10 +188,23 @@ async def test_fill_queues_what_the_python_loop_queues(
     window: tuple[int, int],
     acks: bool,
     resume: int,
+    pause_bytes: int | None,
 ) -> None:
+    """With ``pause_bytes``, the byte rule of the pacing too: a pause every
+    ``(PAUSE_MASK + 1) // 8`` replies while that many bytes wait on the connection."""
     args = (script, mode, window, acks, resume)
-    got = await serve(*args, fill=True)
-    want = await serve(*args, fill=False)
+    saved = _sender._PAUSE_MASK, _sender._PAUSE_BYTES
+    if pause_bytes is not None:
+        _sender._PAUSE_MASK, _sender._PAUSE_BYTES = BYTES_PAUSE_MASK, pause_bytes
+        cstream.configure("pause_mask", BYTES_PAUSE_MASK)
+        cstream.configure("pause_bytes", pause_bytes)
+    try:
+        got = await serve(*args, fill=True)
+        want = await serve(*args, fill=False)
+    finally:
+        _sender._PAUSE_MASK, _sender._PAUSE_BYTES = saved
+        cstream.configure("pause_mask", saved[0])
+        cstream.configure("pause_bytes", saved[1])
     assert got == want
 
 

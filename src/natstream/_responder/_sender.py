@@ -5,8 +5,11 @@ Every data reply goes through :meth:`Sender.send_now` (the fast path: a lone
 (waits for credit, then the fast path or a publish with the machine's headers);
 lists of replies through :meth:`Sender.send_items` (packed when the requester
 unpacks). Pacing: a stream pauses (:meth:`Sender.pause`) after every
-``_PAUSE_EVERY`` replies, or once ``_PAUSE_BYTES`` wait in the connection's
-outgoing buffer, so concurrent streams interleave. Each pause costs a ``send()``
+``_PAUSE_EVERY`` replies, and after every ``_PAUSE_EVERY // 8`` while more than
+``_PAUSE_BYTES`` wait in the connection's outgoing buffer, so concurrent streams
+interleave. (Not after every reply while the buffer is over: with many streams on a
+connection it is over most of the time, and a pause per reply cost a task switch
+per reply.) Each pause costs a ``send()``
 system call when the flusher writes, which on a busy machine dominates small
 messages: so not more often either. Between pauses the flusher is woken from sync
 code (:meth:`Link.kick_soon`), without a coroutine and future per reply.
@@ -41,7 +44,7 @@ log = logging.getLogger("natstream")
 
 _PAUSE_EVERY = 256  # replies
 _PAUSE_MASK = _PAUSE_EVERY - 1  # a power of two: ``sent & mask`` is 0 every _PAUSE_EVERY
-_PAUSE_BYTES = 256 * 1024  # queued on the connection
+_PAUSE_BYTES = 256 * 1024  # queued on the connection; then a pause every _PAUSE_MASK >> 3
 if cstream is not None:
     cstream.configure("pause_mask", _PAUSE_MASK)
     cstream.configure("pause_bytes", _PAUSE_BYTES)
@@ -205,7 +208,7 @@ class Sender:
         sent = self.sent = self.sent + 1
         # The pacing rule (see the module docstring), here and not in a method of its
         # own: this runs once per reply, and a call costs as much as the rule.
-        if not sent & _PAUSE_MASK or pending > _PAUSE_BYTES:
+        if not sent & _PAUSE_MASK or (pending > _PAUSE_BYTES and not sent & _PAUSE_MASK >> 3):
             return PAUSE
         return QUEUED
 
@@ -254,7 +257,9 @@ class Sender:
         await self.publish(data, headers)
         sent = self.sent = self.sent + 1
         # The pacing rule of send_now; publish() has woken the flusher.
-        if not sent & _PAUSE_MASK or self.link.pending_size() > _PAUSE_BYTES:
+        if not sent & _PAUSE_MASK or (
+            not sent & _PAUSE_MASK >> 3 and self.link.pending_size() > _PAUSE_BYTES
+        ):
             await asyncio.sleep(0)
         return True
 
