@@ -4,12 +4,16 @@ Run: ``natstream bench`` or ``python benchmarks/bench_stream.py [messages] [size
 
 The responder process (:mod:`natstream._bench.responder`) serves each natstream subject
 next to a hand-written nats-py baseline on one embedded nats-server. This process is
-the requester. Three cases:
+the requester. Four cases:
 
 * :func:`run` (``stream_128`` / ``stream_1k``): one stream of ``messages``
   payloads; raw through an inbox subscription callback that counts, natstream through
   ``Pool.stream_request`` with a sync handler that counts. Rounds alternate; the best
   rate of each is kept. ``ratio`` = natstream / raw messages/s.
+* :func:`run_responder` (``responder``): a natstream responder and a nats-py publisher
+  loop feeding the same plain requester (an inbox subscription callback that counts),
+  alternating; ``ratio`` = delivered rates, ``responder_cpu_ratio`` = the responders'
+  CPU per message, raw over natstream.
 * :func:`run_first_reply` (``first_reply``): time to first reply of ``pool.stream()`` against
   nats-py ``request()``, alternating, over ``calls`` sequential calls.
 * :func:`run_concurrent` (``concurrent``): ``streams`` concurrent streams of ``replies`` each
