@@ -1,13 +1,22 @@
-"""Build the optional C accelerator; all other metadata is in pyproject.toml.
+"""Build the optional C accelerators; all other metadata is in pyproject.toml.
 
-``optional=True``: without a compiler (or if the build fails) natstream installs as pure
-Python and uses the Python fallback of the writer's fast path.
+``optional=True``: without a compiler (or if a build fails) natstream installs as pure
+Python and uses the Python fallbacks of its fast paths (see docs/performance.md).
 """
 
 from setuptools import Extension, setup
 
+_CSTREAM = ["_cstream.c", "_cstream_credit.c", "_cstream_lane.c", "_cstream_scan.c"]
+_CSTREAM.append("_cstream_send.c")
+
 setup(
     ext_modules=[
         Extension("natstream._cwriter", ["src/natstream/_cwriter.c"], optional=True),
+        Extension(
+            "natstream._cstream",
+            [f"src/natstream/{name}" for name in _CSTREAM],
+            depends=["src/natstream/_cstream.h"],
+            optional=True,
+        ),
     ],
 )

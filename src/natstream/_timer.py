@@ -24,18 +24,15 @@ class LazyTimer:
     (every message) never touches the event loop's timer heap.
     """
 
-    __slots__ = ("_at", "_callback", "_handle", "_loop", "late")
+    __slots__ = ("_at", "_callback", "_handle", "_loop", "armed", "late")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
         self._at = math.inf
+        self.armed = False  # a call is pending (read per message: an attribute)
         self.late = 0.0  # seconds the last firing came after its deadline
-
-    @property
-    def armed(self) -> bool:
-        return self._handle is not None
 
     def arm(self, when: float | None) -> None:
         """Fire at ``when`` (loop time) unless already due earlier; None cancels."""
@@ -48,15 +45,18 @@ class LazyTimer:
             self._handle.cancel()
         self._at = when
         self._handle = self._loop.call_at(when, self._fire)
+        self.armed = True
 
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
             self._at = math.inf
+            self.armed = False
 
     def _fire(self) -> None:
         self.late = self._loop.time() - self._at
         self._handle = None
         self._at = math.inf
+        self.armed = False
         self._callback()

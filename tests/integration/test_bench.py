@@ -46,11 +46,16 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
         assert isinstance(figures["met"], bool)
         assert len(figures["targets"]) == len(TARGETS[case])
         assert f"\n{case} " in proc.stdout
-    for case in ("stream_128", "stream_1k", "first_reply"):
+    for case in ("stream_128", "stream_1k", "first_reply", "responder"):
         for key in ("natstream_cpu_req_us", "natstream_cpu_resp_us", "raw_cpu_req_us"):
             assert results[case][key] > 0, (case, key)
     assert results["stream_128"]["raw_mb_per_s"] > 0
     assert results["first_reply"]["natstream_first_p99_us"] > 0
+    responder = results["responder"]
+    assert responder["natstream_msgs_per_s"] > 0
+    assert responder["responder_cpu_ratio"] == pytest.approx(
+        responder["raw_cpu_resp_us"] / responder["natstream_cpu_resp_us"]
+    )
 
     concurrent = results["concurrent"]
     assert concurrent["streams"] == 50

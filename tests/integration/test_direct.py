@@ -58,10 +58,12 @@ def numbered(count: int, delay: float = 0.0):  # type: ignore[no-untyped-def]
 
 
 def called_direct() -> bool:
-    """The running handler was called from the connection's read loop."""
+    """The running handler was called from the connection's read loop (its parser:
+    through ``_delivery.call_direct``, or its C twin)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name == "call_direct":
+        code = frame.f_code
+        if code.co_name == "parse" and code.co_filename.endswith("_parser.py"):
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False

@@ -5,7 +5,8 @@ The loop counts items in runs (``on_delivered_many``) sized in advance to end wh
 ack may fall due, by count or by bytes; it must send the same acks, at the same points,
 and leave the machine, the pack and the resume point as the per-item rule does, whatever
 the handler returns (True, None, anything else, False, an exception, or an awaitable of
-those) and however many times the loop is entered for one pack.
+those) and however many times the loop is entered for one pack. Every test runs on the
+Python loop and, when the C extension is in use, on its C twin (``impl``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from natstream._ext import cstream
 from natstream._protocol import Reply, RequesterMachine
 from natstream._protocol._wire import HDR_SEQ, pack_items
 from natstream._requester._delivery import Pack, drain_pack
@@ -34,12 +36,13 @@ class Boom(Exception):
     pass
 
 
+IMPLS = ["python", "c"] if cstream is not None else ["python"]
+
+
 class Item:
     """What the loop makes of each item (the real class is a connection's Msg)."""
 
-    data: bytes
-    subject: str
-    reply: str
+    __slots__ = ("data", "reply", "subject")
 
 
 class FakeAttempt:
@@ -55,6 +58,15 @@ class FakeAttempt:
     def send_ack(self, ack: dict[str, str]) -> None:
         m = self.machine
         self.acks.append((len(self.calls), m.delivered_seq, m.delivered_bytes, dict(ack)))
+
+
+ATTEMPTS: dict[str, type[Any]] = {"python": FakeAttempt}
+if cstream is not None:
+
+    class CAttempt(cstream.AttemptCore, FakeAttempt):  # type: ignore[misc, name-defined]
+        """The same on the C core: the C drain_pack takes it."""
+
+    ATTEMPTS["c"] = CAttempt
 
 
 def outcome(action: str) -> Any:
@@ -73,10 +85,15 @@ def outcome(action: str) -> Any:
 
 
 async def fast(
-    m: RequesterMachine, payload: bytes, offsets: list[int], actions: list[str], entries: int
+    m: RequesterMachine,
+    payload: bytes,
+    offsets: list[int],
+    actions: list[str],
+    entries: int,
+    impl: str = "python",
 ) -> tuple[list[Any], FakeAttempt, int]:
     taken: list[bytes] = []
-    attempt = FakeAttempt(m, taken)
+    attempt = ATTEMPTS[impl](m, taken)
     source = SimpleNamespace(data=payload, subject="_INBOX.me", reply=CTL)
     pack = Pack(Item, source, offsets)  # type: ignore[arg-type]
 
@@ -131,6 +148,7 @@ async def reference(
 
 
 @pytest.mark.fuzz
+@pytest.mark.parametrize("impl", IMPLS)
 @settings(settings.get_profile(PROFILE))
 @given(
     window_messages=st.integers(1, 70),
@@ -142,6 +160,7 @@ async def reference(
     entries=st.integers(1, 6),
 )
 def test_drain_pack_counts_and_acks_as_one_call_per_item(
+    impl: str,
     window_messages: int,
     window_bytes: int,
     sizes: list[int],
@@ -165,14 +184,15 @@ def test_drain_pack_counts_and_acks_as_one_call_per_item(
         assert m.on_reply(0.0, {HDR_SEQ: str(len(items) + 1)}, b"", CTL) is Reply.DELIVER
     twin = copy.deepcopy(m)
 
-    got, got_attempt, got_taken = asyncio.run(fast(m, payload, offsets, actions, entries))
+    got, got_attempt, got_taken = asyncio.run(fast(m, payload, offsets, actions, entries, impl))
     want, want_attempt, want_taken = asyncio.run(reference(twin, items, actions, entries))
     assert got == want
     assert got_attempt.acks == want_attempt.acks
     assert got_taken == want_taken
 
 
-def test_byte_bound_runs_end_at_the_ack_point() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_byte_bound_runs_end_at_the_ack_point(impl: str) -> None:
     """A run ends by bytes before it ends by count: the ack goes out after the item
     that reaches half the byte window, not later."""
     m = bound(window_messages=100, window_bytes=100, heartbeat=0.0)
@@ -181,18 +201,19 @@ def test_byte_bound_runs_end_at_the_ack_point() -> None:
     assert m.on_reply(0.0, packed(1, 9), payload, CTL) is Reply.DELIVER
     offsets, m.pack_offsets = m.pack_offsets, None
     assert offsets is not None
-    _, attempt, taken = asyncio.run(fast(m, payload, offsets, ["true"] * 9, 1))
+    _, attempt, taken = asyncio.run(fast(m, payload, offsets, ["true"] * 9, 1, impl))
     assert taken == 9
     assert [(calls, seq, nbytes) for calls, seq, nbytes, _ in attempt.acks][:1] == [(5, 5, 50)]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("count", [1, 2, 3])
-def test_count_bound_runs_end_at_the_ack_point(count: int) -> None:
+def test_count_bound_runs_end_at_the_ack_point(impl: str, count: int) -> None:
     m = bound(window_messages=4, window_bytes=1 << 20, heartbeat=0.0)
     items = [b"y"] * 4
     payload = pack_items(items)
     assert m.on_reply(0.0, packed(1, 4), payload, CTL) is Reply.DELIVER
     offsets, m.pack_offsets = m.pack_offsets, None
     assert offsets is not None
-    _, attempt, _ = asyncio.run(fast(m, payload, offsets, ["true"] * 4, count))
+    _, attempt, _ = asyncio.run(fast(m, payload, offsets, ["true"] * 4, count, impl))
     assert [(seq, nbytes) for _, seq, nbytes, _ in attempt.acks][:1] == [(2, 2)]  # half of 4

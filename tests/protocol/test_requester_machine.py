@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from itertools import pairwise
 from typing import Any
@@ -20,6 +21,7 @@ from natstream._errors import (
     StreamFailure,
     StreamTimeoutError,
 )
+from natstream._ext import cstream
 from natstream._protocol import (
     STREAM_END,
     STREAM_ERROR_PREFIX,
@@ -818,7 +820,18 @@ mostly_flowing = st.integers(0, 9).flatmap(
 )
 
 
+IMPLS = ["python", "c"] if cstream is not None else ["python"]
+
+
+def on_data(impl: str, m: RequesterMachine, now: float, seq: int, size: int) -> bool:
+    """``m.on_data``, or its C twin."""
+    if impl == "c":
+        return bool(cstream.on_data(m, now, seq, size))
+    return m.on_data(now, seq, size)
+
+
 @pytest.mark.fuzz
+@pytest.mark.parametrize("impl", IMPLS)
 @CI
 @given(
     st.lists(mostly_flowing, min_size=20, max_size=80),
@@ -827,11 +840,11 @@ mostly_flowing = st.integers(0, 9).flatmap(
     st.booleans(),
 )
 def test_on_data_is_on_reply_for_the_messages_it_takes(
-    script: list[tuple[str, Any]], wm: int, wb: int, pre_bound: bool
+    impl: str, script: list[tuple[str, Any]], wm: int, wb: int, pre_bound: bool
 ) -> None:
     """The driver's fast path changes nothing but speed: a machine fed through
-    ``on_data`` where the driver would use it ends every step exactly like one fed
-    through ``on_reply`` only."""
+    ``on_data`` (or its C twin) where the driver would use it ends every step exactly
+    like one fed through ``on_reply`` only."""
     kw: dict[str, Any] = {"window_messages": wm, "window_bytes": wb, "heartbeat": 0.5}
     fast = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
     general = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
@@ -848,7 +861,7 @@ def test_on_data_is_on_reply_for_the_messages_it_takes(
             expected = general.on_reply(now, headers, payload, reply_subject)
             if _fast_path_applies(fast, headers, reply_subject):
                 assert headers is not None
-                if fast.on_data(now, int(headers[HDR_SEQ]), len(payload)):
+                if on_data(impl, fast, now, int(headers[HDR_SEQ]), len(payload)):
                     got = Reply.DELIVER
                 else:
                     got = fast.on_reply(now, headers, payload, reply_subject)
@@ -869,6 +882,94 @@ def test_on_data_is_on_reply_for_the_messages_it_takes(
             fast.on_connection_lost(ConnectionLostError("lost"))
             general.on_connection_lost(ConnectionLostError("lost"))
         assert _state(fast) == _state(general)
+
+
+def _credit_state(m: RequesterMachine) -> tuple[Any, ...]:
+    """Everything the credit methods read or write."""
+    return (
+        *_state(m),
+        m.ack_deferred,
+        m._acked_seq,
+        m._acked_bytes,
+        m._largest,
+        m._received_bytes,
+        m._delivered_pos,
+        m._waiting_since,
+        m._last_rx,
+        m.ack_budget(),
+    )
+
+
+credit_steps = st.one_of(
+    steps,
+    st.tuples(st.just("data"), st.tuples(st.sampled_from([1, 1, 1, 0, 2]), st.integers(0, 60))),
+    st.tuples(st.just("taken"), st.integers(0, 60)),
+    st.tuples(st.just("delivered"), st.integers(0, 60)),
+    st.tuples(st.just("many"), st.tuples(st.integers(-1, 5), st.integers(0, 120))),
+    st.tuples(st.just("deferred"), st.none()),
+)
+
+
+@pytest.mark.fuzz
+@pytest.mark.skipif(cstream is None, reason="the C extension is not in use")
+@CI
+@given(
+    st.lists(credit_steps, max_size=80),
+    st.integers(1, 8),
+    st.integers(1, 400),
+    st.sampled_from([0.0, 0.5]),
+    st.booleans(),
+)
+def test_c_credit_is_the_python_credit(
+    script: list[tuple[str, Any]], wm: int, wb: int, heartbeat: float, pre_bound: bool
+) -> None:
+    """The C twins of on_data, on_taken, on_delivered (no headers), on_delivered_many
+    and ack_budget, on one machine, against the Python methods on another, fed the
+    same steps (hostile replies among them): same answers, same state after each."""
+    kw: dict[str, Any] = {"window_messages": wm, "window_bytes": wb, "heartbeat": heartbeat}
+    py = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
+    c = bound(**kw) if pre_bound else RequesterMachine(0.0, **kw)
+    now = 0.0
+    for kind, arg in script:
+        now += 0.01
+        if kind == "reply":
+            assert py.on_reply(now, *arg) is c.on_reply(now, *arg)
+        elif kind == "data":
+            ahead, size = arg
+            seq = py.received_seq + ahead
+            assert py.on_data(now, seq, size) == cstream.on_data(c, now, seq, size)
+        elif kind == "taken":
+            assert py.on_taken(arg) == cstream.on_taken(c, arg)
+        elif kind == "delivered":
+            assert py.on_delivered(None, arg) == cstream.on_delivered_many(c, 1, arg)
+        elif kind == "many":
+            count, nbytes = arg
+            assert py.on_delivered_many(count, nbytes) == cstream.on_delivered_many(
+                c, count, nbytes
+            )
+        elif kind == "deferred":
+            assert py.deferred_ack() == c.deferred_ack()
+        elif kind == "take":
+            assert py.on_delivered(None, 1) == c.on_delivered(None, 1)
+        elif kind == "tick":
+            now += arg
+            assert py.on_timer(now) == c.on_timer(now)
+        elif kind == "cancel":
+            assert py.cancel() == c.cancel()
+        elif kind == "lost":
+            py.on_connection_lost(ConnectionLostError("lost"))
+            c.on_connection_lost(ConnectionLostError("lost"))
+        assert tuple(cstream.ack_budget(c)) == c.ack_budget()
+        assert _credit_state(py) == _credit_state(c)
+
+
+def test_a_machine_copies_with_every_field() -> None:
+    m = bound(window_messages=8, window_bytes=100, heartbeat=0.5)
+    assert m.on_data(1.0, 1, 10)
+    m.on_taken(10)
+    twin = copy.deepcopy(m)
+    assert _credit_state(twin) == _credit_state(m)
+    assert (twin.subject, twin.stall_factor) == (m.subject, m.stall_factor)
 
 
 # ---------------------------------------------------------------- packed messages

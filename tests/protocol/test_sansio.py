@@ -34,8 +34,19 @@ FORBIDDEN = {
     "anyio",
 }
 # The only modules outside the protocol package it may import.
-ALLOWED_STDLIB = {"__future__", "collections", "dataclasses", "enum", "itertools", "re", "struct"}
-ALLOWED_PACKAGE_MODULES = {"_errors"}  # natstream._errors: exception classes, no imports
+ALLOWED_STDLIB = {
+    "__future__",
+    "collections",
+    "dataclasses",
+    "enum",
+    "itertools",
+    "re",
+    "struct",
+    "typing",
+}
+# natstream._errors: exception classes, no imports; natstream._ext: which C extensions
+# are in use (the machine's C core), importing nothing of natstream and no I/O.
+ALLOWED_PACKAGE_MODULES = {"_errors", "_ext"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -67,6 +78,12 @@ def test_protocol_files_import_only_the_stdlib_basics_and_errors() -> None:
 def test_errors_module_imports_nothing() -> None:
     imports = _imports(PACKAGE_DIR / "_errors.py")
     assert all(module == "__future__" for _, module in imports), imports
+
+
+def test_ext_module_imports_no_io_and_nothing_of_natstream() -> None:
+    imports = _imports(PACKAGE_DIR / "_ext.py")
+    assert {module for _, module in imports} <= {"__future__", "os", "importlib", "typing"}
+    assert all(level == 0 for level, _ in imports), imports
 
 
 _PROBE = """

@@ -4,12 +4,16 @@ Run: ``natstream bench`` or ``python benchmarks/bench_stream.py [messages] [size
 
 The responder process (:mod:`natstream._bench.responder`) serves each natstream subject
 next to a hand-written nats-py baseline on one embedded nats-server. This process is
-the requester. Three cases:
+the requester. Four cases:
 
 * :func:`run` (``stream_128`` / ``stream_1k``): one stream of ``messages``
   payloads; raw through an inbox subscription callback that counts, natstream through
   ``Pool.stream_request`` with a sync handler that counts. Rounds alternate; the best
   rate of each is kept. ``ratio`` = natstream / raw messages/s.
+* :func:`run_responder` (``responder``): a natstream responder and a nats-py publisher
+  loop feeding the same plain requester (an inbox subscription callback that counts),
+  alternating; ``ratio`` = delivered rates, ``responder_cpu_ratio`` = the responders'
+  CPU per message, raw over natstream.
 * :func:`run_first_reply` (``first_reply``): time to first reply of ``pool.stream()`` against
   nats-py ``request()``, alternating, over ``calls`` sequential calls.
 * :func:`run_concurrent` (``concurrent``): ``streams`` concurrent streams of ``replies`` each
@@ -47,7 +51,10 @@ _CONCURRENT_TIMEOUT = 600.0  # seconds; a case that hangs is reported, not waite
 _PROBE_INTERVAL = 0.5  # seconds between two looks at the server's pending bytes
 
 
-async def _raw_round(nc: Client, n: int) -> float:
+async def _raw_round(nc: Client, n: int, subject: str = "bench.raw") -> float:
+    """A plain requester (nats-py inbox subscription, a callback that counts) receiving
+    the stream of ``subject``: a nats-py publisher loop (``bench.raw``), or a natstream
+    responder serving a request without natstream headers (``bench.ns``)."""
     done = asyncio.Event()
     count = 0
 
@@ -61,11 +68,11 @@ async def _raw_round(nc: Client, n: int) -> float:
     inbox = nc.new_inbox()
     sub = await subscribe_live(nc, inbox, on)
     start = time.perf_counter()
-    await nc.publish("bench.raw", b"", reply=inbox)
+    await nc.publish(subject, b"", reply=inbox)
     await done.wait()
     elapsed = time.perf_counter() - start
     await sub.unsubscribe()
-    assert count == n, f"raw stream lost messages: {count} of {n}"
+    assert count == n, f"{subject} to a plain requester lost messages: {count} of {n}"
     return elapsed
 
 
@@ -161,6 +168,38 @@ async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any
         "raw_mb_per_s": raw_rate * size / 1e6,
         "natstream_mb_per_s": ns_rate * size / 1e6,
         **figures,
+    }
+
+
+async def _responder_side(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
+    """A natstream responder (``bench.ns``) and a nats-py publisher loop (``bench.raw``)
+    feeding the same plain requester, alternately: delivered rates, and the responder
+    process's CPU per message (what it could send with a core to itself)."""
+    with NatsServer() as srv:
+        async with Responder(srv.url, n, size, uvloop=uvloop) as responder:
+            nc = await nats.connect(srv.url)
+            raw_best, ns_best, cpu = await alternate_rounds(
+                CpuMeter(responder),
+                rounds,
+                lambda: _raw_round(nc, n),
+                n,
+                lambda: _raw_round(nc, n, "bench.ns"),
+                n,
+            )
+            await nc.close()
+            loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
+    raw_rate, ns_rate = n / raw_best, n / ns_best
+    return {
+        "messages": n,
+        "size": size,
+        "raw_msgs_per_s": raw_rate,
+        "natstream_msgs_per_s": ns_rate,
+        "ratio": ns_rate / raw_rate,
+        "raw_mb_per_s": raw_rate * size / 1e6,
+        "natstream_mb_per_s": ns_rate * size / 1e6,
+        **cpu,
+        "responder_cpu_ratio": cpu["raw_cpu_resp_us"] / cpu["natstream_cpu_resp_us"],
+        **loops,
     }
 
 
@@ -394,6 +433,14 @@ def run(
     """``stream_128``, ``stream_1k``: one stream, raw and natstream, ``rounds`` times
     alternating; best rates."""
     return run_loop(_stream(messages, size, rounds, uvloop), uvloop)
+
+
+def run_responder(
+    messages: int = 100_000, size: int = 128, rounds: int = _ROUNDS, *, uvloop: bool = False
+) -> dict[str, Any]:
+    """``responder``: natstream's responder against a nats-py publisher loop, both
+    feeding a plain nats-py requester that counts (:func:`_responder_side`)."""
+    return run_loop(_responder_side(messages, size, rounds, uvloop), uvloop)
 
 
 def run_first_reply(calls: int = 5_000, *, uvloop: bool = False) -> dict[str, Any]:

@@ -279,6 +279,7 @@ _BENCH_CASES = (
     "stream_1k",
     "packed",
     "first_reply",
+    "responder",
     "concurrent",
     "memory",
     "writer",

@@ -3,19 +3,37 @@ consumer took, when credit goes back to the responder (acks), and where a retry
 resumes. :class:`~._requester.RequesterMachine` builds on it; the fields it shares
 with the receiving side (``received_seq``, ``_largest``...) are kept here, so the
 per-message paths read them without an extra hop.
+
+With the C extension in use (:mod:`natstream._ext`), :class:`Credit` subclasses its
+``CreditCore``: the counters and fields the per-message paths read live in a C
+struct, under the same names, and the C twins of :meth:`Credit.on_taken`,
+:meth:`Credit.on_delivered_many`, :meth:`Credit.ack_budget` and
+``RequesterMachine.on_data`` work on them (the methods here are the reference; the
+property tests hold the twins to them).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
+from .._ext import cstream
 from ._states import TERMINAL, RequesterState
 from ._wire import CTL_ACK, HDR_ACK, HDR_CONTROL, HDR_POS, Resume, format_ack, parse_pos, pos_add
 
 __all__ = ["Credit"]
 
+if TYPE_CHECKING:
+    _Core = object
+else:
+    _Core = object if cstream is None else cstream.CreditCore
+if cstream is not None:
+    cstream.configure("streaming", RequesterState.STREAMING)
+    cstream.configure("terminal", TERMINAL)
+    cstream.configure("ctl_ack", CTL_ACK)
 
-class Credit:
+
+class Credit(_Core):
     """Counts of a requester stream attempt and its ack rule.
 
     An ack carries (delivered seq, delivered bytes) and goes out when half the
@@ -51,6 +69,11 @@ class Credit:
         # Packed messages received: (first seq, last seq, position of the first item or
         # None for the default), while the consumer may still stop inside one.
         self._packs: deque[tuple[int, int, str | None]] = deque()
+
+    def received(self) -> tuple[int, int]:
+        """(data messages accepted so far by this attempt, their payload bytes); each
+        item of a packed message counts as one, its length prefix as no byte."""
+        return self.received_seq - (self.resume.seq if self.resume else 0), self._received_bytes
 
     def on_delivered(self, headers: dict[str, str] | None, size: int) -> dict[str, str] | None:
         """The consumer took the next data message (``size`` payload bytes).

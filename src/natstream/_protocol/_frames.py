@@ -26,6 +26,7 @@ __all__ = [
     "parse_denial",
     "parse_header_lines",
     "parse_headers",
+    "pub_prefix",
     "publish_command",
 ]
 
@@ -196,6 +197,13 @@ def hpub_prefix(subject: str, reply: str) -> bytes:
     :func:`hpub_seq_command`."""
     target = f"{subject} {reply}" if reply else subject
     return b"HPUB %s " % target.encode()
+
+
+def pub_prefix(subject: str, reply: str) -> bytes:
+    """The start of the ``PUB`` command :func:`publish_command` writes for a message
+    without headers to ``subject`` with ``reply``, up to the payload's length."""
+    target = f"{subject} {reply}" if reply else subject
+    return b"PUB %s " % target.encode()
 
 
 def hpub_seq_id_command(prefix: bytes, seq: int, tail: bytes, payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .._ext import cstream
 from ._wire import (
     CTL_ACK,
     CTL_CANCEL,
@@ -78,6 +79,8 @@ class _Limits:
 
 _TERMINAL = frozenset({ResponderState.ENDED, ResponderState.FAILED, ResponderState.CANCELLED})
 _OPEN = ResponderState.OPEN  # Enum member lookup is slow in Python 3.11
+if cstream is not None:  # the C fill of index replies checks the state too
+    cstream.configure("responder_open", _OPEN)
 
 
 class ResponderMachine:

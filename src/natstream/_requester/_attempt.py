@@ -5,6 +5,12 @@ classifies every reply through its :class:`RequesterMachine`: data goes to a buf
 (bounded by the flow-control window), markers end it, heartbeats and foreign
 responders are dealt with here. Handing replies to the caller's handler is
 :mod:`._delivery`'s job; retrying is :mod:`._session`'s.
+
+With the C extension in use (:mod:`natstream._ext`), :class:`Attempt` subclasses its
+``AttemptCore``: the fields its receive path reads live in a C struct under the same
+names, and the connection's parser runs the fast path of :meth:`Attempt._on_raw`
+(and :func:`~._delivery.call_direct`) in C on them; this module's code is the
+reference.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
 from .._errors import ConnectionLostError, PermissionDeniedError, ProtocolViolationError
+from .._ext import cstream
 from .._protocol import (
     Outcome,
     Reply,
@@ -42,8 +50,22 @@ _PLAIN_MAX_BUFFERED = 512 * 1024
 
 _new = object.__new__
 
+if TYPE_CHECKING:
+    _Core = object
+else:
+    _Core = object if cstream is None else cstream.AttemptCore
 
-class Attempt:
+
+def _monotonic_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.time()`` is asyncio's, ``time.monotonic()`` (the C paths then
+    read that clock themselves)."""
+    return type(loop).time is asyncio.BaseEventLoop.time and time.monotonic is _MONOTONIC
+
+
+_MONOTONIC = time.monotonic
+
+
+class Attempt(_Core):
     """One request sent on a lease's connection and the replies it draws.
 
     Attributes:
@@ -93,7 +115,10 @@ class Attempt:
         self.held: tuple[Msg, object, BaseException | None] | None = None
         self._deferred_soon = False  # a deferred_ack check is scheduled
         self._rechecking = False  # a late timer's check was put off once
+        self._clock = loop.time  # what the C receive path reads the time with
+        self._mono = _monotonic_loop(loop)  # or the monotonic clock, the same
         lease.on_lost = self.connection_lost
+        lease.count_by(machine)
 
     async def start(self, data: bytes, user_headers: dict[str, str] | None) -> None:
         """Take a fresh inbox on the connection; send the request."""
@@ -103,7 +128,7 @@ class Attempt:
         inbox = self.inbox = f"{base}.0"
         self._watch(f"{base}.*")
         self._watch(self.subject)
-        self._listening = await link.listen(f"{base}.*", self._on_raw, self._on_msg)
+        self._listening = await link.listen(f"{base}.*", self._on_raw, self._on_msg, lane=self)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
@@ -127,9 +152,6 @@ class Attempt:
                 msg.data = data
                 msg.subject = self.inbox
                 msg.reply = self._reply_str
-                lease = self.lease
-                lease.replies += 1
-                lease.bytes += len(data)
                 w = self._waiter
                 if w is not None:
                     # A waiting consumer has an empty queue: nothing is ahead of this.
@@ -162,14 +184,9 @@ class Attempt:
             offsets = m.pack_offsets
             if offsets is None:
                 self.buffer.append(msg)
-                lease.replies += 1
-                lease.bytes += len(msg.data)
             else:
                 m.pack_offsets = None
-                count = len(offsets) - 1
                 self.buffer.append(Pack(self._item_type, msg, offsets))
-                lease.replies += count
-                lease.bytes += len(msg.data) - 4 * count
             if len(self.buffer) > _PLAIN_MAX_BUFFERED:
                 m.on_connection_lost(
                     ProtocolViolationError(

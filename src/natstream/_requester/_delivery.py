@@ -11,7 +11,10 @@
 
 Whatever the path, calls are in order, one at a time, and the machine counts what
 the handler accepted exactly as one ``on_delivered`` per reply would (the property
-tests in ``tests/protocol/test_drain_pack.py`` hold the packed loop to that).
+tests in ``tests/protocol/test_drain_pack.py`` hold the packed loop, and its C twin,
+to that). With the C extension in use, direct calls are made by the attempt's C
+receive path (see :mod:`._attempt`) and packed items handed out by ``drain_pack``
+in C; the Python code here is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
+from .._ext import cstream
 from .._protocol import Reply
 from .._transport import CALL_AS_AVAILABLE, call_as
 
@@ -166,6 +170,10 @@ def _hold(attempt: Attempt, msg: Msg, result: object, exc: BaseException | None)
     attempt.wake()
 
 
+if cstream is not None:
+    cstream.configure("hold", _hold)
+
+
 async def finish_held(attempt: Attempt) -> bool:
     """Finish what a direct call left (see :func:`call_direct`) as :func:`drain_sync`
     would; True when the handler stopped the stream."""
@@ -216,9 +224,37 @@ async def drain_sync(attempt: Attempt, handler: _Call) -> bool:
     return False
 
 
+# What the C drain_pack returned (see _cstream_lane.c).
+_PACK_DONE, _PACK_STOPPED, _PACK_OTHER = 0, 1, 2
+
+
 async def drain_pack(attempt: Attempt, pack: Pack, handler: _Call) -> bool:
     """:func:`drain_sync` for the items of one packed message: the machine counts
     them in runs that end where an ack may fall due (see ``on_delivered_many``)."""
+    if cstream is not None:
+        m = attempt.machine
+        while True:
+            status, result = cstream.drain_pack(attempt, pack, handler)
+            if status == _PACK_DONE:
+                return False
+            if status == _PACK_STOPPED:
+                return True
+            if status != _PACK_OTHER:
+                break  # not a C attempt: the loop below
+            # The items before this one are counted; it is taken, and counted below
+            # unless its result (awaited when it must be) stops the stream.
+            if inspect.isawaitable(result):
+                result = await result
+                if result is False:
+                    return True
+            j = pack.next
+            ack = m.on_delivered_many(1, pack.offsets[j] - pack.offsets[j - 1])
+            if ack is not None:
+                attempt.send_ack(ack)
+    return await _drain_pack(attempt, pack, handler)
+
+
+async def _drain_pack(attempt: Attempt, pack: Pack, handler: _Call) -> bool:
     m = attempt.machine
     payload = pack.payload
     offsets = pack.offsets

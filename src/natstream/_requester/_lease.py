@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .._config import StreamOptions
 from .._protocol import Outcome
+from .._protocol._credit import Credit
 from .._tracing import Tracing
 from .._transport import Link
 
@@ -26,17 +27,16 @@ class Lease:
         window_messages, window_bytes: the flow-control window the attempt may grant
             (the source's budget has counted it until :meth:`release`).
         where: the server's URL without credentials, for error messages.
-        replies, bytes: data replies and payload bytes received so far, counted by
-            the attempt (the source reads them for its stats).
+        replies, bytes: data replies and payload bytes received so far, as counted
+            by the attempt's machine (the source reads them for its stats).
         on_lost: set by the attempt; called when the connection broke under it.
     """
 
     __slots__ = (
+        "_counts",
         "_release",
-        "bytes",
         "link",
         "on_lost",
-        "replies",
         "where",
         "window_bytes",
         "window_messages",
@@ -54,10 +54,21 @@ class Lease:
         self.window_messages = window_messages
         self.window_bytes = window_bytes
         self.where = where
-        self.replies = 0
-        self.bytes = 0
+        self._counts: Credit | None = None
         self.on_lost: Callable[[], None] | None = None
         self._release: Callable[[Lease, Outcome], None] | None = release
+
+    def count_by(self, machine: Credit) -> None:
+        """Take :attr:`replies` and :attr:`bytes` from ``machine`` (the attempt's)."""
+        self._counts = machine
+
+    @property
+    def replies(self) -> int:
+        return 0 if self._counts is None else self._counts.received()[0]
+
+    @property
+    def bytes(self) -> int:
+        return 0 if self._counts is None else self._counts.received()[1]
 
     def lost(self) -> None:
         """The source saw the connection break: the attempt fails (retryable)."""

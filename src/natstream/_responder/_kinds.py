@@ -60,6 +60,8 @@ _PACK_LINGER = 0.005
 # A generator skipping a resumed stream's items yields to the loop this often, so a
 # huge (or forged) resume cannot freeze it.
 _SKIP_YIELD_EVERY = 256
+# What the C extension's fill_index returned (see _cstream_send.c).
+_FILL_PAUSE, _FILL_DONE = 1, 2
 
 
 class Kind(Protocol):
@@ -134,10 +136,13 @@ class Index:
     ) -> bool:
         """:meth:`run` from a call already made: ``result`` is what the call at
         ``index`` returned (awaited here if awaitable), ``queued`` whether its reply
-        was already sent."""
+        was already sent. With the C extension, the calls after it are made by its
+        ``fill_index`` while their replies take the fast path; a result it does not
+        take comes back to this loop."""
         handler = self.handler
         send_now = sender.send_now
         emit = sender.emit
+        fill = sender.fill if self.sync else None
         while True:
             if type(result) is not tuple:
                 if inspect.isawaitable(result):
@@ -161,7 +166,17 @@ class Index:
                 return True
             index += 1
             queued = False
-            result = handler(request, index)
+            if fill is None:
+                result = handler(request, index)
+                continue
+            status, index, result = fill(sender, handler, request, index)
+            while status == _FILL_PAUSE:
+                await sender.pause()
+                if not result:  # the handler said no more
+                    return True
+                status, index, result = fill(sender, handler, request, index + 1)
+            if status == _FILL_DONE:
+                return True
 
 
 class FirstCall:

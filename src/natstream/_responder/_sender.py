@@ -5,24 +5,35 @@ Every data reply goes through :meth:`Sender.send_now` (the fast path: a lone
 (waits for credit, then the fast path or a publish with the machine's headers);
 lists of replies through :meth:`Sender.send_items` (packed when the requester
 unpacks). Pacing: a stream pauses (:meth:`Sender.pause`) after every
-``_PAUSE_EVERY`` replies, or once ``_PAUSE_BYTES`` wait in the connection's
-outgoing buffer, so concurrent streams interleave. Each pause costs a ``send()``
+``_PAUSE_EVERY`` replies, and after every ``_PAUSE_EVERY // 8`` while more than
+``_PAUSE_BYTES`` wait in the connection's outgoing buffer, so concurrent streams
+interleave. (Not after every reply while the buffer is over: with many streams on a
+connection it is over most of the time, and a pause per reply cost a task switch
+per reply.) Each pause costs a ``send()``
 system call when the flusher writes, which on a busy machine dominates small
 messages: so not more often either. Between pauses the flusher is woken from sync
 code (:meth:`Link.kick_soon`), without a coroutine and future per reply.
+
+With the C extension in use (:mod:`natstream._ext`), a sync index handler's replies
+are queued by its ``fill_index`` (see :attr:`Sender.fills`), which takes a reply
+exactly where :meth:`Sender.send_now` (v1) or :meth:`Sender.emit` (plain) would
+and leaves any other to them; and packed payloads are built in C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 
 from .._errors import PayloadTooLargeError
+from .._ext import cstream
 from .._protocol import STREAM_END, STREAM_ERROR_PREFIX, ResponderMachine, error_headers
-from .._protocol._frames import hpub_prefix, id_tail
+from .._protocol._frames import hpub_prefix, id_tail, pub_prefix
 from .._protocol._wire import HDR_VERSION, pack_items
 from .._transport import HEADER_ALLOWANCE, Link, publish
 from ._request import TOO_LARGE
@@ -33,7 +44,11 @@ log = logging.getLogger("natstream")
 
 _PAUSE_EVERY = 256  # replies
 _PAUSE_MASK = _PAUSE_EVERY - 1  # a power of two: ``sent & mask`` is 0 every _PAUSE_EVERY
-_PAUSE_BYTES = 256 * 1024  # queued on the connection
+_PAUSE_BYTES = 256 * 1024  # queued on the connection; then a pause every _PAUSE_MASK >> 3
+if cstream is not None:
+    cstream.configure("pause_mask", _PAUSE_MASK)
+    cstream.configure("pause_bytes", _PAUSE_BYTES)
+_MONOTONIC = time.monotonic
 
 # What :meth:`Sender.send_now` did (0: nothing, take :meth:`Sender.emit`).
 QUEUED = 1  # queued, and the flusher woken if it was idle
@@ -84,6 +99,8 @@ class Sender:
 
     __slots__ = (
         "_credit",
+        "_mono",
+        "_plain",
         "_prefix",
         "_reserve",
         "_tail",
@@ -133,6 +150,11 @@ class Sender:
             if machine.v1 and (reply_field or stream_id is not None)
             else None
         )
+        # What the C fill writes for a plain requester, and how it reads loop.time().
+        self._plain = None if machine.v1 else pub_prefix(reply, reply_field)
+        self._mono = (
+            type(self.loop).time is asyncio.BaseEventLoop.time and time.monotonic is _MONOTONIC
+        )
 
     def retarget(self, reply: str) -> None:
         """Send the replies from now on to ``reply`` (a fresh reply subject of the
@@ -140,6 +162,17 @@ class Sender:
         self.reply = reply
         if self._prefix is not None:
             self._prefix = hpub_prefix(reply, self.reply_field)
+        if self._plain is not None:
+            self._plain = pub_prefix(reply, self.reply_field)
+
+    @property
+    def fill(self) -> Callable[[Sender, Any, Any, int], tuple[int, int, Any]] | None:
+        """The C extension's ``fill_index`` when it may queue this stream's replies
+        (it is in use, and the requester is v1 with our prefix, or plain), else None."""
+        if cstream is None or (self._prefix is None and self._plain is None):
+            return None
+        fill: Callable[[Sender, Any, Any, int], tuple[int, int, Any]] = cstream.fill_index
+        return fill
 
     @property
     def fast(self) -> bool:
@@ -178,7 +211,7 @@ class Sender:
         sent = self.sent = self.sent + 1
         # The pacing rule (see the module docstring), here and not in a method of its
         # own: this runs once per reply, and a call costs as much as the rule.
-        if not sent & _PAUSE_MASK or pending > _PAUSE_BYTES:
+        if not sent & _PAUSE_MASK or (pending > _PAUSE_BYTES and not sent & _PAUSE_MASK >> 3):
             return PAUSE
         return QUEUED
 
@@ -227,7 +260,9 @@ class Sender:
         await self.publish(data, headers)
         sent = self.sent = self.sent + 1
         # The pacing rule of send_now; publish() has woken the flusher.
-        if not sent & _PAUSE_MASK or self.link.pending_size() > _PAUSE_BYTES:
+        if not sent & _PAUSE_MASK or (
+            not sent & _PAUSE_MASK >> 3 and self.link.pending_size() > _PAUSE_BYTES
+        ):
             await asyncio.sleep(0)
         return True
 
@@ -277,7 +312,7 @@ class Sender:
                     return False
                 i += 1
                 continue
-            payload = pack_items(items[i:j])
+            payload = pack_items(items[i:j]) if cstream is None else cstream.pack_items(items, i, j)
             seq = m.send_pack(j - i, len(payload) - 4 * (j - i), self.loop.time())
             first = pos(i)
             at = None if first is None or first == seq - 1 else str(first)

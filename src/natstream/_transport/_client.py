@@ -95,6 +95,7 @@ class FastClient(Client):
 
     fast = True
     writable = False  # see _status
+    _ps: FastParser
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,20 +131,26 @@ class FastClient(Client):
             base = self._inbox_base = super().new_inbox().rpartition(".")[0]
         return f"{base}.{secrets.token_hex(12)}"
 
-    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+    async def listen(
+        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
+    ) -> Listening:
         """Subscribe ``subject``: its messages go to ``on_raw`` straight from the
-        parser. The SUB is queued: it reaches the server before anything published
-        on this connection after this call, and it is replayed on a reconnect."""
+        parser (or first to ``lane``'s fast path in C, see :meth:`Link.listen`). The
+        SUB is queued: it reaches the server before anything published on this
+        connection after this call, and it is replayed on a reconnect."""
         self._sid += 1
         sid = self._sid
         self._subs[sid] = Subscription(self, sid, subject)
         self._raw[sid] = on_raw
+        if lane is not None:
+            self._ps.add_lane(sid, lane)
         self._queue_command(b"SUB %s %d\r\n" % (subject.encode(), sid))
         return _RawListening(self, sid)
 
     def _stop_listening(self, sid: int, promptly: bool) -> None:
         if self._raw.pop(sid, None) is None:
             return
+        self._ps.remove_lane(sid)
         self._subs.pop(sid, None)
         if self.writable:
             self._queue_command(b"UNSUB %d\r\n" % sid)
@@ -180,8 +187,8 @@ class FastClient(Client):
                     self.yield_soon = True
             except _PROPAGATE:
                 raise
-            except BaseException:  # a bug, or input no check foresaw: never the read loop
-                log.exception("a stream message could not be handled; message dropped")
+            except BaseException as exc:  # a bug, or input no check foresaw: never the read loop
+                self._raw_failed(exc)
             return True
         direct = self._direct.get(sid)
         if direct is None:
@@ -204,6 +211,10 @@ class FastClient(Client):
         except BaseException:  # see _PROPAGATE: nats-py's read loop ends on any of them
             log.exception("a direct subscription handler raised; message dropped")
         return True
+
+    def _raw_failed(self, exc: BaseException) -> None:
+        """A stream message's handler (or its fast path in C) raised ``exc``."""
+        log.error("a stream message could not be handled; message dropped", exc_info=exc)
 
     # ------------------------------------------------------------ sending
 
@@ -243,6 +254,18 @@ class FastClient(Client):
         stats = self.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += len(payload)
+        queue = self._flush_queue
+        if queue is not None and queue.empty():
+            self.kick_soon()
+        return pending
+
+    def queue_batch(self, cmds: bytes, count: int, nbytes: int) -> int:
+        # The C fill of the responder's replies: ``count`` data commands in one piece.
+        self._pending.append(cmds)
+        pending = self._pending_data_size = self._pending_data_size + len(cmds)
+        stats = self.stats
+        stats["out_msgs"] += count
+        stats["out_bytes"] += nbytes
         queue = self._flush_queue
         if queue is not None and queue.empty():
             self.kick_soon()

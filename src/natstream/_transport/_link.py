@@ -57,13 +57,19 @@ class Link(Protocol):
         """A reply subject nobody can guess: the inbox prefix and 96 random bits."""
         ...
 
-    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+    async def listen(
+        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
+    ) -> Listening:
         """Subscribe ``subject`` (wildcards allowed): its messages go to ``on_raw``
         straight from the parser (fast) or to ``on_msg`` from nats-py's subscription
         task (plain). Handlers must be quick; an exception they raise is logged and
         the message dropped. The subscription reaches the server before anything
         published on this link after this call; ``close()`` ends it, and the server
-        stops delivering."""
+        stops delivering.
+
+        ``lane``: an attempt on the C extension's ``AttemptCore``, whose receive fast
+        path the parser then runs in C before ``on_raw`` (fast links with the
+        extension only; ignored otherwise)."""
         ...
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
@@ -100,6 +106,12 @@ class Link(Protocol):
     def queue_seq_id(self, prefix: bytes, seq: int, tail: bytes, payload: bytes) -> int:
         """:meth:`queue_seq` for a data message that also carries its stream's id
         (``tail`` from :func:`~natstream._protocol._frames.id_tail`)."""
+        ...
+
+    def queue_batch(self, cmds: bytes, count: int, nbytes: int) -> int:
+        """Queue ``cmds``, ``count`` data commands in one piece (``nbytes`` payload
+        bytes), as :meth:`queue_seq` would one by one; returns the bytes now waiting
+        for the socket. Only while :attr:`writable`."""
         ...
 
     def write_now(self) -> bool:
@@ -156,7 +168,9 @@ class PlainLink:
     def new_inbox(self) -> str:
         return f"{self._nc.new_inbox().rpartition('.')[0]}.{secrets.token_hex(12)}"
 
-    async def listen(self, subject: str, on_raw: RawHandler, on_msg: MsgHandler) -> Listening:
+    async def listen(
+        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
+    ) -> Listening:
         async def deliver(msg: Msg) -> None:
             try:
                 on_msg(msg)
@@ -184,6 +198,9 @@ class PlainLink:
         raise NotImplementedError("a plain link queues nothing itself; check writable first")
 
     def queue_seq_id(self, prefix: bytes, seq: int, tail: bytes, payload: bytes) -> int:
+        raise NotImplementedError("a plain link queues nothing itself; check writable first")
+
+    def queue_batch(self, cmds: bytes, count: int, nbytes: int) -> int:
         raise NotImplementedError("a plain link queues nothing itself; check writable first")
 
     def write_now(self) -> bool:

@@ -3,21 +3,31 @@
 It reads ``MSG``/``HMSG`` lines with ``bytes.find``/``split`` instead of nats-py's
 regular expressions, and hands messages to ``FastClient._dispatch`` synchronously;
 only messages that client does not take go through nats-py's per-message coroutine.
+
+With the C extension in use (:mod:`natstream._ext`), its ``Scanner`` reads the
+messages and runs the fast path of the stream inboxes registered as lanes
+(:meth:`FastParser.add_lane`); this module's loop is the reference, and reads any
+message whose numbers are not plain digits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import ProtocolError
 from nats.protocol.parser import ERR_RE, INFO_RE, OK_RE, PING_RE, PONG_RE, Parser
+
+from .._ext import cstream
 
 if TYPE_CHECKING:
     from ._client import FastClient
 
 __all__ = ["FastParser"]
+
+# Why the C scanner stopped (see _cstream_scan.c).
+_END, _CONTROL, _MSG, _YIELD, _SLOW = range(5)
 
 
 class FastParser(Parser):
@@ -33,10 +43,24 @@ class FastParser(Parser):
 
     nc: FastClient
 
+    def __init__(self, nc: Any) -> None:
+        self._scanner: Any = None if cstream is None else cstream.Scanner(nc, ProtocolError)
+        super().__init__(nc)
+
     def reset(self) -> None:
         super().reset()
         self._generation = getattr(self, "_generation", 0) + 1
         self._wanted = 0  # length the buffered bytes must reach before parsing again
+
+    def add_lane(self, sid: int, lane: object) -> None:
+        """Run subscription ``sid``'s messages through ``lane``'s fast path in C first
+        (an ``AttemptCore``); nothing without the extension."""
+        if self._scanner is not None:
+            self._scanner.add(sid, lane)
+
+    def remove_lane(self, sid: int) -> None:
+        if self._scanner is not None:
+            self._scanner.remove(sid)
 
     async def parse(self, data: bytes = b"") -> None:
         if self.buf:
@@ -46,10 +70,52 @@ class FastParser(Parser):
             data = bytes(self.buf)
             self.buf.clear()
         self._wanted = 0
+        scanner = self._scanner
+        if scanner is None:
+            pos = await self._parse(data, 0, False)
+        else:
+            pos = await self._scan(scanner, data)
+        if 0 <= pos < len(data):
+            self.buf.extend(data[pos:] if pos else data)
+
+    async def _scan(self, scanner: Any, data: bytes) -> int:
+        """:meth:`_parse` with the C scanner; the position to keep from, or -1 when
+        the parser was reset meanwhile."""
+        generation = self._generation
+        nc = self.nc
+        scan = scanner.scan
+        pos = 0
+        size = len(data)
+        while pos < size:
+            pos = scan(data, pos)
+            stop = scanner.stop
+            if stop == _END:
+                self._wanted = scanner.wanted
+                break
+            if stop == _CONTROL:
+                pos = await self._control(data, pos, scanner.line_end + 2)
+            elif stop == _MSG:
+                await nc._process_msg(*scanner.taken)
+            elif stop == _YIELD:
+                nc.yield_soon = False
+                await asyncio.sleep(0)
+            else:
+                pos = await self._parse(data, pos, True)
+                if pos < 0:
+                    return pos
+                if pos < size and self._wanted:
+                    break
+                continue
+            if generation != self._generation:
+                return -1
+        return pos
+
+    async def _parse(self, data: bytes, pos: int, one: bool) -> int:
+        """Read operations from ``pos`` on (only one message when ``one``); the
+        position to keep from, or -1 when the parser was reset meanwhile."""
         generation = self._generation
         nc = self.nc
         dispatch = nc._dispatch
-        pos = 0
         size = len(data)
         while pos < size:
             line_end = data.find(b"\r\n", pos)
@@ -79,7 +145,7 @@ class FastParser(Parser):
             else:
                 pos = await self._control(data, pos, line_end + 2)
                 if generation != self._generation:
-                    return  # the client reset the parser (reconnecting): drop the rest
+                    return -1  # the client reset the parser (reconnecting): drop the rest
                 continue
             try:
                 sid = int(sid_b)
@@ -104,16 +170,17 @@ class FastParser(Parser):
             if not dispatch(sid, subject, reply, payload, headers):
                 await nc._process_msg(sid, subject, reply, payload, headers)  # type: ignore[arg-type]
                 if generation != self._generation:
-                    return
+                    return -1
             elif nc.yield_soon:
                 # A consumer waits for this message (a stream's first reply): let it
                 # have it before the rest of this read is parsed.
                 nc.yield_soon = False
                 await asyncio.sleep(0)
                 if generation != self._generation:
-                    return
-        if pos < size:
-            self.buf.extend(data[pos:] if pos else data)
+                    return -1
+            if one:
+                break
+        return pos
 
     async def _control(self, data: bytes, pos: int, end: int) -> int:
         """Handle the non-message operation in ``data[pos:end]``; returns ``end``."""

@@ -15,6 +15,8 @@ import asyncio.tasks
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .._ext import cstream
+
 __all__ = ["AVAILABLE", "call_as"]
 
 T = TypeVar("T")
@@ -84,3 +86,7 @@ elif _table is not None:
     call_as = _call_table
 else:
     call_as = _call_enter_leave
+
+if cstream is not None:  # its direct calls swap the current task the same way
+    cstream.configure("task_swap", _swap)
+    cstream.configure("task_table", None if _swap is not None else _table)

@@ -1,0 +1,695 @@
+/* AttemptCore: the fields of a requester attempt that its receive path reads (base
+ * of _requester._attempt.Attempt), and that path in C: Attempt._on_raw's fast path
+ * and _delivery.call_direct (ns_lane_take), _delivery.drain_pack (ns_drain_pack).
+ */
+#include "_cstream.h"
+
+/* ------------------------------------------------------------ light messages */
+
+/* The offset of ``name``, a plain slot (a member descriptor holding an object) of
+ * ``type``; -1 when it is anything else. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *def = ((PyMemberDescrObject *)descr)->d_member;
+        if (def->type == T_OBJECT_EX && !(def->flags & READONLY)) {
+            offset = def->offset;
+        }
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+static int
+find_slots(AttemptCore *a, PyTypeObject *type)
+{
+    if (a->slots_of == type) {
+        return 1;
+    }
+    a->slots_of = NULL;
+    if (type->tp_flags & Py_TPFLAGS_IS_ABSTRACT || type->tp_alloc == NULL) {
+        return 0;
+    }
+    Py_ssize_t d = slot_offset(type, ns_names.data);
+    Py_ssize_t s = slot_offset(type, ns_names.subject);
+    Py_ssize_t r = slot_offset(type, ns_names.reply);
+    if (d < 0 || s < 0 || r < 0) {
+        return 0;
+    }
+    a->off_data = d;
+    a->off_subject = s;
+    a->off_reply = r;
+    a->slots_of = type; /* borrowed: only compared, never used once it changes */
+    return 1;
+}
+
+static inline void
+set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)obj + offset);
+    Py_INCREF(value);
+    Py_XSETREF(*slot, value);
+}
+
+PyObject *
+ns_light_msg(AttemptCore *a, PyObject *type, PyObject *data, PyObject *subject, PyObject *reply,
+             int *ok)
+{
+    /* object.__new__(type), then msg.data, msg.subject, msg.reply set. */
+    *ok = PyType_Check(type) && find_slots(a, (PyTypeObject *)type);
+    if (!*ok) {
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)type;
+    PyObject *msg = t->tp_alloc(t, 0);
+    if (msg == NULL) {
+        return NULL;
+    }
+    set_slot(msg, a->off_data, data);
+    set_slot(msg, a->off_subject, subject);
+    set_slot(msg, a->off_reply, reply);
+    return msg;
+}
+
+/* ------------------------------------------------------------ the current task */
+
+PyObject *
+ns_call_as(PyObject *loop, PyObject *task, PyObject *fn, PyObject *arg)
+{
+    /* _tasks.call_as: fn(arg) with ``task`` current, the previous one restored. */
+    PyObject *type, *value, *tb;
+    PyObject *result;
+    if (ns_config.task_swap != NULL) {
+        PyObject *previous = PyObject_CallFunctionObjArgs(ns_config.task_swap, loop, task, NULL);
+        if (previous == NULL) {
+            return NULL;
+        }
+        result = PyObject_CallOneArg(fn, arg);
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *back = PyObject_CallFunctionObjArgs(ns_config.task_swap, loop, previous, NULL);
+        Py_DECREF(previous);
+        if (back == NULL) {
+            Py_XDECREF(result);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            return NULL;
+        }
+        Py_DECREF(back);
+        PyErr_Restore(type, value, tb);
+        return result;
+    }
+    PyObject *table = ns_config.task_table;
+    if (table == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no way to set the current task");
+        return NULL;
+    }
+    PyObject *previous = PyDict_GetItemWithError(table, loop);
+    if (previous == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_XINCREF(previous);
+    if (PyDict_SetItem(table, loop, task) < 0) {
+        Py_XDECREF(previous);
+        return NULL;
+    }
+    result = PyObject_CallOneArg(fn, arg);
+    PyErr_Fetch(&type, &value, &tb);
+    int rc;
+    if (previous != NULL) {
+        rc = PyDict_SetItem(table, loop, previous);
+        Py_DECREF(previous);
+    }
+    else {
+        rc = PyDict_DelItem(table, loop);
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
+            PyErr_Clear(); /* table.pop(loop, None) */
+            rc = 0;
+        }
+    }
+    if (rc < 0) {
+        Py_XDECREF(result);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    PyErr_Restore(type, value, tb);
+    return result;
+}
+
+/* ------------------------------------------------------------ the receive path */
+
+static int
+call_hold(AttemptCore *a, PyObject *msg, PyObject *result, PyObject *exc)
+{
+    /* _delivery._hold(attempt, msg, result, exc) */
+    if (ns_config.hold == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "natstream._cstream is not configured");
+        return -1;
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(ns_config.hold, (PyObject *)a, msg, result, exc,
+                                               NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int
+rearm(AttemptCore *a)
+{
+    /* Attempt.rearm: if not self._timer.armed: self._arm() */
+    PyObject *armed = PyObject_GetAttrString(a->timer, "armed");
+    if (armed == NULL) {
+        return -1;
+    }
+    int is_armed = PyObject_IsTrue(armed);
+    Py_DECREF(armed);
+    if (is_armed < 0) {
+        return -1;
+    }
+    if (!is_armed) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)a, ns_names.arm);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static Py_ssize_t
+data_size(AttemptCore *a, PyObject *msg)
+{
+    /* len(msg.data): the handler may have replaced it. */
+    PyObject *data = *(PyObject **)((char *)msg + a->off_data);
+    if (data != NULL && PyBytes_CheckExact(data)) {
+        return PyBytes_GET_SIZE(data);
+    }
+    data = PyObject_GetAttr(msg, ns_names.data);
+    if (data == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyObject_Size(data);
+    Py_DECREF(data);
+    return n;
+}
+
+static int
+call_direct(AttemptCore *a, CreditCore *m, PyObject *msg, double now)
+{
+    /* _delivery.call_direct */
+    PyObject *task = Py_NewRef(a->direct_task ? a->direct_task : Py_None);
+    PyObject *direct = Py_NewRef(a->direct);
+    PyObject *result = ns_call_as(a->loop, task, direct, msg);
+    Py_DECREF(task);
+    Py_DECREF(direct);
+    if (result == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        int rc = call_hold(a, msg, Py_None, value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return rc;
+    }
+    if (result != Py_None && result != Py_True) {
+        int rc = call_hold(a, msg, result, Py_None);
+        Py_DECREF(result);
+        return rc;
+    }
+    Py_DECREF(result);
+    Py_ssize_t size = data_size(a, msg);
+    if (size < 0) {
+        return -1;
+    }
+    PyObject *ack = NULL;
+    if (ns_on_taken(m, size, &ack) < 0) {
+        return -1;
+    }
+    if (ack != NULL) {
+        PyObject *when = PyFloat_FromDouble(now);
+        PyObject *r = when == NULL ? NULL
+                                   : PyObject_CallMethodObjArgs((PyObject *)a, ns_names.send_ack,
+                                                                ack, when, NULL);
+        Py_XDECREF(when);
+        Py_DECREF(ack);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    else if (m->ack_deferred && !a->deferred_soon) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)a, ns_names.defer_ack_check);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    if (m->request_timeout != NULL && m->request_timeout != Py_None) {
+        double back; /* consumer_back(loop.time()) */
+        if (ns_now(a->clock, a->mono, &back) < 0) {
+            return -1;
+        }
+        PyObject *since = PyFloat_FromDouble(back);
+        if (since == NULL) {
+            return -1;
+        }
+        Py_XSETREF(m->waiting_since, since);
+    }
+    return rearm(a);
+}
+
+static int
+future_done(PyObject *w)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(w, ns_names.done);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    return is_done;
+}
+
+/* After the message is accepted: deliver it (Attempt._on_raw from ``w = self._waiter``). */
+static int
+deliver(AttemptCore *a, CreditCore *m, PyObject *msg, double now)
+{
+    PyObject *w = a->waiter;
+    if (w != NULL && w != Py_None) {
+        Py_INCREF(w);
+        if (a->direct != NULL && a->direct != Py_None) {
+            int done = future_done(w);
+            if (done < 0) {
+                Py_DECREF(w);
+                return -1;
+            }
+            if (!done) {
+                Py_DECREF(w);
+                return call_direct(a, m, msg, now);
+            }
+        }
+        Py_XSETREF(a->waiter, Py_NewRef(Py_None)); /* _wake, inlined */
+        int done = future_done(w);
+        if (done == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(w, ns_names.set_result, Py_None);
+            if (r == NULL) {
+                done = -1;
+            }
+            Py_XDECREF(r);
+        }
+        Py_DECREF(w);
+        if (done < 0) {
+            return -1;
+        }
+    }
+    if (a->buffer == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "buffer");
+        return -1;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(a->buffer, ns_names.append, msg);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return rearm(a);
+}
+
+int
+ns_lane_take(AttemptCore *a, const char *reply, Py_ssize_t reply_len, const char *hdr,
+             Py_ssize_t hlen, const char *payload, Py_ssize_t size)
+{
+    /* Attempt._on_raw's fast path: data from the bound responder (its reply subject,
+     * a header block of Ns-Seq and the expected tail), in order and within the
+     * window. Anything the Python path would not take this way, or that needs what
+     * is not here (a direct call without the task swap, an unexpected item type),
+     * is left to it before anything changes. */
+    PyObject *match = a->reply_match;
+    PyObject *tail = a->tail;
+    if (hlen <= 0 || match == NULL || !PyBytes_CheckExact(match) ||
+        PyBytes_GET_SIZE(match) != reply_len ||
+        memcmp(PyBytes_AS_STRING(match), reply, reply_len) != 0 || tail == NULL ||
+        !PyBytes_CheckExact(tail)) {
+        return 0;
+    }
+    long long seq = ns_data_seq(hdr, hlen, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+    if (seq <= 0 || a->machine == NULL || !PyObject_TypeCheck(a->machine, &CreditCoreType) ||
+        a->item_type == NULL || !PyType_Check(a->item_type) ||
+        !find_slots(a, (PyTypeObject *)a->item_type) || a->inbox == NULL ||
+        a->reply_str == NULL || a->loop == NULL || a->timer == NULL ||
+        (!a->mono && a->clock == NULL)) {
+        return 0;
+    }
+    if (a->direct != NULL && a->direct != Py_None && ns_config.task_swap == NULL &&
+        ns_config.task_table == NULL) {
+        return 0;
+    }
+    CreditCore *m = (CreditCore *)a->machine;
+    double now;
+    if (ns_now(a->clock, a->mono, &now) < 0) {
+        return -1;
+    }
+    if (!ns_on_data(m, now, seq, size)) {
+        return 0;
+    }
+    Py_INCREF(a);
+    Py_INCREF(m);
+    int rc = -1;
+    PyObject *data = PyBytes_FromStringAndSize(payload, size);
+    if (data != NULL) {
+        int ok;
+        PyObject *msg = ns_light_msg(a, a->item_type, data, a->inbox, a->reply_str, &ok);
+        Py_DECREF(data);
+        if (msg != NULL) {
+            rc = deliver(a, m, msg, now);
+            Py_DECREF(msg);
+        }
+    }
+    Py_DECREF(m);
+    Py_DECREF(a);
+    return rc < 0 ? -1 : 1;
+}
+
+/* ------------------------------------------------------------ packed items */
+
+enum { PACK_DONE = 0, PACK_STOPPED = 1, PACK_OTHER = 2, PACK_PYTHON = 3 };
+
+static int
+send_ack(AttemptCore *a, PyObject *ack)
+{
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)a, ns_names.send_ack, ack);
+    Py_DECREF(ack);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int
+count_run(AttemptCore *a, CreditCore *m, long long count, long long nbytes, int ack_now)
+{
+    /* m.on_delivered_many(count, nbytes); the ack sent when ``ack_now``. */
+    if (count <= 0) {
+        return 0;
+    }
+    PyObject *ack = NULL;
+    if (ns_on_delivered_many(m, count, nbytes, &ack) < 0) {
+        return -1;
+    }
+    if (ack == NULL) {
+        return 0;
+    }
+    if (!ack_now) {
+        Py_DECREF(ack);
+        return 0;
+    }
+    return send_ack(a, ack);
+}
+
+static Py_ssize_t
+offset_at(PyObject *offsets, Py_ssize_t k)
+{
+    return PyLong_AsSsize_t(PyList_GET_ITEM(offsets, k));
+}
+
+static Py_ssize_t
+bisect_left(PyObject *offsets, Py_ssize_t x, Py_ssize_t lo)
+{
+    Py_ssize_t hi = PyList_GET_SIZE(offsets);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        Py_ssize_t v = offset_at(offsets, mid);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (v < x) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+static PyObject *
+get(PyObject *obj, PyObject *name)
+{
+    return PyObject_GetAttr(obj, name);
+}
+
+PyObject *
+ns_drain_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* _delivery.drain_pack up to the first result other than None, True or False.
+     * Returns (DONE, None), (STOPPED, None) when the handler returned False,
+     * (OTHER, result) with pack.next just past its item and the items before it
+     * counted, or (PYTHON, None) having done nothing (the Python loop must run). */
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "drain_pack(attempt, pack, handler)");
+        return NULL;
+    }
+    PyObject *aobj = args[0], *pack = args[1], *handler = args[2];
+    if (!PyObject_TypeCheck(aobj, &AttemptCoreType)) {
+        return Py_BuildValue("(iO)", PACK_PYTHON, Py_None);
+    }
+    AttemptCore *a = (AttemptCore *)aobj;
+    PyObject *mobj = a->machine;
+    if (mobj == NULL || !PyObject_TypeCheck(mobj, &CreditCoreType)) {
+        return Py_BuildValue("(iO)", PACK_PYTHON, Py_None);
+    }
+    CreditCore *m = (CreditCore *)Py_NewRef(mobj);
+    PyObject *payload = get(pack, ns_names.payload);
+    PyObject *offsets = get(pack, ns_names.offsets);
+    PyObject *cls = get(pack, ns_names.cls);
+    PyObject *subject = get(pack, ns_names.subject);
+    PyObject *reply = get(pack, ns_names.reply);
+    PyObject *size_o = get(pack, ns_names.size);
+    PyObject *next_o = get(pack, ns_names.next);
+    PyObject *out = NULL;
+    Py_ssize_t n = -1, i = -1, j = -1;
+    int status = PACK_DONE;
+    PyObject *awaited = NULL;
+    if (payload == NULL || offsets == NULL || cls == NULL || subject == NULL || reply == NULL ||
+        size_o == NULL || next_o == NULL) {
+        goto done;
+    }
+    n = PyLong_AsSsize_t(size_o);
+    i = PyLong_AsSsize_t(next_o);
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    j = i;
+    int ok = PyBytes_CheckExact(payload) && PyList_CheckExact(offsets) &&
+             PyList_GET_SIZE(offsets) == n + 1 && PyType_Check(cls) &&
+             find_slots(a, (PyTypeObject *)cls) && 0 <= i && i <= n;
+    if (!ok) {
+        out = Py_BuildValue("(iO)", PACK_PYTHON, Py_None);
+        goto cleanup;
+    }
+    const char *base = PyBytes_AS_STRING(payload);
+    Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+    while (i < n) {
+        long long msgs_left, bytes_left;
+        ns_ack_budget(m, &msgs_left, &bytes_left);
+        Py_ssize_t at = offset_at(offsets, i);
+        if (at == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+        Py_ssize_t stop = n;
+        if ((long long)i + msgs_left < stop) {
+            stop = (Py_ssize_t)(i + msgs_left);
+        }
+        Py_ssize_t cut = bisect_left(offsets, at + (Py_ssize_t)bytes_left, i + 1);
+        if (cut < 0) {
+            goto done;
+        }
+        if (cut < stop) {
+            stop = cut;
+        }
+        int broke = 0;
+        for (j = i + 1; j <= stop; j++) {
+            Py_ssize_t b = offset_at(offsets, j);
+            if ((b == -1 && PyErr_Occurred()) || b < at || b > plen) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_ValueError, "pack offsets out of order");
+                }
+                j--; /* nothing taken at j */
+                goto done;
+            }
+            PyObject *data = PyBytes_FromStringAndSize(base + at, b - at);
+            if (data == NULL) {
+                j--;
+                goto done;
+            }
+            PyObject *msg = ns_light_msg(a, cls, data, subject, reply, &ok);
+            Py_DECREF(data);
+            if (msg == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_TypeError, "unexpected item type");
+                }
+                j--;
+                goto done;
+            }
+            at = b;
+            PyObject *result = PyObject_CallOneArg(handler, msg);
+            Py_DECREF(msg);
+            if (result == NULL) {
+                goto done; /* the handler raised: it took item j - 1 */
+            }
+            if (result == Py_None || result == Py_True) {
+                Py_DECREF(result);
+                continue;
+            }
+            if (result == Py_False) {
+                Py_DECREF(result);
+                status = PACK_STOPPED;
+                goto done;
+            }
+            /* Any other result (an awaitable, or a value taken as True): the caller
+             * decides and counts this item; the items before it are counted here. */
+            Py_ssize_t first = offset_at(offsets, i), last = offset_at(offsets, j - 1);
+            if (count_run(a, m, j - 1 - i, last - first, 1) < 0) {
+                Py_DECREF(result);
+                goto done;
+            }
+            i = j - 1;
+            status = PACK_OTHER;
+            awaited = result;
+            broke = 1;
+            break;
+        }
+        if (broke) {
+            break;
+        }
+        j = stop;
+        Py_ssize_t first = offset_at(offsets, i), last = offset_at(offsets, stop);
+        if (count_run(a, m, stop - i, last - first, 1) < 0) {
+            goto done;
+        }
+        i = stop;
+    }
+done:
+    /* As the Python loop's finally: what the handler took is counted (the item
+     * that raised or stopped the stream excepted), pack.next is past it. */
+    if (j >= 0 && n >= 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *next = PyLong_FromSsize_t(j);
+        int rc = next == NULL ? -1 : PyObject_SetAttr(pack, ns_names.next, next);
+        Py_XDECREF(next);
+        if (rc == 0 && j - 1 > i) {
+            Py_ssize_t first = offset_at(offsets, i), last = offset_at(offsets, j - 1);
+            rc = count_run(a, m, j - 1 - i, last - first, 0);
+        }
+        if (type != NULL) {
+            PyErr_Restore(type, value, tb);
+        }
+        else if (rc < 0) {
+            Py_CLEAR(awaited);
+        }
+    }
+    if (!PyErr_Occurred()) {
+        out = Py_BuildValue("(iO)", status, awaited ? awaited : Py_None);
+    }
+    Py_XDECREF(awaited);
+cleanup:
+    Py_XDECREF(payload);
+    Py_XDECREF(offsets);
+    Py_XDECREF(cls);
+    Py_XDECREF(subject);
+    Py_XDECREF(reply);
+    Py_XDECREF(size_o);
+    Py_XDECREF(next_o);
+    Py_DECREF(m);
+    return out;
+}
+
+/* ------------------------------------------------------------ the type */
+
+static int
+AttemptCore_traverse(AttemptCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->machine);
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->waiter);
+    Py_VISIT(self->direct);
+    Py_VISIT(self->direct_task);
+    Py_VISIT(self->reply_match);
+    Py_VISIT(self->tail);
+    Py_VISIT(self->item_type);
+    Py_VISIT(self->inbox);
+    Py_VISIT(self->reply_str);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->clock);
+    return 0;
+}
+
+static int
+AttemptCore_clear(AttemptCore *self)
+{
+    Py_CLEAR(self->machine);
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->direct);
+    Py_CLEAR(self->direct_task);
+    Py_CLEAR(self->reply_match);
+    Py_CLEAR(self->tail);
+    Py_CLEAR(self->item_type);
+    Py_CLEAR(self->inbox);
+    Py_CLEAR(self->reply_str);
+    Py_CLEAR(self->timer);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->clock);
+    return 0;
+}
+
+static void
+AttemptCore_dealloc(AttemptCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    AttemptCore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef AttemptCore_members[] = {
+    {"machine", T_OBJECT_EX, offsetof(AttemptCore, machine), 0, NULL},
+    {"buffer", T_OBJECT_EX, offsetof(AttemptCore, buffer), 0, NULL},
+    {"_waiter", T_OBJECT_EX, offsetof(AttemptCore, waiter), 0, NULL},
+    {"direct", T_OBJECT_EX, offsetof(AttemptCore, direct), 0, NULL},
+    {"direct_task", T_OBJECT_EX, offsetof(AttemptCore, direct_task), 0, NULL},
+    {"_reply_match", T_OBJECT_EX, offsetof(AttemptCore, reply_match), 0, NULL},
+    {"_tail", T_OBJECT_EX, offsetof(AttemptCore, tail), 0, NULL},
+    {"_item_type", T_OBJECT_EX, offsetof(AttemptCore, item_type), 0, NULL},
+    {"inbox", T_OBJECT_EX, offsetof(AttemptCore, inbox), 0, NULL},
+    {"_reply_str", T_OBJECT_EX, offsetof(AttemptCore, reply_str), 0, NULL},
+    {"_timer", T_OBJECT_EX, offsetof(AttemptCore, timer), 0, NULL},
+    {"loop", T_OBJECT_EX, offsetof(AttemptCore, loop), 0, NULL},
+    {"_clock", T_OBJECT_EX, offsetof(AttemptCore, clock), 0, NULL},
+    {"_mono", T_BOOL, offsetof(AttemptCore, mono), 0, NULL},
+    {"_deferred_soon", T_BOOL, offsetof(AttemptCore, deferred_soon), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyTypeObject AttemptCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "natstream._cstream.AttemptCore",
+    .tp_doc = PyDoc_STR("The fields of a requester attempt its receive path reads, in C."),
+    .tp_basicsize = sizeof(AttemptCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)AttemptCore_dealloc,
+    .tp_traverse = (traverseproc)AttemptCore_traverse,
+    .tp_clear = (inquiry)AttemptCore_clear,
+    .tp_members = AttemptCore_members,
+};
