@@ -7,7 +7,7 @@ Python and uses the Python fallbacks of its fast paths (see docs/performance.md)
 from setuptools import Extension, setup
 
 _CSTREAM = ["_cstream.c", "_cstream_credit.c", "_cstream_lane.c", "_cstream_scan.c"]
-_CSTREAM.append("_cstream_send.c")
+_CSTREAM += ["_cstream_pack.c", "_cstream_send.c"]
 
 setup(
     ext_modules=[

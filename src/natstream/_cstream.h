@@ -133,6 +133,10 @@ typedef struct {
 int ns_lane_take(AttemptCore *a, const char *reply, Py_ssize_t reply_len, const char *hdr,
                  Py_ssize_t hlen, const char *payload, Py_ssize_t size);
 
+/* Whether ``type`` has the slots a light message is built with (data, subject,
+ * reply), their offsets kept in ``a``: 1 yes, 0 no. */
+int ns_find_slots(AttemptCore *a, PyTypeObject *type);
+
 /* A light message of ``a``'s item type (new reference), or NULL with an exception;
  * *ok = 0 (and NULL, no exception) when the type's slots are not as expected. */
 PyObject *ns_light_msg(AttemptCore *a, PyObject *type, PyObject *data, PyObject *subject,
@@ -141,6 +145,7 @@ PyObject *ns_light_msg(AttemptCore *a, PyObject *type, PyObject *data, PyObject 
 /* fn(arg) with ``task`` as the loop's current task (_tasks.call_as). */
 PyObject *ns_call_as(PyObject *loop, PyObject *task, PyObject *fn, PyObject *arg);
 
+/* _delivery.drain_pack in C (pack.c). */
 PyObject *ns_drain_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* ------------------------------------------------------------ sending (send.c) */

@@ -224,7 +224,7 @@ async def drain_sync(attempt: Attempt, handler: _Call) -> bool:
     return False
 
 
-# What the C drain_pack returned (see _cstream_lane.c).
+# What the C drain_pack returned (see _cstream_pack.c).
 _PACK_DONE, _PACK_STOPPED, _PACK_OTHER = 0, 1, 2
 
 
