@@ -198,3 +198,34 @@ async def test_waiting_for_a_sequence_past_the_end_raises_once_stopped(
     await recording.stop()
     with pytest.raises(NatstreamError, match="stopped at sequence 1, before 10"):
         await asyncio.wait_for(waiter, 60)
+
+
+async def test_held_messages_the_stream_let_expire_do_not_hold_the_recording_for_ever(
+    js_server: NatsServer, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    # A crashed run left deliveries pending; the restart holds what arrives after them.
+    # The stream's max_age then removes all of them, missing and held alike: the server
+    # stops counting them, and the recording must go on rather than wait for ever.
+    options = {"durable": "API", "max_age": 1.0}
+    async with Subscriber([js_server.url]) as s:  # create the stream and the consumer
+        await s.record_durable(SUBJECT, writer, **options)  # type: ignore[arg-type]
+    await publish(js_server.url, SUBJECT, [f"a{i}" for i in range(5)])
+    nc = await nats.connect(js_server.url)
+    try:  # the crashed run: delivered, never acknowledged
+        pulled = await nc.jetstream().pull_subscribe_bind("API", "API")
+        assert len(await pulled.fetch(5, timeout=30)) == 5
+    finally:
+        await nc.close()
+    await publish(js_server.url, SUBJECT, [f"b{i}" for i in range(3)])
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, **options)  # type: ignore[arg-type]
+        for _ in range(1200):  # bounded: 60 s
+            if recording.stats().held == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert recording.stats().held == 3
+        await until(js_server.url, "API", "API", lambda info: info.num_ack_pending == 0)
+        await publish(js_server.url, SUBJECT, ["c0"])
+        await asyncio.wait_for(recording.wait_recorded(9), 60)
+        await recording.stop()
+    assert payloads(tmp_path, "rec") == ["b0", "b1", "b2", "c0"]

@@ -29,7 +29,7 @@ from .._transport import Link
 from .._writers import HourlyFileWriter
 from ._puller import Puller
 from ._sequencer import Sequencer, Verdict
-from ._setup import Bound, DurableOptions, bind, consumer_state
+from ._setup import Bound, DurableOptions, bind, consumer_state, stream_first
 from ._wire import ACK, NAK, parse_ack_subject
 
 __all__ = ["DurableRecording", "DurableRecordingStats"]
@@ -434,8 +434,21 @@ class DurableRecording:
         self.behind = info.num_pending or 0
         if self._deque:
             return  # deliveries not judged yet, perhaps counted by the server: look again
+        server_pending = info.num_ack_pending or 0
         in_hand = len(self._unacked) + self._seq.held
-        released = self._seq.release(info.num_ack_pending or 0, in_hand)
+        if server_pending < in_hand:
+            # The stream's limits (max_age, max_bytes) removed held messages, oldest
+            # first: the server counts them no more, nor any older missing delivery.
+            # Only the held ones the stream still has can match the server's count.
+            try:
+                first = await stream_first(self._link.nc, self._bound)
+            except JetStreamError:
+                raise
+            except Exception as exc:  # no answer now: the next look asks again
+                log.debug("stream state not known: %s", exc)
+                return
+            in_hand = len(self._unacked) + self._seq.held_from(first)
+        released = self._seq.release(server_pending, in_hand)
         if released is None:
             return
         log.info("durable %r: nothing is missing, %d held written", self.consumer, len(released))

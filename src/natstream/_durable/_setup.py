@@ -35,7 +35,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from .._errors import ConfigError, JetStreamError
 from .._subjects import subject_covers, validate_subscribe_subject
 
-__all__ = ["Bound", "DurableOptions", "bind", "consumer_state"]
+__all__ = ["Bound", "DurableOptions", "bind", "consumer_state", "stream_first"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _OVERLAP = 10065  # JetStream's error code: subjects overlap with an existing stream
@@ -183,6 +183,22 @@ async def consumer_state(nc: Client, bound: Bound) -> ConsumerInfo:
             f"consumer {bound.consumer!r} of stream {bound.stream!r} was deleted while recording"
         ) from None
     return info
+
+
+async def stream_first(nc: Client, bound: Bound) -> int:
+    """The stream's first sequence now: everything below it was removed from the
+    stream (its limits remove the oldest first).
+
+    Raises:
+        JetStreamError: the stream is gone.
+        nats.errors.Error: JetStream did not answer (the caller looks again later).
+    """
+    js = nc.jetstream(timeout=_API_TIMEOUT)
+    try:
+        info = await js.stream_info(bound.stream)
+    except NotFoundError:
+        raise JetStreamError(f"stream {bound.stream!r} was deleted while recording") from None
+    return int(info.state.first_seq)
 
 
 async def _stream(js: JetStreamContext, options: DurableOptions) -> StreamInfo:
