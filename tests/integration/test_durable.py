@@ -229,3 +229,31 @@ async def test_held_messages_the_stream_let_expire_do_not_hold_the_recording_for
         await asyncio.wait_for(recording.wait_recorded(9), 60)
         await recording.stop()
     assert payloads(tmp_path, "rec") == ["b0", "b1", "b2", "c0"]
+
+
+async def test_files_of_a_deleted_stream_are_refused_before_anything_is_created(
+    js_server: NatsServer, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    # The refusal must come before the stream and the consumer are made again: a
+    # consumer made then would start after the old stream's sequence, and the next
+    # recording (into another directory, as the error says) would miss the new
+    # stream's first messages.
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, durable="API")
+        await publish(js_server.url, SUBJECT, [f"old{i}" for i in range(5)])
+        await asyncio.wait_for(recording.wait_recorded(5), 60)
+    nc = await nats.connect(js_server.url)
+    try:
+        await nc.jetstream().delete_stream("API")
+    finally:
+        await nc.close()
+    async with Subscriber([js_server.url]) as s:
+        with pytest.raises(ConfigError, match="another directory or name"):
+            await s.record_durable(SUBJECT, writer, durable="API")
+    other = tmp_path / "other"
+    with HourlyFileWriter(other, "rec", checkpoint=".rec.checkpoint") as fresh:
+        async with Subscriber([js_server.url]) as s:
+            recording = await s.record_durable(SUBJECT, fresh, durable="API")
+            await publish(js_server.url, SUBJECT, [f"new{i}" for i in range(3)])
+            await asyncio.wait_for(recording.wait_recorded(3), 30)
+    assert payloads(other, "rec") == ["new0", "new1", "new2"]

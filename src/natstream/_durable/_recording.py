@@ -156,13 +156,13 @@ class DurableRecording:
             JetStreamError: see :func:`._setup.bind`.
         """
         written, created = self._resume_point()
-        bound = await bind(self._link.nc, self._options, written=written)
-        if created is not None and created != bound.created:
-            raise ConfigError(
-                f"stream {bound.stream!r} was created again since the files by checkpoint "
-                f"{self._writer.checkpoint} were recorded from it (its sequences started "
-                "over): record into another directory or name"
-            )
+        bound = await bind(
+            self._link.nc,
+            self._options,
+            written=written,
+            created=created,
+            checkpoint=str(self._writer.checkpoint),
+        )
         self._bound = bound
         self._token_head = {
             "stream": bound.stream,
