@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 
 from .._errors import JetStreamError
 from .._transport import Link, drain_subscription, subscribe_live
+from ._setup import DELETED
 from ._wire import PENDING_MESSAGES, StatusKind, next_subject, pull_request, status_kind
 
 __all__ = ["Puller"]
@@ -137,9 +138,11 @@ class Puller:
                 self._outstanding = 0
                 self._retry_at = self._heard + _RETRY
             elif kind is StatusKind.FATAL:
-                self._fail(
-                    JetStreamError(f"consumer {self._consumer}: {status} {description}".strip())
-                )
+                if "deleted" in description.lower():
+                    text = f"consumer {self._consumer} {DELETED}"
+                else:
+                    text = f"consumer {self._consumer}: {status} {description}".strip()
+                self._fail(JetStreamError(text))
                 return
         if self._outstanding <= self._batch // 2:
             self._want.set()

@@ -35,11 +35,15 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from .._errors import ConfigError, JetStreamError
 from .._subjects import subject_covers, validate_subscribe_subject
 
-__all__ = ["Bound", "DurableOptions", "bind", "consumer_state", "stream_first"]
+__all__ = ["DELETED", "Bound", "DurableOptions", "bind", "consumer_state", "stream_first"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _OVERLAP = 10065  # JetStream's error code: subjects overlap with an existing stream
 _API_TIMEOUT = 5.0  # seconds for one JetStream API request
+DELETED = (
+    "was deleted while recording (or its stream): start the recording again, which "
+    "creates the consumer anew after what the files hold"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +197,7 @@ async def consumer_state(nc: Client, bound: Bound) -> ConsumerInfo:
         info: ConsumerInfo = await js.consumer_info(bound.stream, bound.consumer)
     except NotFoundError:
         raise JetStreamError(
-            f"consumer {bound.consumer!r} of stream {bound.stream!r} was deleted while recording"
+            f"consumer {bound.consumer!r} of stream {bound.stream!r} {DELETED}"
         ) from None
     return info
 
