@@ -257,3 +257,30 @@ async def test_files_of_a_deleted_stream_are_refused_before_anything_is_created(
             await publish(js_server.url, SUBJECT, [f"new{i}" for i in range(3)])
             await asyncio.wait_for(recording.wait_recorded(3), 30)
     assert payloads(other, "rec") == ["new0", "new1", "new2"]
+
+
+async def test_messages_acknowledged_into_other_files_are_reported_as_missing_here(
+    js_server: NatsServer,
+    writer: HourlyFileWriter,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The same durable name recorded into another directory meanwhile: the consumer is
+    # past what these files hold. They cannot get those messages any more; say so.
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, durable="API")
+        await publish(js_server.url, SUBJECT, ["a0", "a1"])
+        await asyncio.wait_for(recording.wait_recorded(2), 60)
+    with HourlyFileWriter(tmp_path / "other", "rec", checkpoint=".rec.checkpoint") as other:
+        async with Subscriber([js_server.url]) as s:
+            recording = await s.record_durable(SUBJECT, other, durable="API")
+            await publish(js_server.url, SUBJECT, ["b0", "b1", "b2"])
+            await asyncio.wait_for(recording.wait_recorded(5), 60)
+    caplog.clear()
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, durable="API")
+        await publish(js_server.url, SUBJECT, ["c0"])
+        await asyncio.wait_for(recording.wait_recorded(6), 60)
+    assert payloads(tmp_path, "rec") == ["a0", "a1", "c0"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "sequences 3 to 5" in warning, warning

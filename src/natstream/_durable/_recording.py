@@ -164,6 +164,17 @@ class DurableRecording:
             checkpoint=str(self._writer.checkpoint),
         )
         self._bound = bound
+        if written and bound.acked > written:
+            # Acknowledged only after a commit here: another recording took them.
+            log.warning(
+                "durable %r has acknowledged stream sequences %d to %d, which the files "
+                "by checkpoint %s do not hold (recorded into other files under the same "
+                "durable name, or removed by the stream's limits): they are missing here",
+                bound.consumer,
+                written + 1,
+                bound.acked,
+                self._writer.checkpoint,
+            )
         self._token_head = {
             "stream": bound.stream,
             "created": bound.created,

@@ -126,6 +126,7 @@ class Bound:
         delivered_stream: the stream sequence of its last delivery.
         ack_pending: deliveries not acknowledged yet.
         pending: messages of its subjects not delivered yet.
+        acked: the stream sequence every message up to which is acknowledged (or gone).
     """
 
     stream: str
@@ -135,6 +136,7 @@ class Bound:
     delivered_stream: int
     ack_pending: int
     pending: int
+    acked: int = 0
 
 
 async def bind(
@@ -182,6 +184,7 @@ async def bind(
         delivered_stream=0 if delivered is None else delivered.stream_seq,
         ack_pending=consumer.num_ack_pending or 0,
         pending=consumer.num_pending or 0,
+        acked=0 if consumer.ack_floor is None else consumer.ack_floor.stream_seq,
     )
 
 
