@@ -518,7 +518,8 @@ async def test_one_recorder_per_directory_and_name(js_server: NatsServer, tmp_pa
     try:
         await _live(js_server)
         proc = await asyncio.to_thread(_run, js_server, tmp_path)
-        _one_error(proc, "in use by another writer")
+        _one_error(proc, "in use by another writer", "stop the recorder that holds it")
+        assert "Errno" not in proc.stderr
         await _stop(first)
     finally:
         await _kill(first)

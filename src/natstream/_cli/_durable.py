@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 import time
@@ -144,6 +145,11 @@ async def _open(
             checkpoint=f".{name}.checkpoint",
         )
     except WriterError as exc:
+        if exc.errno == errno.EBUSY:  # not "[Errno 16] ...: 'path'", and what to do
+            raise UserError(
+                f"{exc.strerror}: stop the recorder that holds it, or record under "
+                "another --dir or --name"
+            ) from None
         raise UserError(one_line(exc)) from None
     try:
         sub = await Subscriber.connect(config)
