@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -284,3 +285,24 @@ async def test_messages_acknowledged_into_other_files_are_reported_as_missing_he
     assert payloads(tmp_path, "rec") == ["a0", "a1", "c0"]
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "sequences 3 to 5" in warning, warning
+
+
+async def test_a_stop_while_the_server_is_down_returns_at_once(
+    js_server: NatsServer, writer: HourlyFileWriter, tmp_path: Path
+) -> None:
+    async with Subscriber([js_server.url]) as s:
+        recording = await s.record_durable(SUBJECT, writer, durable="API")
+        await publish(js_server.url, SUBJECT, ["a"])
+        await asyncio.wait_for(recording.wait_recorded(1), 60)
+        js_server.kill()
+        for _ in range(600):  # bounded: 30 s
+            if not s.nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not s.nc.is_connected
+        started = time.monotonic()
+        await asyncio.wait_for(recording.stop(), 30)
+        # nothing to wait for: no round trip can complete (it took 7 s, a drain's flush
+        # timing out and then an unanswerable confirmation)
+        assert time.monotonic() - started < 4.0
+    assert payloads(tmp_path, "rec") == ["a"]

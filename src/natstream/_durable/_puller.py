@@ -112,11 +112,18 @@ class Puller:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await drain_subscription(self._link.nc, sub)
-            except Exception:  # the connection is gone: nothing more can arrive
-                log.debug("draining the pull inbox failed", exc_info=True)
+        if sub is None:
+            return
+        if not self._link.nc.is_connected:
+            # Nothing can arrive while disconnected, and draining would wait for a round
+            # trip to time out: unsubscribe (sent, if ever, on reconnecting) and be done.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return
+        try:
+            await drain_subscription(self._link.nc, sub)
+        except Exception:  # the connection is gone: nothing more can arrive
+            log.debug("draining the pull inbox failed", exc_info=True)
 
     def _on_msg(self, msg: Msg) -> None:
         self._heard = time.monotonic()

@@ -408,8 +408,8 @@ class DurableRecording:
         answers (a double ack): when it does, it has every acknowledgement sent before
         on this connection, and the next run finds none of them pending."""
         last, self._last_acked = self._last_acked, None
-        if last is None or self._link.nc.is_closed:
-            return
+        if last is None or not self._link.nc.is_connected:
+            return  # no answer can come now: the stop is not to wait for it
         try:
             await last.ack_sync(timeout=_ACK_CONFIRM)
         except Exception as exc:  # sent all the same; a lost one only means a redelivery
