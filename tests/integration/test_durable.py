@@ -306,3 +306,31 @@ async def test_a_stop_while_the_server_is_down_returns_at_once(
         # timing out and then an unanswerable confirmation)
         assert time.monotonic() - started < 4.0
     assert payloads(tmp_path, "rec") == ["a"]
+
+
+async def test_a_consumer_whose_request_limits_refuse_every_pull_ends_the_recording(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter
+) -> None:
+    # Made elsewhere, agreeing on all the recording checks, but with a max_batch below
+    # the recording's batch: each pull is refused at once. It used to ask again at
+    # once, for ever (some 10,000 requests a second, nothing recorded, no error).
+    nc = await nats.connect(js_server.url)
+    try:
+        await nc.jetstream().add_stream(name="S", subjects=[SUBJECT])
+        config = {
+            "durable_name": "D",
+            "ack_policy": "explicit",
+            "filter_subject": SUBJECT,
+            "max_deliver": -1,
+            "max_batch": 10,
+            "ack_wait": 30_000_000_000,
+            "max_ack_pending": 1000,
+        }
+        body = json.dumps({"stream_name": "S", "config": config}).encode()
+        reply = await nc.request("$JS.API.CONSUMER.CREATE.S.D", body, timeout=10)
+        assert b'"error"' not in reply.data, reply.data
+    finally:
+        await nc.close()
+    recording = await sub.record_durable(SUBJECT, writer, durable="D", stream="S")
+    with pytest.raises(JetStreamError, match=r"MaxRequestBatch.*another durable name"):
+        await asyncio.wait_for(recording.wait(), 30)

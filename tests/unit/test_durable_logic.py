@@ -60,6 +60,10 @@ def test_a_pull_request_asks_in_nanoseconds() -> None:
         ("409", "Consumer Deleted", StatusKind.FATAL),
         ("409", "Consumer is push based", StatusKind.FATAL),
         ("400", "Bad Request", StatusKind.FATAL),
+        # the consumer's own limits on requests: every request would end so, at once
+        ("409", "Exceeded MaxRequestBatch of 10", StatusKind.FATAL),
+        ("409", "Exceeded MaxRequestExpires of 1s", StatusKind.FATAL),
+        ("409", "Exceeded MaxRequestMaxBytes of 1024", StatusKind.FATAL),
     ],
 )
 def test_status_messages_are_told_apart(status: str, description: str, kind: StatusKind) -> None:

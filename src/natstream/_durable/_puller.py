@@ -148,7 +148,10 @@ class Puller:
                 if "deleted" in description.lower():
                     text = f"consumer {self._consumer} {DELETED}"
                 else:
-                    text = f"consumer {self._consumer}: {status} {description}".strip()
+                    text = (
+                        f"consumer {self._consumer}: {status} {description}".strip()
+                        + ": choose another durable name, or delete that consumer"
+                    )
                 self._fail(JetStreamError(text))
                 return
         if self._outstanding <= self._batch // 2:
