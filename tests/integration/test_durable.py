@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -334,3 +335,20 @@ async def test_a_consumer_whose_request_limits_refuse_every_pull_ends_the_record
     recording = await sub.record_durable(SUBJECT, writer, durable="D", stream="S")
     with pytest.raises(JetStreamError, match=r"MaxRequestBatch.*another durable name"):
         await asyncio.wait_for(recording.wait(), 30)
+
+
+async def test_a_server_back_without_the_consumer_ends_the_recording(
+    js_server: NatsServer, sub: Subscriber, writer: HourlyFileWriter
+) -> None:
+    # The server comes back with its JetStream storage lost (a new disk, a wiped
+    # volume): the consumer is gone, and each pull is answered "no responders". The
+    # recording asked again every second, for ever, its status line saying "recording".
+    recording = await sub.record_durable(SUBJECT, writer, durable="API")
+    await publish(js_server.url, SUBJECT, ["a"])
+    await asyncio.wait_for(recording.wait_recorded(1), 60)
+    js_server.kill()
+    assert js_server.store_dir is not None
+    shutil.rmtree(js_server.store_dir)
+    js_server.start()
+    with pytest.raises(JetStreamError, match="was deleted"):
+        await asyncio.wait_for(recording.wait(), 60)

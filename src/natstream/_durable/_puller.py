@@ -84,6 +84,8 @@ class Puller:
         self._retry_at = 0.0
         self._reconnects = link.nc.stats["reconnects"]
         self.requests = 0
+        self.unserved_since: float | None = None  # monotonic: JetStream said "cannot
+        # serve" (503, no responders) to every request since, nothing else coming
 
     async def start(self) -> None:
         """Subscribe the inbox (live on the server when this returns) and start pulling."""
@@ -128,6 +130,7 @@ class Puller:
     def _on_msg(self, msg: Msg) -> None:
         self._heard = time.monotonic()
         if msg.reply:  # a delivery (status messages have no reply subject)
+            self.unserved_since = None
             self._outstanding = max(0, self._outstanding - 1)
             self._deliver(msg)
         else:
@@ -135,6 +138,10 @@ class Puller:
             status = headers.get("Status", "")
             description = headers.get("Description", "")
             kind = status_kind(status, description)
+            if kind is not StatusKind.RETRY:
+                self.unserved_since = None
+            elif self.unserved_since is None:
+                self.unserved_since = self._heard
             if kind is StatusKind.ENDED:
                 undelivered = headers.get(PENDING_MESSAGES, "")
                 if undelivered.isdigit():

@@ -40,6 +40,7 @@ _TICK: Final = 0.5  # seconds between looks at the connection while nothing arri
 _DOUBT_LOOK: Final = 0.25  # seconds between looks at the consumer while in doubt
 _ACK_CONFIRM: Final = 2.0  # seconds the last acknowledgement of a stop may take
 _MAX_BATCH: Final = 4096  # messages asked for at a time, at most
+_UNSERVED: Final = 5.0  # seconds of "cannot serve" answers before looking for the consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class DurableRecording:
         self._closing = False
         self._failure: BaseException | None = None
         self._next_look = 0.0
+        self._next_served_look = 0.0
         self.error: BaseException | None = None
         self._told = False  # the error was raised to the owner
         self.messages = 0
@@ -324,6 +326,7 @@ class DurableRecording:
                         await self._arrived.wait()
                 self._arrived.clear()
                 self._check_link()
+                await self._check_served()
                 await self._round()
             await self._round(last=True)
             await self._confirm()
@@ -343,6 +346,23 @@ class DurableRecording:
             raise self._failure
         if self._link.nc.is_closed:
             raise ConnectionLostError("the connection to the server closed for good")
+
+    async def _check_served(self) -> None:
+        """When every pull has been answered "cannot serve" for a while, look whether
+        the consumer still exists (a server back with its JetStream storage lost has
+        none): a failure if not, and nothing else (a new leader, say) if it does."""
+        since = None if self._puller is None else self._puller.unserved_since
+        now = time.monotonic()
+        if since is None or now - since < _UNSERVED or now < self._next_served_look:
+            return
+        self._next_served_look = now + _UNSERVED
+        assert self._bound is not None
+        try:
+            await consumer_state(self._link.nc, self._bound)
+        except JetStreamError:
+            raise
+        except Exception as exc:  # no answer now: look again later
+            log.debug("consumer state not known: %s", exc)
 
     async def _round(self, *, last: bool = False) -> None:
         """Write, commit and acknowledge everything that arrived; in doubt, look
