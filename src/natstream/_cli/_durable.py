@@ -106,6 +106,13 @@ async def record_durable(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     if failure is not None:
+        if isinstance(failure, WriterError):
+            # Not the writer's note ("the next flush retries them"): this process ends.
+            text = one_line(WriterError(*failure.args))
+            raise Failure(
+                f"{text}; nothing missing from the files was acknowledged: fix that and "
+                "start again, which completes them"
+            ) from failure
         raise Failure(one_line(failure)) from failure
     stats = recording.stats()
     display.event(
