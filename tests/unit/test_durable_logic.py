@@ -60,6 +60,10 @@ def test_a_pull_request_asks_in_nanoseconds() -> None:
         ("409", "Consumer Deleted", StatusKind.FATAL),
         ("409", "Consumer is push based", StatusKind.FATAL),
         ("400", "Bad Request", StatusKind.FATAL),
+        # the consumer's own limits on requests: every request would end so, at once
+        ("409", "Exceeded MaxRequestBatch of 10", StatusKind.FATAL),
+        ("409", "Exceeded MaxRequestExpires of 1s", StatusKind.FATAL),
+        ("409", "Exceeded MaxRequestMaxBytes of 1024", StatusKind.FATAL),
     ],
 )
 def test_status_messages_are_told_apart(status: str, description: str, kind: StatusKind) -> None:
@@ -136,6 +140,25 @@ def test_a_start_with_pending_deliveries_holds_new_ones() -> None:
     assert seq.judge(7, 12, "7") is Verdict.HOLD
     assert seq.held == 2
     assert seq.release(server_pending=2, in_hand=2) == [(7, "7"), (10, "10")]
+
+
+def test_held_ones_the_stream_removed_are_not_counted_against_the_server() -> None:
+    seq: Sequencer[str] = Sequencer(written=0, delivered=5, in_doubt=True)
+    for stream_seq in (8, 9, 12):
+        assert seq.judge(stream_seq, stream_seq, str(stream_seq)) is Verdict.HOLD
+    assert (seq.held_from(1), seq.held_from(9), seq.held_from(10), seq.held_from(13)) == (
+        3,
+        2,
+        1,
+        0,
+    )
+    # the stream's max_age removed 1..9: the server counts only 12, and so do we
+    assert seq.release(server_pending=1, in_hand=seq.held_from(10)) == [
+        (8, "8"),
+        (9, "9"),
+        (12, "12"),
+    ]
+    assert seq.written == 12
 
 
 def test_a_held_message_delivered_twice_is_held_once() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 import time
@@ -105,6 +106,13 @@ async def record_durable(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     if failure is not None:
+        if isinstance(failure, WriterError):
+            # Not the writer's note ("the next flush retries them"): this process ends.
+            text = one_line(WriterError(*failure.args))
+            raise Failure(
+                f"{text}; nothing missing from the files was acknowledged: fix that and "
+                "start again, which completes them"
+            ) from failure
         raise Failure(one_line(failure)) from failure
     stats = recording.stats()
     display.event(
@@ -144,6 +152,11 @@ async def _open(
             checkpoint=f".{name}.checkpoint",
         )
     except WriterError as exc:
+        if exc.errno == errno.EBUSY:  # not "[Errno 16] ...: 'path'", and what to do
+            raise UserError(
+                f"{exc.strerror}: stop the recorder that holds it, or record under "
+                "another --dir or --name"
+            ) from None
         raise UserError(one_line(exc)) from None
     try:
         sub = await Subscriber.connect(config)

@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 
 from .._errors import JetStreamError
 from .._transport import Link, drain_subscription, subscribe_live
+from ._setup import DELETED
 from ._wire import PENDING_MESSAGES, StatusKind, next_subject, pull_request, status_kind
 
 __all__ = ["Puller"]
@@ -83,6 +84,8 @@ class Puller:
         self._retry_at = 0.0
         self._reconnects = link.nc.stats["reconnects"]
         self.requests = 0
+        self.unserved_since: float | None = None  # monotonic: JetStream said "cannot
+        # serve" (503, no responders) to every request since, nothing else coming
 
     async def start(self) -> None:
         """Subscribe the inbox (live on the server when this returns) and start pulling."""
@@ -111,15 +114,23 @@ class Puller:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await drain_subscription(self._link.nc, sub)
-            except Exception:  # the connection is gone: nothing more can arrive
-                log.debug("draining the pull inbox failed", exc_info=True)
+        if sub is None:
+            return
+        if not self._link.nc.is_connected:
+            # Nothing can arrive while disconnected, and draining would wait for a round
+            # trip to time out: unsubscribe (sent, if ever, on reconnecting) and be done.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return
+        try:
+            await drain_subscription(self._link.nc, sub)
+        except Exception:  # the connection is gone: nothing more can arrive
+            log.debug("draining the pull inbox failed", exc_info=True)
 
     def _on_msg(self, msg: Msg) -> None:
         self._heard = time.monotonic()
         if msg.reply:  # a delivery (status messages have no reply subject)
+            self.unserved_since = None
             self._outstanding = max(0, self._outstanding - 1)
             self._deliver(msg)
         else:
@@ -127,6 +138,10 @@ class Puller:
             status = headers.get("Status", "")
             description = headers.get("Description", "")
             kind = status_kind(status, description)
+            if kind is not StatusKind.RETRY:
+                self.unserved_since = None
+            elif self.unserved_since is None:
+                self.unserved_since = self._heard
             if kind is StatusKind.ENDED:
                 undelivered = headers.get(PENDING_MESSAGES, "")
                 if undelivered.isdigit():
@@ -137,9 +152,14 @@ class Puller:
                 self._outstanding = 0
                 self._retry_at = self._heard + _RETRY
             elif kind is StatusKind.FATAL:
-                self._fail(
-                    JetStreamError(f"consumer {self._consumer}: {status} {description}".strip())
-                )
+                if "deleted" in description.lower():
+                    text = f"consumer {self._consumer} {DELETED}"
+                else:
+                    text = (
+                        f"consumer {self._consumer}: {status} {description}".strip()
+                        + ": choose another durable name, or delete that consumer"
+                    )
+                self._fail(JetStreamError(text))
                 return
         if self._outstanding <= self._batch // 2:
             self._want.set()

@@ -29,7 +29,7 @@ from .._transport import Link
 from .._writers import HourlyFileWriter
 from ._puller import Puller
 from ._sequencer import Sequencer, Verdict
-from ._setup import Bound, DurableOptions, bind, consumer_state
+from ._setup import Bound, DurableOptions, bind, consumer_state, stream_first
 from ._wire import ACK, NAK, parse_ack_subject
 
 __all__ = ["DurableRecording", "DurableRecordingStats"]
@@ -40,6 +40,7 @@ _TICK: Final = 0.5  # seconds between looks at the connection while nothing arri
 _DOUBT_LOOK: Final = 0.25  # seconds between looks at the consumer while in doubt
 _ACK_CONFIRM: Final = 2.0  # seconds the last acknowledgement of a stop may take
 _MAX_BATCH: Final = 4096  # messages asked for at a time, at most
+_UNSERVED: Final = 5.0  # seconds of "cannot serve" answers before looking for the consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class DurableRecording:
         self._closing = False
         self._failure: BaseException | None = None
         self._next_look = 0.0
+        self._next_served_look = 0.0
         self.error: BaseException | None = None
         self._told = False  # the error was raised to the owner
         self.messages = 0
@@ -156,14 +158,25 @@ class DurableRecording:
             JetStreamError: see :func:`._setup.bind`.
         """
         written, created = self._resume_point()
-        bound = await bind(self._link.nc, self._options, written=written)
-        if created is not None and created != bound.created:
-            raise ConfigError(
-                f"stream {bound.stream!r} was created again since the files by checkpoint "
-                f"{self._writer.checkpoint} were recorded from it (its sequences started "
-                "over): record into another directory or name"
-            )
+        bound = await bind(
+            self._link.nc,
+            self._options,
+            written=written,
+            created=created,
+            checkpoint=str(self._writer.checkpoint),
+        )
         self._bound = bound
+        if written and bound.acked > written:
+            # Acknowledged only after a commit here: another recording took them.
+            log.warning(
+                "durable %r has acknowledged stream sequences %d to %d, which the files "
+                "by checkpoint %s do not hold (recorded into other files under the same "
+                "durable name, or removed by the stream's limits): they are missing here",
+                bound.consumer,
+                written + 1,
+                bound.acked,
+                self._writer.checkpoint,
+            )
         self._token_head = {
             "stream": bound.stream,
             "created": bound.created,
@@ -313,6 +326,7 @@ class DurableRecording:
                         await self._arrived.wait()
                 self._arrived.clear()
                 self._check_link()
+                await self._check_served()
                 await self._round()
             await self._round(last=True)
             await self._confirm()
@@ -332,6 +346,23 @@ class DurableRecording:
             raise self._failure
         if self._link.nc.is_closed:
             raise ConnectionLostError("the connection to the server closed for good")
+
+    async def _check_served(self) -> None:
+        """When every pull has been answered "cannot serve" for a while, look whether
+        the consumer still exists (a server back with its JetStream storage lost has
+        none): a failure if not, and nothing else (a new leader, say) if it does."""
+        since = None if self._puller is None else self._puller.unserved_since
+        now = time.monotonic()
+        if since is None or now - since < _UNSERVED or now < self._next_served_look:
+            return
+        self._next_served_look = now + _UNSERVED
+        assert self._bound is not None
+        try:
+            await consumer_state(self._link.nc, self._bound)
+        except JetStreamError:
+            raise
+        except Exception as exc:  # no answer now: look again later
+            log.debug("consumer state not known: %s", exc)
 
     async def _round(self, *, last: bool = False) -> None:
         """Write, commit and acknowledge everything that arrived; in doubt, look
@@ -397,8 +428,8 @@ class DurableRecording:
         answers (a double ack): when it does, it has every acknowledgement sent before
         on this connection, and the next run finds none of them pending."""
         last, self._last_acked = self._last_acked, None
-        if last is None or self._link.nc.is_closed:
-            return
+        if last is None or not self._link.nc.is_connected:
+            return  # no answer can come now: the stop is not to wait for it
         try:
             await last.ack_sync(timeout=_ACK_CONFIRM)
         except Exception as exc:  # sent all the same; a lost one only means a redelivery
@@ -434,8 +465,21 @@ class DurableRecording:
         self.behind = info.num_pending or 0
         if self._deque:
             return  # deliveries not judged yet, perhaps counted by the server: look again
+        server_pending = info.num_ack_pending or 0
         in_hand = len(self._unacked) + self._seq.held
-        released = self._seq.release(info.num_ack_pending or 0, in_hand)
+        if server_pending < in_hand:
+            # The stream's limits (max_age, max_bytes) removed held messages, oldest
+            # first: the server counts them no more, nor any older missing delivery.
+            # Only the held ones the stream still has can match the server's count.
+            try:
+                first = await stream_first(self._link.nc, self._bound)
+            except JetStreamError:
+                raise
+            except Exception as exc:  # no answer now: the next look asks again
+                log.debug("stream state not known: %s", exc)
+                return
+            in_hand = len(self._unacked) + self._seq.held_from(first)
+        released = self._seq.release(server_pending, in_hand)
         if released is None:
             return
         log.info("durable %r: nothing is missing, %d held written", self.consumer, len(released))

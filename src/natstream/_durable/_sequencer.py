@@ -91,6 +91,12 @@ class Sequencer(Generic[T]):
         """How many stream sequences are held."""
         return len(self._held)
 
+    def held_from(self, first: int) -> int:
+        """How many held stream sequences are ``first`` or above (the ones below a
+        stream's first sequence were removed from it, and the server counts them no
+        more)."""
+        return sum(1 for seq in self._held if seq >= first)
+
     def held_items(self) -> list[T]:
         """The held items in stream order (they stay held)."""
         return [self._held[seq] for seq in sorted(self._held)]

@@ -35,11 +35,15 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from .._errors import ConfigError, JetStreamError
 from .._subjects import subject_covers, validate_subscribe_subject
 
-__all__ = ["Bound", "DurableOptions", "bind", "consumer_state"]
+__all__ = ["DELETED", "Bound", "DurableOptions", "bind", "consumer_state", "stream_first"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _OVERLAP = 10065  # JetStream's error code: subjects overlap with an existing stream
 _API_TIMEOUT = 5.0  # seconds for one JetStream API request
+DELETED = (
+    "was deleted while recording (or its stream): start the recording again, which "
+    "creates the consumer anew after what the files hold"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class Bound:
         delivered_stream: the stream sequence of its last delivery.
         ack_pending: deliveries not acknowledged yet.
         pending: messages of its subjects not delivered yet.
+        acked: the stream sequence every message up to which is acknowledged (or gone).
     """
 
     stream: str
@@ -131,21 +136,36 @@ class Bound:
     delivered_stream: int
     ack_pending: int
     pending: int
+    acked: int = 0
 
 
-async def bind(nc: Client, options: DurableOptions, *, written: int) -> Bound:
+async def bind(
+    nc: Client,
+    options: DurableOptions,
+    *,
+    written: int,
+    created: str | None = None,
+    checkpoint: str = "",
+) -> Bound:
     """Make sure the stream and the consumer exist as ``options`` asks, and look at
     where the consumer is. A consumer created here starts after stream sequence
     ``written`` (what the files hold already).
 
+    ``created`` is when the stream the files came from was created (None: the files
+    hold none of any stream's messages yet). When that stream is gone, or another one
+    of its name took its place, nothing is created: a consumer made then would start
+    after ``written``, a sequence of the old stream, and miss the new one's first
+    messages. ``checkpoint`` names the files' checkpoint in that error.
+
     Raises:
+        ConfigError: the files' stream was deleted (and perhaps created again).
         JetStreamError: no JetStream, a stream that does not cover the subjects or
             cannot be created, a consumer with a conflicting configuration.
     """
     js = nc.jetstream(timeout=_API_TIMEOUT)
     try:
         await js.account_info()
-        stream = await _stream(js, options)
+        stream = await _stream(js, options, created, checkpoint)
         consumer = await _consumer(js, options, written)
     except ServiceUnavailableError:
         raise JetStreamError(
@@ -156,15 +176,15 @@ async def bind(nc: Client, options: DurableOptions, *, written: int) -> Bound:
     except APIError as exc:
         raise JetStreamError(f"JetStream refused: {exc.description or exc}") from exc
     delivered = consumer.delivered
-    created = stream.created
     return Bound(
         stream=options.stream_name,
-        created="" if created is None else created.isoformat(),
+        created=_created(stream),
         consumer=options.durable,
         delivered=0 if delivered is None else delivered.consumer_seq,
         delivered_stream=0 if delivered is None else delivered.stream_seq,
         ack_pending=consumer.num_ack_pending or 0,
         pending=consumer.num_pending or 0,
+        acked=0 if consumer.ack_floor is None else consumer.ack_floor.stream_seq,
     )
 
 
@@ -180,21 +200,55 @@ async def consumer_state(nc: Client, bound: Bound) -> ConsumerInfo:
         info: ConsumerInfo = await js.consumer_info(bound.stream, bound.consumer)
     except NotFoundError:
         raise JetStreamError(
-            f"consumer {bound.consumer!r} of stream {bound.stream!r} was deleted while recording"
+            f"consumer {bound.consumer!r} of stream {bound.stream!r} {DELETED}"
         ) from None
     return info
 
 
-async def _stream(js: JetStreamContext, options: DurableOptions) -> StreamInfo:
+async def stream_first(nc: Client, bound: Bound) -> int:
+    """The stream's first sequence now: everything below it was removed from the
+    stream (its limits remove the oldest first).
+
+    Raises:
+        JetStreamError: the stream is gone.
+        nats.errors.Error: JetStream did not answer (the caller looks again later).
+    """
+    js = nc.jetstream(timeout=_API_TIMEOUT)
+    try:
+        info = await js.stream_info(bound.stream)
+    except NotFoundError:
+        raise JetStreamError(f"stream {bound.stream!r} was deleted while recording") from None
+    return int(info.state.first_seq)
+
+
+def _created(info: StreamInfo) -> str:
+    return "" if info.created is None else info.created.isoformat()
+
+
+def _recreated(name: str, checkpoint: str) -> ConfigError:
+    return ConfigError(
+        f"stream {name!r} was deleted since the files by checkpoint {checkpoint} were "
+        "recorded from it (a stream created again starts its sequences over): record "
+        "into another directory or name"
+    )
+
+
+async def _stream(
+    js: JetStreamContext, options: DurableOptions, created: str | None, checkpoint: str
+) -> StreamInfo:
     name = options.stream_name
     try:
         info = await js.stream_info(name)
     except NotFoundError:
+        if created is not None:
+            raise _recreated(name, checkpoint) from None
         if options.stream is not None:
             raise JetStreamError(
                 f"stream {name!r} does not exist (name none, and the recorder creates one)"
             ) from None
         return await _create_stream(js, options)
+    if created is not None and _created(info) != created:
+        raise _recreated(name, checkpoint)
     config = info.config
     covering = config.subjects or []
     missing = [s for s in options.subjects if not any(subject_covers(c, s) for c in covering)]

@@ -114,7 +114,7 @@ def status_kind(status: str, description: str) -> StatusKind:
         text = description.lower()
         if "leadership change" in text:
             return StatusKind.RETRY
-        if "deleted" in text or "push based" in text:
-            return StatusKind.FATAL
+        if "deleted" in text or "push based" in text or "exceeded maxrequest" in text:
+            return StatusKind.FATAL  # "exceeded maxrequest...": the consumer's limits
         return StatusKind.ENDED  # a limit of this request (max waiting, batch, bytes)
     return StatusKind.FATAL
