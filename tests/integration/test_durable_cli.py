@@ -493,6 +493,14 @@ async def test_a_stream_that_does_not_cover_the_subjects(
     _one_error(proc, "'OTHER' does not cover 'dur.>'", "other.>")
 
 
+def test_every_subject_and_a_missing_stream_are_refused_with_what_to_do(
+    js_server: NatsServer, tmp_path: Path
+) -> None:
+    _one_error(_run(js_server, tmp_path, subject=">"), "subject '>'", "narrower subjects")
+    missing = _run(js_server, tmp_path, "--stream", "NOPE")
+    _one_error(missing, "stream 'NOPE' does not exist", "create it first")
+
+
 async def test_subjects_another_stream_holds(js_server: NatsServer, tmp_path: Path) -> None:
     await _make(js_server.url, "HOLDER", ["dur.>"], None)
     proc = await asyncio.to_thread(_run, js_server, tmp_path)

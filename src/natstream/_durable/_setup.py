@@ -83,6 +83,12 @@ class DurableOptions:
             validate_subscribe_subject(subject)
         if len(set(listed)) != len(listed):
             raise ConfigError(f"subjects {list(listed)} name one subject twice")
+        if stream is None and ">" in listed:
+            raise ConfigError(
+                "subject '>' (every subject) cannot be recorded from a stream the recorder "
+                "creates: JetStream refuses a stream of every subject; record narrower "
+                "subjects, such as 'logs.>'"
+            )
         for what, name in (("durable", durable), ("stream", stream)):
             if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
                 raise ConfigError(
@@ -244,7 +250,8 @@ async def _stream(
             raise _recreated(name, checkpoint) from None
         if options.stream is not None:
             raise JetStreamError(
-                f"stream {name!r} does not exist (name none, and the recorder creates one)"
+                f"stream {name!r} does not exist: create it first, or record without "
+                "naming a stream (the recorder then creates its own)"
             ) from None
         return await _create_stream(js, options)
     if created is not None and _created(info) != created:
