@@ -177,6 +177,7 @@ async def test_memory_is_bounded_by_max_ack_pending_on_a_backlog(
     async with Subscriber([js_server.url]) as s:
         recording = await s.record_durable(SUBJECT, writer, durable="API", max_ack_pending=200)
         most = 0
+        deadline = time.monotonic() + 60
         while True:
             info = await consumer(js_server.url, "API", "API")
             most = max(most, info.num_ack_pending or 0)
@@ -184,6 +185,7 @@ async def test_memory_is_bounded_by_max_ack_pending_on_a_backlog(
             assert in_memory <= 200
             if info.ack_floor.stream_seq >= 20_000:
                 break
+            assert time.monotonic() < deadline, f"not all acknowledged in 60 s: {info}"
             await asyncio.sleep(0.01)
     assert 0 < most <= 200
     assert payloads(tmp_path, "rec") == [f"{i:05d}" for i in range(20_000)]
