@@ -196,6 +196,9 @@ class ResponderStream:
         if finish:
             self._end_now()
         link.kick_soon()
+        # Written when the parser is done with this read (with whatever else it
+        # queued), not at the flusher's turn an event-loop iteration later.
+        link.write_soon = True
         return finish
 
     def _end_now(self) -> None:
