@@ -310,7 +310,7 @@ class ResponderStream:
 
     def _finish(self, outcome: Outcome) -> None:
         m = self.machine
-        self._timer.cancel()
+        self._timer.close()  # its callback is our method: a cycle, dropped now
         listening, self._listening = self._listening, None
         if listening is not None:
             assert self.control_subject is not None
