@@ -54,9 +54,19 @@ class LazyTimer:
             self._at = math.inf
             self.armed = False
 
+    def close(self) -> None:
+        """Cancel, and forget the callback: a timer whose callback is a method of its
+        owner is a reference cycle, left to the garbage collector otherwise."""
+        self.cancel()
+        self._callback = _nothing
+
     def _fire(self) -> None:
         self.late = self._loop.time() - self._at
         self._handle = None
         self._at = math.inf
         self.armed = False
         self._callback()
+
+
+def _nothing() -> None:
+    return None

@@ -57,6 +57,7 @@ class FakeClient:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.yield_soon = False
+        self.write_soon = False
         self.wakes: set[bytes] = set()  # payloads that wake a consumer (see yield_soon)
         self.raw_errors: list[str] = []
         self.stats = {"in_msgs": 0, "in_bytes": 0}

@@ -251,6 +251,14 @@ class RequestOptions:
     pack: bool = False  # the requester unpacks packed messages (Ns-Pack: 1)
 
 
+_PLAIN_OPTIONS = RequestOptions()
+# Parsed options of requests without a deadline or a resume point, by their header
+# values: a pool's requests repeat them (the same window, heartbeat, pack). Only
+# well-formed values (bounded in length) are kept; forgotten all at once when full.
+_OPTIONS_MAX = 256
+_options: dict[tuple[str, str | None, str | None, str | None], RequestOptions] = {}
+
+
 def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
     """Read a request's natstream headers.
 
@@ -259,7 +267,22 @@ def parse_request_headers(headers: dict[str, str] | None) -> RequestOptions:
             Requests without ``Ns-V`` are plain (legacy) and never raise.
     """
     if not headers or HDR_VERSION not in headers:
-        return RequestOptions()
+        return _PLAIN_OPTIONS  # frozen: one instance serves every plain request
+    if HDR_DEADLINE in headers or HDR_RESUME in headers:
+        return _parse_request_headers(headers)
+    pack = headers.get(HDR_PACK)
+    key = (headers[HDR_VERSION], headers.get(HDR_WINDOW), headers.get(HDR_HEARTBEAT), pack)
+    options = _options.get(key)
+    if options is None:
+        options = _parse_request_headers(headers)  # raises for malformed values
+        if pack is None or pack == "1":
+            if len(_options) >= _OPTIONS_MAX:
+                _options.clear()
+            _options[key] = options
+    return options
+
+
+def _parse_request_headers(headers: dict[str, str]) -> RequestOptions:
     version = headers[HDR_VERSION]
     if version != PROTOCOL_VERSION:
         raise HeaderError(f"unsupported protocol version {version[:16]!r}")

@@ -406,7 +406,12 @@ class Attempt(_Core):
                 else attempt_outcome(m.state, deadline=m.deadline, now=self.loop.time())
             )
             self.lease.release(outcome)
-        self._timer.cancel()
+        # The lease's and the timer's callbacks are methods of this attempt: drop
+        # them (reference cycles) so that the stream's objects are freed as soon as
+        # it ends, not by the garbage collector. The machine is terminal from here
+        # on (m.cancel()): nothing arms the timer again.
+        self.lease.on_lost = None
+        self._timer.close()
         cancel = m.cancel()
         if cancel is not None and m.control_subject is not None:
             await self._send(m.control_subject, cancel)

@@ -196,6 +196,9 @@ class ResponderStream:
         if finish:
             self._end_now()
         link.kick_soon()
+        # Written when the parser is done with this read (with whatever else it
+        # queued), not at the flusher's turn an event-loop iteration later.
+        link.write_soon = True
         return finish
 
     def _end_now(self) -> None:
@@ -307,7 +310,7 @@ class ResponderStream:
 
     def _finish(self, outcome: Outcome) -> None:
         m = self.machine
-        self._timer.cancel()
+        self._timer.close()  # its callback is our method: a cycle, dropped now
         listening, self._listening = self._listening, None
         if listening is not None:
             assert self.control_subject is not None

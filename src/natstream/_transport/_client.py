@@ -103,6 +103,7 @@ class FastClient(Client):
         self._raw: dict[int, RawHandler] = {}  # sid -> handler (see listen)
         self._direct: dict[int, Callable[[Msg], None]] = {}
         self.yield_soon = False  # the parser yields once after the current message
+        self.write_soon = False  # the parser writes what is queued after this read
         self.item_type = light_msg_type(self)
         self.denials = Denials(exact=True)
         self._inbox_base = ""

@@ -39,6 +39,10 @@ class Link(Protocol):
             connected; always False on a plain link. An attribute, read per reply.
         item_type: a light ``Msg`` class for header-less replies of this connection.
         yield_soon: set by a raw handler's True result; the parser yields once.
+        write_soon: set (by a handler the parser called) to have the commands queued
+            meanwhile written when the parser is done with the current read
+            (:meth:`write_now`), ahead of the flusher, which must still be kicked:
+            it writes them if the parser cannot. Never read on a plain link.
         denials: who hears of the server refusing a subscription or a publish of this
             connection (permissions), by subject; each refusal is logged once.
     """
@@ -47,6 +51,7 @@ class Link(Protocol):
     writable: bool
     item_type: type[Msg]
     yield_soon: bool
+    write_soon: bool
 
     @property
     def nc(self) -> Client: ...
@@ -158,6 +163,7 @@ class PlainLink:
         self._nc = nc
         self.item_type = light_msg_type(nc)
         self.yield_soon = False
+        self.write_soon = False
         self.denials = Denials(exact=False)  # nats-py lower-cases the server's errors
         self._ping: asyncio.Task[float] | None = None  # the PING in flight, if any
 

@@ -4,9 +4,8 @@ it, a round trip that proves ordering, drain without loss."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -135,20 +134,13 @@ async def _quiet_unsubscribe(sub: Subscription) -> None:
         log.debug("unsubscribe failed", exc_info=True)
 
 
-@contextlib.contextmanager
-def _publish_errors(nc: Client, subject: str, payload: bytes) -> Iterator[None]:
-    """Translate nats-py's publish errors into natstream's (chained)."""
-    try:
-        yield
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLargeError(len(payload), nc.max_payload) from exc
-    except (
-        nats.errors.ConnectionClosedError,
-        nats.errors.ConnectionDrainingError,
-        nats.errors.OutboundBufferLimitError,
-        OSError,  # from the socket, when nats-py writes inline (its flusher is gone)
-    ) as exc:
-        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
+# nats-py's publish errors that mean the connection cannot take the message.
+_LOST = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    OSError,  # from the socket, when nats-py writes inline (its flusher is gone)
+)
 
 
 async def publish(
@@ -169,12 +161,18 @@ async def publish(
         PayloadTooLargeError: payload plus headers exceed the server's max_payload.
         ConnectionLostError: the connection is closed or draining.
     """
-    with _publish_errors(link.nc, subject, payload):
+    # nats-py's errors translated inline, not by a context manager: this is every
+    # stream request's path (one generator and two resumptions less per call).
+    try:
         if link.queue_publish(subject, reply, payload, headers):
             if not (now and link.write_now()):
                 await link.kick()
         else:
             await link.nc.publish(subject, payload, reply=reply, headers=headers)
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLargeError(len(payload), link.nc.max_payload) from exc
+    except _LOST as exc:
+        raise ConnectionLostError(f"connection lost while publishing to {subject!r}") from exc
 
 
 def check_payload(nc: Client, payload: bytes) -> None:

@@ -77,6 +77,10 @@ class FastParser(Parser):
             pos = await self._scan(scanner, data)
         if 0 <= pos < len(data):
             self.buf.extend(data[pos:] if pos else data)
+        nc = self.nc
+        if nc.write_soon:  # a handler queued what should not wait for the flusher
+            nc.write_soon = False
+            nc.write_now()
 
     async def _scan(self, scanner: Any, data: bytes) -> int:
         """:meth:`_parse` with the C scanner; the position to keep from, or -1 when
