@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -644,3 +646,35 @@ async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -
     with pytest.raises(TypeError, match="async with"):
         async for _msg in pool.stream(subject):
             pass
+
+
+@pytest.mark.parametrize("kind", ["index", "generator"])
+async def test_finished_streams_leave_nothing_to_the_garbage_collector(
+    subscriber: Subscriber, pool: Pool, subject: str, kind: str
+) -> None:
+    """A stream's objects on both sides are freed by reference counting when it ends,
+    not left in reference cycles for the collector (which would pause the loop every
+    few dozen streams)."""
+
+    def one(request: natstream.StreamRequest, index: int) -> tuple[bytes | None, bool, None]:
+        return (b"x", True, None) if index == 0 else (None, False, None)
+
+    async def gen(request: natstream.StreamRequest) -> AsyncIterator[bytes]:
+        yield b"x"
+
+    if kind == "index":
+        await subscriber.stream_subscribe_handler(subject, one)
+    else:
+        await subscriber.stream_handler(subject, gen)
+    for _ in range(3):  # warm up: first-use caches, the connection's buffers
+        await pool.stream_request(subject, b"", lambda m: True)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            await pool.stream_request(subject, b"", lambda m: True)
+        await asyncio.sleep(0)  # let the finished streams' last callbacks run
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left < 50, f"{left} objects in reference cycles after 50 streams"
