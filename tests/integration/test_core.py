@@ -678,3 +678,22 @@ async def test_finished_streams_leave_nothing_to_the_garbage_collector(
     finally:
         gc.enable()
     assert left < 50, f"{left} objects in reference cycles after 50 streams"
+
+
+async def test_run_handler_without_markers_sees_data_replies_only(
+    subscriber: Subscriber, pool: Pool, subject: str
+) -> None:
+    def three_then(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+        if index < 3:
+            return b"__STREAM_END__" if index == 1 else b"%d" % index, True, None
+        return None, False, "boom" if request.data == b"fail" else None
+
+    await subscriber.stream_subscribe_handler(subject, three_then)
+    seen: list[bytes] = []
+    await pool.stream(subject, b"").run_handler(lambda m: seen.append(m.data), markers=False)
+    # A data reply whose payload reads like the end marker is data, and is seen.
+    assert seen == [b"0", b"__STREAM_END__", b"2"]
+    seen.clear()
+    with pytest.raises(natstream.StreamError, match="boom"):
+        await pool.stream(subject, b"fail").run_handler(seen.append, markers=False)
+    assert [bytes(d.data) for d in seen] == [b"0", b"__STREAM_END__", b"2"]

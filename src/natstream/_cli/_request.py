@@ -16,11 +16,12 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
+from nats.aio.msg import Msg
 
 from .._config import Config, StreamOptions
 from .._errors import (
@@ -342,15 +343,17 @@ async def _receive(
 ) -> None:
     """Write every data reply of ``stream``, waiting for the output when it is behind;
     stop after ``count`` replies (the responder is told)."""
-    seq = 0
-    async with stream as s:
-        async for msg in s:
-            data = msg.data
-            seq += 1
-            write(out, data, msg.headers, seq)
-            tally.replies = seq
-            tally.bytes += len(data)
-            if out.full:
-                await out.room()
-            if seq == count:
-                break
+
+    def on_reply(msg: Msg) -> bool | Awaitable[None]:
+        data = msg.data
+        seq = tally.replies + 1
+        write(out, data, msg.headers, seq)
+        tally.replies = seq
+        tally.bytes += len(data)
+        if seq == count:
+            return False
+        if out.full:
+            return out.room()  # awaited before the next reply: flow control paces it
+        return True
+
+    await stream.run_handler(on_reply, markers=False)

@@ -74,9 +74,9 @@ class Pack:
 # ---------------------------------------------------------------- the handler loop
 
 
-async def run_handler(session: Session, handler: Handler) -> None:
-    """Feed every reply of ``session`` (end and error markers included) to
-    ``handler`` until the end marker, a False result, or an error (raised).
+async def run_handler(session: Session, handler: Handler, *, markers: bool = True) -> None:
+    """Feed every reply of ``session`` (end and error markers too, with ``markers``)
+    to ``handler`` until the end marker, a False result, or an error (raised).
 
     A sync handler takes queued replies in :func:`drain_sync`; while the queue is
     empty it is the attempt's direct handler (:meth:`Attempt.wait_direct`).
@@ -104,8 +104,10 @@ async def run_handler(session: Session, handler: Handler) -> None:
             kind, msg = await session.next()
         except StopAsyncIteration:
             return
-        if is_coro:
-            result: Any = await handler(msg)  # type: ignore[misc]
+        if kind is not Reply.DELIVER and not markers:
+            result: Any = None
+        elif is_coro:
+            result = await handler(msg)  # type: ignore[misc]
         else:
             result = call(msg)
             if inspect.isawaitable(result):

@@ -144,18 +144,22 @@ class Stream:
                 continue
             raise StopAsyncIteration
 
-    async def run_handler(self, handler: Handler) -> None:
-        """Feed every reply (end and error markers included) to ``handler``.
+    async def run_handler(self, handler: Handler, *, markers: bool = True) -> None:
+        """Feed every reply (end and error markers included, unless ``markers`` is
+        False: then data replies only) to ``handler``.
 
         Returns at the end marker or when the handler returns False; raises the
-        stream's error otherwise. The whole run, handler calls included, is bounded
-        by ``stream_timeout``: past it the handler is cancelled and
-        :class:`StreamTimeoutError` is raised. Ends the stream in every case.
+        stream's error otherwise. A sync handler is called as in
+        :meth:`Pool.stream_request` (from the read loop for plain data replies), and
+        an awaitable it returns is awaited before the next reply. The whole run,
+        handler calls included, is bounded by ``stream_timeout``: past it the handler
+        is cancelled and :class:`StreamTimeoutError` is raised. Ends the stream in
+        every case.
         """
         session = self._session
         try:
             async with asyncio.timeout_at(session.start_clock()) as cm:
-                await run_handler(session, handler)
+                await run_handler(session, handler, markers=markers)
         except TimeoutError as exc:
             if isinstance(exc, StreamFailure) or not cm.expired():
                 raise
