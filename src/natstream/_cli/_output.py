@@ -47,15 +47,13 @@ class Output:
         self._closing = False
         self.waiting = 0  # bytes handed to the thread, not written yet
         self.error: OSError | None = None
+        # Whether the writer is behind by more than ``high_water`` (or failed): read
+        # once per reply, so an attribute kept up to date under the lock.
+        self.full = False
         self._room: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name="natstream-output", daemon=True)
         self._thread.start()
-
-    @property
-    def full(self) -> bool:
-        """Whether the writer is behind by more than ``high_water`` (or failed)."""
-        return self.waiting > self._high or self.error is not None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``; it is written soon (see the class docstring)."""
@@ -108,6 +106,7 @@ class Output:
             if self.error is None:
                 self._chunks.append(chunk)
                 self.waiting += len(chunk)
+                self.full = self.waiting > self._high
                 self._ready.notify()
 
     # ------------------------------------------------------------ the thread
@@ -126,11 +125,13 @@ class Output:
                 except OSError as exc:
                     with self._ready:
                         self.error = exc
+                        self.full = True
                         self._chunks.clear()
                         self._wake()
                     return
                 with self._ready:
                     self.waiting -= len(chunk)
+                    self.full = self.waiting > self._high
                     if self.waiting <= self._high // 2:
                         self._wake()
         finally:

@@ -344,10 +344,15 @@ async def _receive(
     """Write every data reply of ``stream``, waiting for the output when it is behind;
     stop after ``count`` replies (the responder is told)."""
 
+    put = out.write
+
     def on_reply(msg: Msg) -> bool | Awaitable[None]:
         data = msg.data
         seq = tally.replies + 1
-        write(out, data, msg.headers, seq)
+        if write is _raw_reply:
+            put(data)  # the common case of large streams, without a call more
+        else:
+            write(out, data, msg.headers, seq)
         tally.replies = seq
         tally.bytes += len(data)
         if seq == count:
