@@ -154,10 +154,8 @@ async def against_raw(
     return raw_best, ns_best, {**cpu, **loops}
 
 
-async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
-    raw_best, ns_best, figures = await against_raw(
-        n, size, rounds, uvloop, lambda pool: _ns_round(pool, n), n
-    )
+def _rates(n: int, size: int, raw_best: float, ns_best: float) -> dict[str, Any]:
+    """The figures of ``n`` messages of ``size`` bytes in the best round's seconds."""
     raw_rate, ns_rate = n / raw_best, n / ns_best
     return {
         "messages": n,
@@ -167,6 +165,15 @@ async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any
         "ratio": ns_rate / raw_rate,
         "raw_mb_per_s": raw_rate * size / 1e6,
         "natstream_mb_per_s": ns_rate * size / 1e6,
+    }
+
+
+async def _stream(n: int, size: int, rounds: int, uvloop: bool) -> dict[str, Any]:
+    raw_best, ns_best, figures = await against_raw(
+        n, size, rounds, uvloop, lambda pool: _ns_round(pool, n), n
+    )
+    return {
+        **_rates(n, size, raw_best, ns_best),
         **figures,
     }
 
@@ -188,15 +195,8 @@ async def _responder_side(n: int, size: int, rounds: int, uvloop: bool) -> dict[
             )
             await nc.close()
             loops = {"requester_loop": loop_name(), "responder_loop": responder.loop}
-    raw_rate, ns_rate = n / raw_best, n / ns_best
     return {
-        "messages": n,
-        "size": size,
-        "raw_msgs_per_s": raw_rate,
-        "natstream_msgs_per_s": ns_rate,
-        "ratio": ns_rate / raw_rate,
-        "raw_mb_per_s": raw_rate * size / 1e6,
-        "natstream_mb_per_s": ns_rate * size / 1e6,
+        **_rates(n, size, raw_best, ns_best),
         **cpu,
         "responder_cpu_ratio": cpu["raw_cpu_resp_us"] / cpu["natstream_cpu_resp_us"],
         **loops,
