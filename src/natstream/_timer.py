@@ -10,9 +10,9 @@ __all__ = ["LATE", "RECHECK", "LazyTimer"]
 
 LATE = 0.05
 """Seconds after its deadline past which a firing is late: the event loop was blocked
-(by the application's own code, maybe) while messages may sit unread in the socket. A
-stream's timer then looks again ``RECHECK`` seconds later, once the reader has run,
-before it judges silence (a stall, a requester gone)."""
+(by the application's own code, maybe) while messages may sit unread in the socket.
+The timer then fires ``RECHECK`` seconds later instead, once the reader has run, so
+that its callback never judges silence (a stall, a requester gone) on stale news."""
 RECHECK = 0.02
 
 
@@ -21,10 +21,11 @@ class LazyTimer:
 
     A later deadline leaves the armed timer alone: when it fires, the callback asks
     its state machine for the real next deadline and arms again. So the hot path
-    (every message) never touches the event loop's timer heap.
+    (every message) never touches the event loop's timer heap. A firing more than
+    ``LATE`` seconds after its deadline is put off once, by ``RECHECK`` seconds.
     """
 
-    __slots__ = ("_at", "_callback", "_handle", "_loop", "armed", "late")
+    __slots__ = ("_at", "_callback", "_handle", "_loop", "_rechecking", "armed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
@@ -32,7 +33,7 @@ class LazyTimer:
         self._handle: asyncio.TimerHandle | None = None
         self._at = math.inf
         self.armed = False  # a call is pending (read per message: an attribute)
-        self.late = 0.0  # seconds the last firing came after its deadline
+        self._rechecking = False  # a late firing was put off once
 
     def arm(self, when: float | None) -> None:
         """Fire at ``when`` (loop time) unless already due earlier; None cancels."""
@@ -61,10 +62,16 @@ class LazyTimer:
         self._callback = _nothing
 
     def _fire(self) -> None:
-        self.late = self._loop.time() - self._at
+        now = self._loop.time()
+        late = now - self._at
         self._handle = None
         self._at = math.inf
         self.armed = False
+        if late > LATE and not self._rechecking:
+            self._rechecking = True
+            self.arm(now + RECHECK)
+            return
+        self._rechecking = False
         self._callback()
 
 

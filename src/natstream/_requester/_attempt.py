@@ -35,7 +35,7 @@ from .._protocol import (
     cancel_headers,
 )
 from .._protocol._frames import LONE_TAIL, data_seq, id_tail
-from .._timer import LATE, RECHECK, LazyTimer
+from .._timer import LazyTimer
 from .._transport import Listening, check_payload, publish
 from ._delivery import Pack, call_direct
 from ._lease import Lease
@@ -114,7 +114,6 @@ class Attempt(_Core):
         self.direct_task: asyncio.Task[Any] | None = None
         self.held: tuple[Msg, object, BaseException | None] | None = None
         self._deferred_soon = False  # a deferred_ack check is scheduled
-        self._rechecking = False  # a late timer's check was put off once
         self._clock = loop.time  # what the C receive path reads the time with
         self._mono = _monotonic_loop(loop)  # or the monotonic clock, the same
         lease.on_lost = self.connection_lost
@@ -354,13 +353,6 @@ class Attempt(_Core):
 
     def _on_timer(self) -> None:
         m = self.machine
-        if self._timer.late > LATE and not self._rechecking:
-            # No stall, no silence while our own loop could not read: look again
-            # once the reader has taken what arrived meanwhile.
-            self._rechecking = True
-            self._timer.arm(self.loop.time() + RECHECK)
-            return
-        self._rechecking = False
         now = self.loop.time()
         action = m.on_timer(now)
         if action.control is not None and m.control_subject is not None:

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from .._errors import ConnectionLostError, StreamError
 from .._protocol import STREAM_END, Control, Outcome, ResponderMachine, ResponderTimer
-from .._timer import LATE, RECHECK, LazyTimer
+from .._timer import LazyTimer
 from .._tracing import ResponderSpan
 from .._transport import Link, Listening
 from ._handlers import HandlerResultError
@@ -119,7 +119,6 @@ class ResponderStream:
         self.task: asyncio.Task[None] | None = None
         self.loop = self.sender.loop
         self._timer = LazyTimer(self.loop, self._on_timer)
-        self._rechecking = False  # a late timer's check was put off once
         # The error marker the task sends when it is cancelled (deadline, unreached).
         self._stop_error: tuple[str, int] | None = None
 
@@ -368,13 +367,6 @@ class ResponderStream:
         self._timer.arm(self.machine.next_deadline())
 
     def _on_timer(self) -> None:
-        if self._timer.late > LATE and not self._rechecking:
-            # Our loop was blocked: read what the requester sent meanwhile before
-            # judging its silence.
-            self._rechecking = True
-            self._timer.arm(self.loop.time() + RECHECK)
-            return
-        self._rechecking = False
         m = self.machine
         action = m.on_timer(self.loop.time())
         if action is ResponderTimer.HEARTBEAT:
