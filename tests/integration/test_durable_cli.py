@@ -8,6 +8,7 @@ Waiting on another process's progress means looking at the consumer every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import pty
@@ -87,6 +88,21 @@ async def _live(srv: NatsServer) -> None:
     await until(srv.url, STREAM, CONSUMER, lambda info: True)
 
 
+async def _running(proc: asyncio.subprocess.Process, directory: Path) -> None:
+    """The recorder has its checkpoint's lock file open: past its start, its signal
+    handlers are installed (a SIGTERM before that ends it as any process). Read from
+    /proc, so that the check never takes the lock from under it."""
+    fds = f"/proc/{proc.pid}/fd"
+    lock = str(directory / ".rec.checkpoint.lock")
+    for _ in range(600):  # bounded: 30 s
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"{fds}/{fd}") == lock for fd in os.listdir(fds)):
+                return
+        assert proc.returncode is None, "the recorder ended while starting"
+        await asyncio.sleep(0.05)
+    raise AssertionError("the recorder did not open its checkpoint within 30 s")
+
+
 def _checkpoint_sequence(directory: Path) -> int:
     import json
 
@@ -130,6 +146,9 @@ async def test_killed_three_times_the_files_hold_every_message_once_in_order(
             proc = await _start(argv, stderr=asyncio.subprocess.DEVNULL)
         await publisher
         await until(js_server.url, STREAM, CONSUMER, acked(MESSAGES), within=300)
+        # The run before the last kill may have acknowledged everything already, and
+        # the last recorder be still starting.
+        await _running(proc, tmp_path)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), WAIT)
         assert proc.returncode == 0
