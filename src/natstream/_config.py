@@ -88,7 +88,7 @@ class Config:
         stream: flow control and liveness defaults for streams.
         window_budget_messages, window_budget_bytes: what the windows of all the pool's
             open streams may add up to (a stream alone may have all of it, one opened
-            while others run half of what is left, each at least 64 messages / 16 KiB).
+            while others run half of what is left, each at least 128 messages / 16 KiB).
             Whatever streams have in flight can wait in nats-server at once, which
             cuts off a client past its ``max_pending`` (64 MiB by default), and delays
             heartbeats; raise these with the server's ``max_pending`` for a few large

@@ -433,7 +433,7 @@ async def test_windows_of_a_pool_share_a_budget(
     """Many concurrent streams must not let nats-server see a slow consumer: the
     windows granted by a pool add up to its budget (plus a small minimum per
     stream), and come back when the streams end."""
-    from natstream._pool._model import MIN_STREAM_BYTES
+    from natstream._pool._model import MIN_STREAM_BYTES, MIN_STREAM_MESSAGES
 
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", True, None))
     async with Pool(Config([server.url], idle_per_server=2)) as pool:
@@ -443,7 +443,7 @@ async def test_windows_of_a_pool_share_a_budget(
         windows = [s._session.attempt.machine.window_bytes for s in streams]  # type: ignore[union-attr]
         messages = [s._session.attempt.machine.window_messages for s in streams]  # type: ignore[union-attr]
         assert messages[:4] == [16_384, 8_192, 4_096, 2_048]
-        assert min(messages) == 64
+        assert min(messages) == MIN_STREAM_MESSAGES == 128
         assert windows[0] == 8 << 20
         assert sum(windows) <= pool.config.window_budget_bytes + 40 * MIN_STREAM_BYTES
         assert min(windows) == MIN_STREAM_BYTES

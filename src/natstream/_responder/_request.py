@@ -65,24 +65,16 @@ class StreamRequest:
         data, subject, headers: of the request.
     """
 
-    __slots__ = ("_machine", "_resume_read", "msg")
+    __slots__ = ("_machine", "_resume_read", "data", "headers", "msg", "subject")
 
     def __init__(self, msg: Msg, machine: ResponderMachine) -> None:
         self.msg = msg
+        # Copied, not properties: an index handler may read them once per reply.
+        self.data: bytes = msg.data
+        self.subject: str = msg.subject
+        self.headers: dict[str, str] | None = msg.headers
         self._machine = machine
         self._resume_read = False
-
-    @property
-    def data(self) -> bytes:
-        return self.msg.data
-
-    @property
-    def subject(self) -> str:
-        return self.msg.subject
-
-    @property
-    def headers(self) -> dict[str, str] | None:
-        return self.msg.headers
 
     def time_remaining(self) -> float | None:
         """Seconds left before the stream's deadline (the requester's ``stream_timeout``

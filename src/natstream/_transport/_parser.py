@@ -63,12 +63,13 @@ class FastParser(Parser):
             self._scanner.remove(sid)
 
     async def parse(self, data: bytes = b"") -> None:
-        if self.buf:
-            self.buf.extend(data)
-            if len(self.buf) < self._wanted:
+        buf = self.buf
+        if buf:
+            if len(buf) + len(data) < self._wanted:
+                buf.extend(data)
                 return  # a large message still arriving: do not copy and rescan it yet
-            data = bytes(self.buf)
-            self.buf.clear()
+            data = b"".join((buf, data))  # one copy (extending, then bytes(), made two)
+            buf.clear()
         self._wanted = 0
         scanner = self._scanner
         if scanner is None:
