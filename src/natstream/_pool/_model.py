@@ -160,10 +160,10 @@ class Slot:
 # a stream's heartbeats make them late (false stalls, failed health checks). The
 # pool's requester handles roughly 200,000-1,000,000 small messages/s, so the default
 # budget in flight is well under a second of work; with the minimum per stream (an
-# ack every 64 replies; 16 made acks cost more than the data with 1,000 streams, and
-# 64 twice the acks of 128), 1,000 streams have about 160,000.
-# A new stream gets at most half of what is left while others are open, so the
-# streams after it get a share too.
+# ack every 64 replies: with 1,000 streams, acks cost more than the data at a minimum
+# of 16, and were still a large share at 64), 1,000 streams have about 160,000. A new
+# stream gets at most half of what is left while others are open, so the streams
+# after it get a share too.
 MIN_STREAM_MESSAGES = 128
 MIN_STREAM_BYTES = 16 << 10
 
