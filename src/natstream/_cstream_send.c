@@ -45,12 +45,22 @@ put(out_t *o, const char *s, Py_ssize_t n)
     o->len += n;
 }
 
+/* Decimal digits of v, as "%lld" writes them; by hand, as snprintf's format
+ * parsing cost about a tenth of the responder's CPU with three numbers per reply. */
 static void
 put_num(out_t *o, long long v)
 {
     char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%lld", v);
-    put(o, tmp, n);
+    int i = (int)sizeof(tmp);
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) {
+        tmp[--i] = '-';
+    }
+    put(o, tmp + i, (Py_ssize_t)sizeof(tmp) - i);
 }
 
 static int
