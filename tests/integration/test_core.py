@@ -647,7 +647,8 @@ async def test_a_finished_streams_unsub_goes_after_the_next_request(
 ) -> None:
     """The UNSUB of a stream that got its end marker waits for the next write, and
     goes behind the next stream's request there: the server routes the request
-    before it removes the old subscription."""
+    before it removes the old subscription. That subscription is of the request's
+    reply subject alone, not a wildcard (cheaper for the server to add and remove)."""
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", False, None))
     async with Pool(Config([server.url], idle_per_server=1)) as pool:
         async with pool.stream(subject) as s:
@@ -660,13 +661,16 @@ async def test_a_finished_streams_unsub_goes_after_the_next_request(
         real = writer.writelines
 
         def record(data: list[bytes]) -> None:
-            written.append([c.split(b" ", 1)[0] for c in data])
+            written.append(list(data))
             real(data)
 
         monkeypatch.setattr(writer, "writelines", record)
         async with pool.stream(subject) as s:
+            assert s._session.attempt is not None
+            inbox = s._session.attempt.inbox
             assert [m.data async for m in s] == [b"x"]
-        assert written[0] == [b"SUB", b"HPUB", b"UNSUB"]
+        assert [c.split(b" ", 1)[0] for c in written[0]] == [b"SUB", b"HPUB", b"UNSUB"]
+        assert written[0][0].startswith(f"SUB {inbox} ".encode())
 
 
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
