@@ -642,13 +642,13 @@ async def test_write_now_leaves_to_the_flusher_what_it_must(
 
 
 @pytest.mark.fast_paths
-async def test_a_finished_streams_unsub_goes_after_the_next_request(
+async def test_an_attempt_subscribes_its_reply_subject_alone(
     server: NatsServer, subscriber: Subscriber, subject: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The UNSUB of a stream that got its end marker waits for the next write, and
-    goes behind the next stream's request there: the server routes the request
-    before it removes the old subscription. That subscription is of the request's
-    reply subject alone, not a wildcard (cheaper for the server to add and remove)."""
+    """A stream's subscription is of its request's reply subject alone, not a
+    wildcard (which the server adds and removes at a cost the request waits for); it
+    goes in the request's write, and the UNSUB of a stream that got its end marker
+    waits for the next write."""
     await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", False, None))
     async with Pool(Config([server.url], idle_per_server=1)) as pool:
         async with pool.stream(subject) as s:
@@ -669,8 +669,8 @@ async def test_a_finished_streams_unsub_goes_after_the_next_request(
             assert s._session.attempt is not None
             inbox = s._session.attempt.inbox
             assert [m.data async for m in s] == [b"x"]
-        assert [c.split(b" ", 1)[0] for c in written[0]] == [b"SUB", b"HPUB", b"UNSUB"]
-        assert written[0][0].startswith(f"SUB {inbox} ".encode())
+        assert [c.split(b" ", 1)[0] for c in written[0]] == [b"UNSUB", b"SUB", b"HPUB"]
+        assert written[0][1].startswith(f"SUB {inbox} ".encode())
 
 
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:

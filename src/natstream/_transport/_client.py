@@ -63,7 +63,6 @@ class Listening(Protocol):
 # These two alone go on: they stop the process.
 _PROPAGATE = (KeyboardInterrupt, SystemExit)
 _CONNECTED = Client.CONNECTED
-_UNSUB_LATER_MAX = 64  # past this many, further ones keep their place in the queue
 
 
 def light_msg_type(client: Client) -> type[Msg]:
@@ -113,9 +112,6 @@ class FastClient(Client):
         self.item_type = light_msg_type(self)
         self.denials = Denials(exact=True)
         self._inbox_base = ""
-        # UNSUBs queued to go with the next write (see _stop_listening), which puts
-        # them behind what else it writes.
-        self._unsub_later: list[bytes] = []
 
     @property
     def nc(self) -> Client:
@@ -168,12 +164,9 @@ class FastClient(Client):
         self._ps.remove_lane(sid)
         self._subs.pop(sid, None)
         if unsub and self.writable:
-            cmd = b"UNSUB %d\r\n" % sid
-            self._queue_command(cmd)
+            self._queue_command(b"UNSUB %d\r\n" % sid)
             if promptly:
                 self.kick_soon()
-            elif len(self._unsub_later) < _UNSUB_LATER_MAX:
-                self._unsub_later.append(cmd)
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         self._direct[sub._id] = handler
@@ -309,18 +302,7 @@ class FastClient(Client):
             or writer.transport.get_write_buffer_size()
         ):
             return False
-        pending = self._pending
-        late = self._unsub_later
-        if late:
-            # A finished stream's UNSUB goes after the next stream's request: the
-            # server routes the request before it updates its subscriptions.
-            self._unsub_later = []
-            if len(pending) > len(late):
-                held = {id(cmd) for cmd in late}
-                pending = [c for c in pending if id(c) not in held] + [
-                    c for c in pending if id(c) in held
-                ]
-        writer.writelines(pending)
+        writer.writelines(self._pending)
         self._pending = []
         self._pending_data_size = 0
         return True
