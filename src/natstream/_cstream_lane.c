@@ -257,7 +257,10 @@ call_direct(AttemptCore *a, CreditCore *m, PyObject *msg, double now)
         }
         Py_DECREF(r);
     }
-    if (m->request_timeout != NULL && m->request_timeout != Py_None) {
+    /* RequesterMachine.heartbeating(): the stall rule alone judges the peer then. */
+    int heartbeating = m->v1 == Py_True && m->heartbeat > 0 && m->control_subject != NULL &&
+                       m->control_subject != Py_None;
+    if (m->request_timeout != NULL && m->request_timeout != Py_None && !heartbeating) {
         double back; /* consumer_back(loop.time()) */
         if (ns_now(a->clock, a->mono, &back) < 0) {
             return -1;

@@ -416,7 +416,7 @@ class RequesterMachine(Credit):
         if (
             self._waiting_since is not None
             and self.request_timeout is not None
-            and not self._heartbeating()
+            and not self.heartbeating()
         ):
             times.append(max(self._last_rx, self._waiting_since) + self.request_timeout)
         if self._next_by is not None:
@@ -427,7 +427,7 @@ class RequesterMachine(Credit):
                 times.append(self._last_tx + self.heartbeat)
         return min(times) if times else None
 
-    def _heartbeating(self) -> bool:
+    def heartbeating(self) -> bool:
         """Whether the stream is bound to a v1 responder with heartbeats on: its
         silence is then judged by the stall rule alone (it sends something every
         interval while alive), never by ``request_timeout``, which may be shorter
@@ -445,7 +445,7 @@ class RequesterMachine(Credit):
             self._waiting_since is not None
             and self.request_timeout is not None
             and now >= max(self._last_rx, self._waiting_since) + self.request_timeout
-            and not self._heartbeating()
+            and not self.heartbeating()
         ):
             what = "first reply" if self.state is RequesterState.WAITING else "next reply"
             self._fail(

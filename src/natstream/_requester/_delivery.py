@@ -160,8 +160,8 @@ def call_direct(attempt: Attempt, msg: Msg, now: float) -> None:
         attempt.send_ack(ack, now)
     elif m.ack_deferred:
         attempt.defer_ack_check()
-    if m.request_timeout is not None:
-        m.consumer_back(loop.time())
+    if m.request_timeout is not None and not m.heartbeating():
+        m.consumer_back(loop.time())  # (the stall rule alone judges a heartbeating peer)
     attempt.rearm()
 
 
