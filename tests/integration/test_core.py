@@ -641,38 +641,6 @@ async def test_write_now_leaves_to_the_flusher_what_it_must(
         await nc.flush()
 
 
-@pytest.mark.fast_paths
-async def test_an_attempt_subscribes_its_reply_subject_alone(
-    server: NatsServer, subscriber: Subscriber, subject: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream's subscription is of its request's reply subject alone, not a
-    wildcard (which the server adds and removes at a cost the request waits for); it
-    goes in the request's write, and the UNSUB of a stream that got its end marker
-    waits for the next write."""
-    await subscriber.stream_subscribe_handler(subject, lambda r, i: (b"x", False, None))
-    async with Pool(Config([server.url], idle_per_server=1)) as pool:
-        async with pool.stream(subject) as s:
-            assert [m.data async for m in s] == [b"x"]
-        nc = pool._conns.slots[0].conn.nc  # type: ignore[union-attr]
-        assert isinstance(nc, FastClient)
-        assert [c[:6] for c in nc._pending] == [b"UNSUB "]
-        writer = nc._transport._io_writer  # type: ignore[union-attr]
-        written: list[list[bytes]] = []
-        real = writer.writelines
-
-        def record(data: list[bytes]) -> None:
-            written.append(list(data))
-            real(data)
-
-        monkeypatch.setattr(writer, "writelines", record)
-        async with pool.stream(subject) as s:
-            assert s._session.attempt is not None
-            inbox = s._session.attempt.inbox
-            assert [m.data async for m in s] == [b"x"]
-        assert [c.split(b" ", 1)[0] for c in written[0]] == [b"UNSUB", b"SUB", b"HPUB"]
-        assert written[0][1].startswith(f"SUB {inbox} ".encode())
-
-
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
     """Outside ``async with`` nothing would end the stream after a ``break``."""
     with pytest.raises(TypeError, match="async with"):

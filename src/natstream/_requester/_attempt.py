@@ -92,14 +92,8 @@ class Attempt(_Core):
         self.marker: Msg | None = None
         self.outcome: Outcome | None = None
         self._listening: Listening | None = None  # the inbox's subscription
-        # On a fast link the attempt first listens on <base>.0 alone (_literal): the
-        # server adds and removes a subscription with a wildcard at a cost the
-        # request would wait for. The first reply subject renewal (a stream older
-        # than its heartbeat interval, a second at least) subscribes <base>.*.
-        self._literal: Listening | None = None
-        self._wildcard: Listening | None = None
         self.inbox = ""  # the request's reply subject: <base>.0
-        self._inbox_base = ""  # the attempt listens on <base>.0, later <base>.*
+        self._inbox_base = ""  # the attempt listens on <base>.*
         self._generation = 0  # of the reply subject control messages carry (renewal)
         # What the bound responder's data messages look like, for the fast path: their
         # reply subject (its control subject, or none for service-routed control) and
@@ -131,12 +125,9 @@ class Attempt(_Core):
         check_payload(link.nc, data)
         base = self._inbox_base = link.new_inbox()
         inbox = self.inbox = f"{base}.0"
-        listen = inbox if link.fast else f"{base}.*"
-        self._watch(listen)
+        self._watch(f"{base}.*")
         self._watch(self.subject)
-        self._listening = await link.listen(listen, self._on_raw, self._on_msg, lane=self)
-        if link.fast:
-            self._literal = self._listening
+        self._listening = await link.listen(f"{base}.*", self._on_raw, self._on_msg, lane=self)
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
@@ -331,20 +322,6 @@ class Attempt(_Core):
         (``allow_responses``) is granted anew by each, and replies to the latest."""
         if not self.machine.renewal_due(now):
             return ""
-        literal = self._literal
-        if literal is not None:
-            # Queued ahead of the control message that carries the new subject; what
-            # the server routed to <base>.0 before the UNSUB still comes (on either
-            # subscription, or both: the machine drops a repeated sequence number).
-            wildcard = self.link.listen_now(
-                f"{self._inbox_base}.*", self._on_raw, self._on_msg, lane=self
-            )
-            if wildcard is None:
-                return ""
-            self._literal = None
-            self._wildcard = wildcard
-            self._watch(f"{self._inbox_base}.*")
-            literal.stop_delivery()
         self._generation += 1
         return f"{self._inbox_base}.{self._generation}"
 
@@ -434,14 +411,11 @@ class Attempt(_Core):
             self.link.denials.unwatch(subject, self._on_denied)
         self._watched.clear()
         listening, self._listening = self._listening, None
-        wildcard, self._wildcard = self._wildcard, None
-        self._literal = None
-        for sub in (listening, wildcard):
-            if sub is not None:
-                # A responder that sent its end or error marker sends nothing more: the
-                # UNSUB can go with the next write. Otherwise (stopped early, a plain
-                # peer that cannot be told, a failure) the server must stop now.
-                await sub.close(promptly=self.marker is None)
+        if listening is not None:
+            # A responder that sent its end or error marker sends nothing more: the
+            # UNSUB can go with the next write. Otherwise (stopped early, a plain peer
+            # that cannot be told, a failure) the server must stop delivering now.
+            await listening.close(promptly=self.marker is None)
         held, self.held = self.held, None
         if held is not None and inspect.iscoroutine(held[1]):
             held[1].close()  # a direct call's result the consumer never got to await

@@ -51,11 +51,6 @@ class Listening(Protocol):
         next write instead of costing one of its own."""
         ...
 
-    def stop_delivery(self) -> None:
-        """Queue the UNSUB, and still take what the server routed before it (until
-        :meth:`close`). Does nothing on a plain link: delivery goes on until close."""
-        ...
-
 
 # Handlers called from the parser run in the read loop's task, synchronously: no
 # cancellation of that task can reach them, so a CancelledError (or any other
@@ -140,11 +135,6 @@ class FastClient(Client):
     async def listen(
         self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
     ) -> Listening:
-        return self.listen_now(subject, on_raw, on_msg, lane=lane)
-
-    def listen_now(
-        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
-    ) -> Listening:
         """Subscribe ``subject``: its messages go to ``on_raw`` straight from the
         parser (or first to ``lane``'s fast path in C, see :meth:`Link.listen`). The
         SUB is queued: it reaches the server before anything published on this
@@ -158,12 +148,12 @@ class FastClient(Client):
         self._queue_command(b"SUB %s %d\r\n" % (subject.encode(), sid))
         return _RawListening(self, sid)
 
-    def _stop_listening(self, sid: int, promptly: bool, *, unsub: bool = True) -> None:
+    def _stop_listening(self, sid: int, promptly: bool) -> None:
         if self._raw.pop(sid, None) is None:
             return
         self._ps.remove_lane(sid)
         self._subs.pop(sid, None)
-        if unsub and self.writable:
+        if self.writable:
             self._queue_command(b"UNSUB %d\r\n" % sid)
             if promptly:
                 self.kick_soon()
@@ -386,18 +376,11 @@ class FastClient(Client):
 class _RawListening:
     """A :meth:`FastClient.listen` subscription; :meth:`close` ends it."""
 
-    __slots__ = ("_nc", "_sid", "_unsubscribed")
+    __slots__ = ("_nc", "_sid")
 
     def __init__(self, nc: FastClient, sid: int) -> None:
         self._nc = nc
         self._sid = sid
-        self._unsubscribed = False
-
-    def stop_delivery(self) -> None:
-        nc = self._nc
-        if not self._unsubscribed and nc.writable and self._sid in nc._raw:
-            nc._queue_command(b"UNSUB %d\r\n" % self._sid)
-            self._unsubscribed = True
 
     async def close(self, *, promptly: bool = True) -> None:
-        self._nc._stop_listening(self._sid, promptly, unsub=not self._unsubscribed)
+        self._nc._stop_listening(self._sid, promptly)

@@ -77,13 +77,6 @@ class Link(Protocol):
         extension only; ignored otherwise)."""
         ...
 
-    def listen_now(
-        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
-    ) -> Listening | None:
-        """:meth:`listen` without awaiting, on a fast link; None on a plain link (its
-        subscription must be awaited)."""
-        ...
-
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         """Hand ``sub``'s messages to ``handler`` straight from the parser, in order,
         instead of nats-py's queue and callback (no pending limits: ``handler`` must
@@ -193,11 +186,6 @@ class PlainLink:
         sub = await self._nc.subscribe(subject, cb=deliver)
         return _PlainListening(sub)
 
-    def listen_now(
-        self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
-    ) -> Listening | None:
-        return None
-
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         return None
 
@@ -256,9 +244,6 @@ class _PlainListening:
 
     def __init__(self, sub: Subscription) -> None:
         self._sub: Subscription | None = sub
-
-    def stop_delivery(self) -> None:
-        return None
 
     async def close(self, *, promptly: bool = True) -> None:
         sub, self._sub = self._sub, None
