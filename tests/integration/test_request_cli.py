@@ -277,18 +277,23 @@ async def test_retries_resume_after_the_last_reply_printed(
     assert resumed_at == [3]  # the retry started after the last reply printed
 
 
+@pytest.mark.parametrize("raw", [False, True])
 async def test_a_closed_stdout_exits_141_and_cancels_the_responder(
-    server: NatsServer, responder: Subscriber, subject: str
+    server: NatsServer, responder: Subscriber, subject: str, raw: bool
 ) -> None:
-    """``natstream request ... | head -1``."""
+    """``natstream request ... | head -1`` (``head -c 6`` with ``--raw``)."""
     watched = Watched()
     await responder.stream_handler(subject, watched)
     read, write = os.pipe()
-    proc = await astart("request", subject, "--server", server.url, stdout=write)
+    args = ["--raw"] if raw else []
+    proc = await astart("request", subject, *args, "--server", server.url, stdout=write)
     os.close(write)
     try:
         with os.fdopen(read, "rb") as head:
-            assert await asyncio.to_thread(head.readline) == b"tick 0\n"
+            if raw:
+                assert await asyncio.to_thread(head.read, 6) == b"tick 0"
+            else:
+                assert await asyncio.to_thread(head.readline) == b"tick 0\n"
         _, err = await asyncio.wait_for(proc.communicate(), WAIT)
     finally:
         await astop(proc)
@@ -338,30 +343,33 @@ async def test_a_closed_stdout_is_refused_before_anything_starts() -> None:
 # ---------------------------------------------------------------- output pacing
 
 
+@pytest.mark.parametrize("raw", [False, True])
 async def test_a_reader_slower_than_the_stall_time_keeps_the_stream(
-    server: NatsServer, responder: Subscriber, subject: str
+    server: NatsServer, responder: Subscriber, subject: str, raw: bool
 ) -> None:
     """The reader stops for longer than a requester may be silent (3 s): the command
-    still heartbeats, the responder waits for credit, nothing is lost."""
+    still heartbeats, the responder waits for credit, nothing is lost (with
+    ``--raw`` too, whose replies take a path of their own)."""
     count, size = 40_000, 128  # beyond the pipe, the output's buffer and the window
+    payloads = [b"%07d" % i + b"x" * (size - 7) for i in range(count)]
 
     async def many(request: StreamRequest) -> AsyncIterator[list[bytes]]:
         for start in range(0, count, 1000):
-            yield [b"%07d" % i + b"x" * (size - 7) for i in range(start, start + 1000)]
+            yield payloads[start : start + 1000]
 
     await responder.stream_handler(subject, many)
-    proc = await astart("request", subject, "--server", server.url)
+    args = ["--raw"] if raw else []
+    proc = await astart("request", subject, *args, "--server", server.url)
     try:
         assert proc.stdout is not None
-        first = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+        first = await asyncio.wait_for(proc.stdout.readexactly(size), WAIT)
         await asyncio.sleep(4)  # the slow reader under test, not a synchronisation
         rest, err = await asyncio.wait_for(proc.communicate(), WAIT)
     finally:
         await astop(proc)
     assert (proc.returncode, err) == (0, b"")
-    lines = (first + rest).splitlines()
-    assert len(lines) == count
-    assert [int(line[:7]) for line in lines] == list(range(count))
+    end = b"" if raw else b"\n"
+    assert first + rest == b"".join(p + end for p in payloads)
 
 
 @pytest.fixture
