@@ -11,11 +11,16 @@ _CSTREAM += ["_cstream_pack.c", "_cstream_send.c"]
 
 setup(
     ext_modules=[
-        Extension("natstream._cwriter", ["src/natstream/_cwriter.c"], optional=True),
+        Extension(
+            "natstream._cwriter",
+            ["src/natstream/_cwriter.c"],
+            depends=["src/natstream/_ctime.h"],
+            optional=True,
+        ),
         Extension(
             "natstream._cstream",
             [f"src/natstream/{name}" for name in _CSTREAM],
-            depends=["src/natstream/_cstream.h"],
+            depends=["src/natstream/_cstream.h", "src/natstream/_ctime.h"],
             optional=True,
         ),
     ],

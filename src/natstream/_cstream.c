@@ -16,8 +16,7 @@
  * The GIL is held throughout; see _cstream.h.
  */
 #include "_cstream.h"
-
-#include <time.h>
+#include "_ctime.h"
 
 ns_config_t ns_config;
 ns_names_t ns_names;
@@ -26,24 +25,7 @@ int
 ns_now(PyObject *clock, int mono, double *now)
 {
     if (mono) {
-        /* As CPython's time.monotonic(): CLOCK_MONOTONIC in nanoseconds, then
-         * _PyTime_AsSecondsDouble. */
-        struct timespec ts;
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        int64_t ns = (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
-        volatile double d;
-        if (ns % 1000000000 == 0) {
-            d = (double)(ns / 1000000000);
-        }
-        else {
-            d = (double)ns;
-            d /= 1e9;
-        }
-        *now = d;
-        return 0;
+        return ns_clock_seconds(CLOCK_MONOTONIC, now); /* as time.monotonic() */
     }
     PyObject *t = PyObject_CallNoArgs(clock);
     if (t == NULL) {

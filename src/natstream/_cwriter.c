@@ -21,8 +21,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include <stdint.h>
-#include <time.h>
+#include "_ctime.h"
 
 typedef struct {
     PyObject_HEAD
@@ -53,22 +52,7 @@ read_clock(double *now)
         Py_DECREF(result);
         return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
     }
-    struct timespec ts;
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
-    volatile double d;  /* as CPython: no excess precision (x87) */
-    if (ns % 1000000000 == 0) {
-        d = (double)(ns / 1000000000);
-    }
-    else {
-        d = (double)ns;
-        d /= 1e9;
-    }
-    *now = d;
-    return 0;
+    return ns_clock_seconds(CLOCK_REALTIME, now);
 }
 
 PyDoc_STRVAR(write_doc,
