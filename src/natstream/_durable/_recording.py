@@ -18,8 +18,9 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -41,6 +42,21 @@ _DOUBT_LOOK: Final = 0.25  # seconds between looks at the consumer while in doub
 _ACK_CONFIRM: Final = 2.0  # seconds the last acknowledgement of a stop may take
 _MAX_BATCH: Final = 4096  # messages asked for at a time, at most
 _UNSERVED: Final = 5.0  # seconds of "cannot serve" answers before looking for the consumer
+
+_T = TypeVar("_T")
+
+
+async def _ask(what: str, query: Awaitable[_T]) -> _T | None:
+    """``query``'s answer, or None when JetStream gave none now (logged at DEBUG: the
+    caller asks again later). :class:`JetStreamError` (the consumer or the stream is
+    gone) propagates."""
+    try:
+        return await query
+    except JetStreamError:
+        raise
+    except Exception as exc:
+        log.debug("%s not known: %s", what, exc)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,12 +373,7 @@ class DurableRecording:
             return
         self._next_served_look = now + _UNSERVED
         assert self._bound is not None
-        try:
-            await consumer_state(self._link.nc, self._bound)
-        except JetStreamError:
-            raise
-        except Exception as exc:  # no answer now: look again later
-            log.debug("consumer state not known: %s", exc)
+        await _ask("consumer state", consumer_state(self._link.nc, self._bound))
 
     async def _round(self, *, last: bool = False) -> None:
         """Write, commit and acknowledge everything that arrived; in doubt, look
@@ -455,12 +466,8 @@ class DurableRecording:
             return
         self._next_look = now + _DOUBT_LOOK
         assert self._bound is not None
-        try:
-            info = await consumer_state(self._link.nc, self._bound)
-        except JetStreamError:
-            raise
-        except Exception as exc:  # no answer now: the next look asks again
-            log.debug("consumer state not known: %s", exc)
+        info = await _ask("consumer state", consumer_state(self._link.nc, self._bound))
+        if info is None:
             return
         self.behind = info.num_pending or 0
         if self._deque:
@@ -471,12 +478,8 @@ class DurableRecording:
             # The stream's limits (max_age, max_bytes) removed held messages, oldest
             # first: the server counts them no more, nor any older missing delivery.
             # Only the held ones the stream still has can match the server's count.
-            try:
-                first = await stream_first(self._link.nc, self._bound)
-            except JetStreamError:
-                raise
-            except Exception as exc:  # no answer now: the next look asks again
-                log.debug("stream state not known: %s", exc)
+            first = await _ask("stream state", stream_first(self._link.nc, self._bound))
+            if first is None:
                 return
             in_hand = len(self._unacked) + self._seq.held_from(first)
         released = self._seq.release(server_pending, in_hand)
