@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 import urllib.request
@@ -54,7 +55,7 @@ def _url(server: NatsServer, user: str) -> str:
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[NatsServer]:
     """Account A exports svc.> as a stream service; B imports it as remote.svc.>."""
-    with NatsServer(config=ACCOUNTS) as srv:
+    with NatsServer(config=ACCOUNTS, http_port=free_port()) as srv:
         yield srv
 
 
@@ -77,6 +78,44 @@ def numbered(count: int):  # type: ignore[no-untyped-def]
         return str(index).encode(), True, None
 
     return handler
+
+
+# A stream long enough for its reply subject to be renewed twice (at least a second
+# apart), and the pattern of a requester's reply subjects (<inbox>.<n>).
+PACED, PAUSE = 150, 0.02
+_REPLY_SUBJECT = re.compile(r"_INBOX\.[0-9a-f]{24}\.(\d+)")
+
+
+def paced(request: natstream.StreamRequest, index: int):  # type: ignore[no-untyped-def]
+    async def reply():  # type: ignore[no-untyped-def]
+        if index >= PACED:
+            return None, False, None
+        await asyncio.sleep(PAUSE)
+        return str(index).encode(), True, None
+
+    return reply()
+
+
+async def _renewals_seen(pool: Pool, subject: str, server: NatsServer) -> list[list[int]]:
+    """Take a paced stream whole and in order; the generations of the reply subjects
+    subscribed on the requester's ``server``, sampled every 10 replies."""
+    got: list[bytes] = []
+    samples: list[list[int]] = []
+    async with pool.stream(subject) as s:
+        async for msg in s:
+            got.append(msg.data)
+            if len(got) % 10 == 0:
+                connz = await asyncio.to_thread(_monitor, server, "connz?subs=1")
+                samples.append(
+                    [
+                        int(m[1])
+                        for c in connz["connections"]  # type: ignore[attr-defined]
+                        for sub in c.get("subscriptions_list") or ()
+                        if (m := _REPLY_SUBJECT.fullmatch(sub))
+                    ]
+                )
+    assert got == [str(i).encode() for i in range(PACED)]
+    return samples
 
 
 # ---------------------------------------------------------------- accounts
@@ -162,6 +201,17 @@ async def test_cancel_crosses_the_import_within_a_heartbeat(
     stopped_at = time.monotonic()
     await asyncio.wait_for(cancelled.wait(), HB * 10)
     assert time.monotonic() - stopped_at < HB * 2  # told at once, not found gone
+
+
+async def test_a_responder_behind_an_import_is_offered_one_fresh_reply_subject(
+    accounts: NatsServer, responder_a: Subscriber, pool_b: Pool, subject: str
+) -> None:
+    """Replies through an import keep coming to the request's reply subject: the
+    requester keeps it, and offers the same fresh one at each renewal, not a new one."""
+    await responder_a.stream_subscribe_handler(f"svc.{subject}", paced)
+    samples = await _renewals_seen(pool_b, f"remote.svc.{subject}", accounts)
+    assert {tuple(sorted(s)) for s in samples} <= {(0,), (0, 1)}
+    assert (0, 1) in {tuple(sorted(s)) for s in samples}
 
 
 async def test_resume_across_the_import_after_the_responder_is_killed(
@@ -439,8 +489,10 @@ def leaf() -> Iterator[tuple[NatsServer, NatsServer]]:
         hub.close()
 
 
-async def _stream_across(responder_url: str, requester_url: str, subject: str) -> None:
-    """20,000 replies whole and in order, and a cancel that reaches the responder."""
+async def _stream_across(responder_url: str, requester: NatsServer, subject: str) -> None:
+    """20,000 replies whole and in order, a cancel that reaches the responder, and a
+    stream that outlives two renewals of its reply subject."""
+    requester_url = requester.url
     cancelled = asyncio.Event()
 
     async def endless(request: natstream.StreamRequest):  # type: ignore[no-untyped-def]
@@ -469,13 +521,19 @@ async def _stream_across(responder_url: str, requester_url: str, subject: str) -
             f"{subject}.endless", b"", 20, 0.1, lambda m: (taken.append(m.data), len(taken) < 5)[1]
         )
         await asyncio.wait_for(cancelled.wait(), HB * 5)
+        # The responder follows each renewal of the reply subject (two, and then a
+        # third offered), the requester drops the subjects it left.
+        await sub.stream_subscribe_handler(f"{subject}.paced", paced)
+        samples = await _renewals_seen(pool, f"{subject}.paced", requester)
+        assert all(len(s) <= 2 for s in samples), samples
+        assert max(max(s) for s in samples) >= 2, samples
 
 
 async def test_a_stream_across_a_gateway(
     gateways: tuple[NatsServer, NatsServer], subject: str
 ) -> None:
     a, b = gateways
-    await _stream_across(a.url, b.url, subject)
+    await _stream_across(a.url, b, subject)
 
 
 @pytest.mark.parametrize("responder_on", ["hub", "leaf"])
@@ -484,9 +542,9 @@ async def test_a_stream_across_a_leaf_node(
 ) -> None:
     hub, node = leaf
     if responder_on == "hub":
-        await _stream_across(hub.url, node.url, subject)
+        await _stream_across(hub.url, node, subject)
     else:
-        await _stream_across(node.url, hub.url, subject)
+        await _stream_across(node.url, hub, subject)
 
 
 async def test_the_documented_own_prefix_permissions(subject: str) -> None:

@@ -490,7 +490,7 @@ async def receive(
         client.stats["in_bytes"],
     )
     await session.close()
-    sent = b"".join(client._pending).replace(attempt._inbox_base.encode(), b"INBOX")
+    sent = b"".join(client._pending).replace(attempt.inbox.rpartition(".")[0].encode(), b"INBOX")
     return seen, outcome, state, sent
 
 

@@ -36,7 +36,7 @@ from .._protocol import (
 )
 from .._protocol._frames import LONE_TAIL, data_seq, id_tail
 from .._timer import LazyTimer
-from .._transport import Listening, check_payload, publish
+from .._transport import Inbox, check_payload, publish
 from ._delivery import Pack, call_direct
 from ._lease import Lease
 
@@ -91,10 +91,8 @@ class Attempt(_Core):
         self.buffer: deque[Msg | Pack] = deque()
         self.marker: Msg | None = None
         self.outcome: Outcome | None = None
-        self._listening: Listening | None = None  # the inbox's subscription
+        self._inbox: Inbox | None = None  # the reply subjects, subscribed
         self.inbox = ""  # the request's reply subject: <base>.0
-        self._inbox_base = ""  # the attempt listens on <base>.*
-        self._generation = 0  # of the reply subject control messages carry (renewal)
         # What the bound responder's data messages look like, for the fast path: their
         # reply subject (its control subject, or none for service-routed control) and
         # the end of their header block after the sequence number.
@@ -123,11 +121,11 @@ class Attempt(_Core):
         """Take a fresh inbox on the connection; send the request."""
         link = self.link
         check_payload(link.nc, data)
-        base = self._inbox_base = link.new_inbox()
-        inbox = self.inbox = f"{base}.0"
-        self._watch(f"{base}.*")
         self._watch(self.subject)
-        self._listening = await link.listen(f"{base}.*", self._on_raw, self._on_msg, lane=self)
+        box = self._inbox = await link.open_inbox(
+            self._on_raw, self._on_msg, self._on_denied, lane=self
+        )
+        inbox = self.inbox = box.subject
         headers = dict(user_headers) if user_headers else {}
         headers.update(self.machine.request_headers(self.loop.time()))
         await publish(link, self.subject, data, reply=inbox, headers=headers, now=True)
@@ -316,14 +314,14 @@ class Attempt(_Core):
             self._spawn(self._send(subject, ack, reply), "ack")
 
     def _renewal(self, now: float) -> str:
-        """The reply subject a control message carries: a fresh one of our inbox's
-        (at most once per heartbeat interval), else none. A responder whose server
+        """The reply subject a control message carries: one of our inbox's at most
+        once per heartbeat interval (see :meth:`Inbox.renew`), else none. A responder whose server
         grants replies only to the reply subjects of messages it received
         (``allow_responses``) is granted anew by each, and replies to the latest."""
-        if not self.machine.renewal_due(now):
+        box = self._inbox
+        if box is None or not self.machine.renewal_due(now):
             return ""
-        self._generation += 1
-        return f"{self._inbox_base}.{self._generation}"
+        return box.renew()
 
     def defer_ack_check(self) -> None:
         """After a direct call left an ack deferred: send it once this read is parsed."""
@@ -410,12 +408,12 @@ class Attempt(_Core):
         for subject in self._watched:
             self.link.denials.unwatch(subject, self._on_denied)
         self._watched.clear()
-        listening, self._listening = self._listening, None
-        if listening is not None:
+        box, self._inbox = self._inbox, None
+        if box is not None:
             # A responder that sent its end or error marker sends nothing more: the
             # UNSUB can go with the next write. Otherwise (stopped early, a plain peer
             # that cannot be told, a failure) the server must stop delivering now.
-            await listening.close(promptly=self.marker is None)
+            await box.close(promptly=self.marker is None)
         held, self.held = self.held, None
         if held is not None and inspect.iscoroutine(held[1]):
             held[1].close()  # a direct call's result the consumer never got to await

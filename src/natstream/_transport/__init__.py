@@ -6,7 +6,7 @@ from :func:`connect` and run the operations below on it; :mod:`._compat` lists w
 the fast paths rely on and turns them off, with one warning, when nats-py lacks it.
 """
 
-from ._client import FastClient, Listening, RawHandler
+from ._client import FastClient, Inbox, Listening, RawHandler
 from ._compat import fast_paths, missing_names
 from ._connect import connect, is_rejection, safe_server, translate_connect_error
 from ._link import Link, PlainLink
@@ -25,6 +25,7 @@ __all__ = [
     "CALL_AS_AVAILABLE",
     "HEADER_ALLOWANCE",
     "FastClient",
+    "Inbox",
     "Link",
     "Listening",
     "PlainLink",

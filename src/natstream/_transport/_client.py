@@ -27,10 +27,10 @@ from .._protocol._frames import (
     parse_headers,
     publish_command,
 )
-from ._denials import Denials
+from ._denials import Denials, OnDenied
 from ._parser import FastParser
 
-__all__ = ["FastClient", "Listening", "RawHandler", "light_msg_type"]
+__all__ = ["FastClient", "Inbox", "Listening", "RawHandler", "light_msg_type"]
 
 log = logging.getLogger("natstream")
 
@@ -49,6 +49,29 @@ class Listening(Protocol):
         """Unsubscribe: the server stops delivering. Idempotent. ``promptly=False``
         when nothing more is expected: the UNSUB may then wait for the connection's
         next write instead of costing one of its own."""
+        ...
+
+
+class Inbox(Protocol):
+    """A stream's reply subjects, subscribed by :meth:`Link.open_inbox`.
+
+    Attributes:
+        base: the inbox; every reply subject is ``<base>.<n>``.
+        subject: the request's reply subject, ``<base>.0``.
+    """
+
+    base: str
+    subject: str
+
+    def renew(self) -> str:
+        """A reply subject of this inbox for the next control message to carry,
+        subscribed before anything published on the link after this call: a fresh
+        one, or the last fresh one again while the responder has not replied to it
+        (where the link can tell)."""
+        ...
+
+    async def close(self, *, promptly: bool = True) -> None:
+        """Unsubscribe every reply subject, as :meth:`Listening.close`. Idempotent."""
         ...
 
 
@@ -136,9 +159,18 @@ class FastClient(Client):
         self, subject: str, on_raw: RawHandler, on_msg: MsgHandler, *, lane: object = None
     ) -> Listening:
         """Subscribe ``subject``: its messages go to ``on_raw`` straight from the
-        parser (or first to ``lane``'s fast path in C, see :meth:`Link.listen`). The
-        SUB is queued: it reaches the server before anything published on this
-        connection after this call, and it is replayed on a reconnect."""
+        parser (or first to ``lane``'s fast path in C, see :meth:`Link.listen`)."""
+        return _RawListening(self, self._listen(subject, on_raw, lane))
+
+    async def open_inbox(
+        self, on_raw: RawHandler, on_msg: MsgHandler, on_denied: OnDenied, *, lane: object = None
+    ) -> Inbox:
+        return _RawInbox(self, self.new_inbox(), on_raw, on_denied, lane)
+
+    def _listen(self, subject: str, on_raw: RawHandler, lane: object) -> int:
+        """Subscribe ``subject``; its sid. The SUB is queued: it reaches the server
+        before anything published on this connection after this call, and it is
+        replayed on a reconnect."""
         self._sid += 1
         sid = self._sid
         self._subs[sid] = Subscription(self, sid, subject)
@@ -146,7 +178,14 @@ class FastClient(Client):
         if lane is not None:
             self._ps.add_lane(sid, lane)
         self._queue_command(b"SUB %s %d\r\n" % (subject.encode(), sid))
-        return _RawListening(self, sid)
+        return sid
+
+    def _relisten(self, sid: int, on_raw: RawHandler, lane: object) -> None:
+        """Hand subscription ``sid``'s messages to ``on_raw`` (and ``lane``) from now on."""
+        if sid in self._raw:
+            self._raw[sid] = on_raw
+            if lane is not None:
+                self._ps.add_lane(sid, lane)
 
     def _stop_listening(self, sid: int, promptly: bool) -> None:
         if self._raw.pop(sid, None) is None:
@@ -371,6 +410,77 @@ class FastClient(Client):
         # Always the tolerant parser: nats-py's raises on a status line that is not
         # UTF-8, inside its read loop, which then stops reading for good.
         return parse_headers(headers)
+
+
+class _RawInbox:
+    """A stream's reply subjects on a fast link, each subscribed without a wildcard.
+
+    nats-server adds or removes a subscription with a wildcard at a cost of its own
+    (10-30 us here), which a request sent behind it waits for; a literal one costs
+    about nothing. So ``<base>.0`` is subscribed for the request, each renewal
+    subscribes ``<base>.<n>``, and the older subjects are unsubscribed once a message
+    arrives on a newer one: the responder has moved, and what it sent to them has
+    arrived before (the server keeps the order of one connection's messages; a
+    message for a dropped subject would be lost). A responder that never moves
+    (through an import) is offered the same fresh subject again, never a third.
+    """
+
+    __slots__ = (
+        "_generation",
+        "_lane",
+        "_listened",
+        "_moved",
+        "_nc",
+        "_on_denied",
+        "_on_raw",
+        "base",
+        "subject",
+    )
+
+    def __init__(
+        self, nc: FastClient, base: str, on_raw: RawHandler, on_denied: OnDenied, lane: object
+    ) -> None:
+        self._nc = nc
+        self.base = base
+        self.subject = f"{base}.0"
+        self._on_raw = on_raw
+        self._on_denied = on_denied
+        self._lane = lane
+        self._listened: list[tuple[int, str]] = []  # (sid, subject), oldest first
+        self._moved = True  # the responder has replied to the newest subject
+        self._generation = 0
+        self._add(self.subject, on_raw, lane)
+
+    def _add(self, subject: str, on_raw: RawHandler, lane: object) -> None:
+        self._nc.denials.watch(subject, self._on_denied)
+        self._listened.append((self._nc._listen(subject, on_raw, lane), subject))
+
+    def renew(self) -> str:
+        if not self._listened:  # closed
+            return ""
+        if self._moved:
+            self._moved = False
+            self._generation += 1
+            self._add(f"{self.base}.{self._generation}", self._on_first, None)
+        return self._listened[-1][1]
+
+    def _on_first(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """The first message on the newest subject: the responder moved there."""
+        self._moved = True
+        *old, (newest, _) = self._listened
+        self._nc._relisten(newest, self._on_raw, self._lane)
+        self._drop(old, promptly=False)
+        del self._listened[:-1]
+        return bool(self._on_raw(subject, reply, data, headers))
+
+    def _drop(self, listened: list[tuple[int, str]], *, promptly: bool) -> None:
+        for sid, subject in listened:
+            self._nc._stop_listening(sid, promptly)
+            self._nc.denials.unwatch(subject, self._on_denied)
+
+    async def close(self, *, promptly: bool = True) -> None:
+        self._drop(self._listened, promptly=promptly)
+        self._listened.clear()
 
 
 class _RawListening:

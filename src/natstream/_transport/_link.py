@@ -19,8 +19,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._client import Listening, MsgHandler, RawHandler, light_msg_type
-from ._denials import Denials
+from ._client import Inbox, Listening, MsgHandler, RawHandler, light_msg_type
+from ._denials import Denials, OnDenied
 
 __all__ = ["Link", "PlainLink"]
 
@@ -75,6 +75,14 @@ class Link(Protocol):
         ``lane``: an attempt on the C extension's ``AttemptCore``, whose receive fast
         path the parser then runs in C before ``on_raw`` (fast links with the
         extension only; ignored otherwise)."""
+        ...
+
+    async def open_inbox(
+        self, on_raw: RawHandler, on_msg: MsgHandler, on_denied: OnDenied, *, lane: object = None
+    ) -> Inbox:
+        """Subscribe a fresh inbox (:meth:`new_inbox`) for one stream's replies, as
+        :meth:`listen` does; ``on_denied`` hears of the server refusing one of its
+        subscriptions."""
         ...
 
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
@@ -186,6 +194,14 @@ class PlainLink:
         sub = await self._nc.subscribe(subject, cb=deliver)
         return _PlainListening(sub)
 
+    async def open_inbox(
+        self, on_raw: RawHandler, on_msg: MsgHandler, on_denied: OnDenied, *, lane: object = None
+    ) -> Inbox:
+        base = self.new_inbox()
+        self.denials.watch(f"{base}.*", on_denied)
+        listening = await self.listen(f"{base}.*", on_raw, on_msg)
+        return _PlainInbox(self, base, listening, on_denied)
+
     def set_direct(self, sub: Subscription, handler: Callable[[Msg], None]) -> None:
         return None
 
@@ -252,3 +268,29 @@ class _PlainListening:
                 await sub.unsubscribe()
             except Exception:  # the connection may be gone; nothing left to undo then
                 log.debug("unsubscribe failed", exc_info=True)
+
+
+class _PlainInbox:
+    """A stream's reply subjects on a plain link: one subscription of ``<base>.*``
+    (nats-py's client cannot tell which subject a message came to, to drop the
+    others early)."""
+
+    __slots__ = ("_generation", "_link", "_listening", "_on_denied", "base", "subject")
+
+    def __init__(self, link: PlainLink, base: str, listening: Listening, on_denied: OnDenied):
+        self._link = link
+        self.base = base
+        self.subject = f"{base}.0"
+        self._listening: Listening | None = listening
+        self._on_denied = on_denied
+        self._generation = 0
+
+    def renew(self) -> str:
+        self._generation += 1
+        return f"{self.base}.{self._generation}"
+
+    async def close(self, *, promptly: bool = True) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            self._link.denials.unwatch(f"{self.base}.*", self._on_denied)
+            await listening.close(promptly=promptly)
