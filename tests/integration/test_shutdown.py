@@ -9,7 +9,9 @@ import time
 from collections.abc import AsyncIterator
 from itertools import pairwise
 
+import nats
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from natstream import (
@@ -23,6 +25,7 @@ from natstream import (
     Subscriber,
 )
 from natstream._responder import _subscription
+from natstream._transport import connect, drain_subscription, flush_ordered, subscribe_live
 from natstream.server import NatsServer
 
 HB = 1.0  # requesters' heartbeat: a stall would be noticed after 3 s
@@ -33,6 +36,75 @@ async def hb_pool(server: NatsServer) -> AsyncIterator[Pool]:
     config = Config([server.url], idle_per_server=2, stream=StreamOptions(heartbeat=HB))
     async with Pool(config) as p:
         yield p
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["nats-py-client", "natstream-link"])
+async def test_a_drained_queue_member_handles_every_request_routed_to_it(
+    server: NatsServer, subject: str, plain: bool
+) -> None:
+    """Requests on their way as one of two queue members drains each reach one of them.
+    (nats-py's own ``drain()`` writes its PING ahead of its UNSUB and forgets the
+    subscription at the PONG: requests the server routes to it between the two, as
+    these are here, are dropped and their requesters left waiting.)"""
+
+    async def client() -> Client:
+        if plain:
+            return await nats.connect(server.url)
+        return (await connect([server.url], {}, allow_reconnect=False)).nc
+
+    pub, stay = await nats.connect(server.url), await nats.connect(server.url)
+    handled = 0
+
+    async def on_request(msg: Msg) -> None:
+        nonlocal handled
+        handled += 1
+
+    staying = await subscribe_live(stay, subject, on_request, queue="q")
+    rounds, per_round = 30, 50
+    for _ in range(rounds):
+        going = await client()
+        sub = await subscribe_live(going, subject, on_request, queue="q")
+        for _ in range(per_round):  # on the wire as the UNSUB goes
+            await pub.publish(subject, b"request")
+        await drain_subscription(going, sub)
+        await going.close()
+    await flush_ordered(pub)  # every request is routed
+    await flush_ordered(stay)
+    await drain_subscription(stay, staying)  # and handled
+    await pub.close()
+    await stay.close()
+    assert handled == rounds * per_round
+
+
+async def test_a_plain_client_drains_with_its_unsub_ahead_of_the_round_trip(
+    server: NatsServer, subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What makes the drain above lossless, in the bytes nats-py's client writes: a
+    PING after the UNSUB (``drain()`` alone writes its PING first)."""
+
+    async def ignore(msg: Msg) -> None:
+        return None
+
+    nc = await nats.connect(server.url)
+    sub = await subscribe_live(nc, subject, ignore, queue="q")
+    written = bytearray()
+    transport = nc._transport
+    write, writelines = transport.write, transport.writelines
+
+    def record(data: bytes) -> None:
+        written.extend(data)
+        write(data)
+
+    def record_lines(lines: list[bytes]) -> None:
+        written.extend(b"".join(lines))
+        writelines(lines)
+
+    monkeypatch.setattr(transport, "write", record)
+    monkeypatch.setattr(transport, "writelines", record_lines)
+    await drain_subscription(nc, sub)
+    await nc.close()
+    unsub = written.find(b"UNSUB %d" % sub._id)
+    assert 0 <= unsub < written.rfind(b"PING"), bytes(written)
 
 
 async def endless(request: StreamRequest, index: int) -> tuple[bytes, bool, None]:

@@ -47,6 +47,25 @@ def test_a_missing_name_is_reported_and_turns_the_fast_paths_off(
     assert "Client._process_msg" in warnings[0].getMessage()
 
 
+def test_without_the_names_for_a_lossless_drain_nats_py_drains_alone_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(Client, "_send_unsubscribe")
+    monkeypatch.setattr(_compat, "_lossless_drain", None)
+    assert _compat.missing_drain_names() == ["Client._send_unsubscribe"]
+    with caplog.at_level(logging.WARNING, logger="natstream"):
+        assert not _compat.lossless_drain()
+        assert not _compat.lossless_drain()  # decided once
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Client._send_unsubscribe" in warnings[0].getMessage()
+
+
+def test_the_names_for_a_lossless_drain_are_there() -> None:
+    assert _compat.missing_drain_names() == []
+    assert _compat.lossless_drain()
+
+
 def test_a_changed_signature_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     async def _process_msg(self: Client, sid: int, subject: bytes) -> None: ...
 

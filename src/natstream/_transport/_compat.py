@@ -8,7 +8,9 @@ the fallback (the test suite runs the streaming tests that way too).
 
 What is not a speed-up is not optional: the TLS downgrade check needs
 :data:`TLS_CHECK_NAMES`; without them a connection that asks for TLS is refused
-rather than risk sending credentials in plaintext.
+rather than risk sending credentials in plaintext. Draining a subscription without
+losing a message needs :data:`DRAIN_NAMES`; without them it falls back to
+``Subscription.drain()``, which can drop what arrives as it ends (one warning).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from nats.protocol import parser
 __all__ = [
     "CLIENT_ATTRIBUTES",
     "CLIENT_METHODS",
+    "DRAIN_NAMES",
     "TLS_CHECK_NAMES",
     "fast_paths",
+    "lossless_drain",
+    "missing_drain_names",
     "missing_names",
     "missing_tls_check_names",
 ]
@@ -75,6 +80,7 @@ SUBSCRIPTION_ATTRIBUTES = ("_id",)
 TCP_TRANSPORT_ATTRIBUTES = ("_io_writer",)  # the (TLS-upgraded) stream writer
 
 TLS_CHECK_NAMES = ("Client._connect_command", "Client._current_server", "TcpTransport._io_writer")
+DRAIN_NAMES = ("Client._send_unsubscribe", "Subscription._id")
 
 
 def _method_gaps(cls: type, name: str, params: tuple[str, ...]) -> list[str]:
@@ -129,6 +135,38 @@ def missing_tls_check_names() -> list[str]:
     if not hasattr(TcpTransport(), "_io_writer"):  # type: ignore[no-untyped-call]
         missing.append("TcpTransport._io_writer")
     return missing
+
+
+def missing_drain_names() -> list[str]:
+    """The names of :data:`DRAIN_NAMES` the installed nats-py lacks."""
+    missing = _method_gaps(Client, "_send_unsubscribe", ("sid",))
+    try:
+        sub: Any = Subscription(Client(), 1)
+    except Exception:  # a changed constructor
+        return [*missing, "Subscription(conn, id)"]
+    if not hasattr(sub, "_id"):
+        missing.append("Subscription._id")
+    return missing
+
+
+_lossless_drain: bool | None = None
+
+
+def lossless_drain() -> bool:
+    """Whether :data:`DRAIN_NAMES` are there, with the fast paths on or off (decided
+    once per process; logs one warning when they are not)."""
+    global _lossless_drain
+    if _lossless_drain is None:
+        missing = missing_drain_names()
+        _lossless_drain = not missing
+        if missing:
+            log.warning(
+                "the installed nats-py lacks %s: subscriptions end through its "
+                "Subscription.drain(), which can drop a request that reaches one as it "
+                "ends (its requester then waits for request_timeout)",
+                ", ".join(missing),
+            )
+    return _lossless_drain
 
 
 _fast: bool | None = None

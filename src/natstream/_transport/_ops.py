@@ -14,6 +14,7 @@ from nats.aio.subscription import Subscription
 
 from .._errors import ConnectionLostError, PayloadTooLargeError, PermissionDeniedError
 from ._client import FastClient
+from ._compat import lossless_drain
 from ._denials import Denials
 from ._link import Link
 
@@ -115,13 +116,14 @@ async def drain_subscription(nc: Client, sub: Subscription) -> None:
     """Stop a subscription without losing what the server already routed to it.
 
     ``Subscription.drain()`` has the flush-ordering flaw described in
-    :func:`flush_ordered`: its PING can overtake its UNSUB, so messages the server
-    sends between the PONG and the UNSUB are dropped. Sending the UNSUB ourselves and
+    :func:`flush_ordered`: its PING always overtakes its UNSUB, so messages the server
+    sends between the PONG and the UNSUB are dropped (a request lost so waits for its
+    requester's ``request_timeout``, or for ever). Sending the UNSUB ourselves and
     making an ordered round trip first closes that window; ``drain()`` then waits for
-    the callback to process everything received. (With the fast paths off, see
-    :mod:`._compat`, only ``drain()`` is used, with that flaw.)
+    the callback to process everything received. This holds with the fast paths off
+    too; only a nats-py without :data:`~._compat.DRAIN_NAMES` gets ``drain()`` alone.
     """
-    if isinstance(nc, FastClient):
+    if isinstance(nc, FastClient) or lossless_drain():
         await nc._send_unsubscribe(sub._id)
         await flush_ordered(nc)
     await sub.drain()  # type: ignore[no-untyped-call]
