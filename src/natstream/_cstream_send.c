@@ -278,7 +278,7 @@ ns_fill_index(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             sent += 1;
             /* The pacing rule of Sender.send_now: see _sender.py. */
             pause = !(sent & pause_mask) ||
-                    (!(sent & (pause_mask >> 2)) && pending + o.len > pause_bytes);
+                    (!(sent & (pause_mask >> 1)) && pending + o.len > pause_bytes);
         }
         more = PyObject_IsTrue(PyTuple_GET_ITEM(result, 1));
         if (more < 0) {

@@ -38,7 +38,7 @@ FUZZ = settings(
 )
 LIMIT = 1000  # max_payload of the fake connection: larger replies are refused (413)
 PAUSE_MASK = 7  # a pause every 8 replies here, to see many of them
-BYTES_PAUSE_MASK = 31  # with a byte limit: then a pause every 8 replies over it
+BYTES_PAUSE_MASK = 31  # with a byte limit: then a pause every 16 replies over it
 
 
 class Boom(Exception):
@@ -191,7 +191,7 @@ async def test_fill_queues_what_the_python_loop_queues(
     pause_bytes: int | None,
 ) -> None:
     """With ``pause_bytes``, the byte rule of the pacing too: a pause every
-    ``(PAUSE_MASK + 1) // 4`` replies while that many bytes wait on the connection."""
+    ``(PAUSE_MASK + 1) // 2`` replies while that many bytes wait on the connection."""
     args = (script, mode, window, acks, resume)
     saved = _sender._PAUSE_MASK, _sender._PAUSE_BYTES
     if pause_bytes is not None:

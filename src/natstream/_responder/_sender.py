@@ -5,12 +5,13 @@ Every data reply goes through :meth:`Sender.send_now` (the fast path: a lone
 (waits for credit, then the fast path or a publish with the machine's headers);
 lists of replies through :meth:`Sender.send_items` (packed when the requester
 unpacks). Pacing: a stream pauses (:meth:`Sender.pause`) after every
-``_PAUSE_EVERY`` replies, and after every ``_PAUSE_EVERY // 4`` while more than
+``_PAUSE_EVERY`` replies, and after every ``_PAUSE_EVERY // 2`` (the least window,
+so a stream on it pauses at most once per window) while more than
 ``_PAUSE_BYTES`` wait in the connection's outgoing buffer, so concurrent streams
-interleave. (Not after every reply while the buffer is over: with many streams on a
-connection it is over most of the time, and a pause per reply cost a task switch
-per reply; every 32 made 77,000 pauses per million replies with 1,000 streams,
-every 64 makes 41,000.) Each pause costs a ``send()``
+interleave. (Not more often while the buffer is over: with many streams on a
+connection it is over most of the time, and every pause costs a task switch;
+with 1,000 streams, a pause every 32 replies made 77,000 pauses per million
+replies, every 64 made 41,000.) Each pause costs a ``send()``
 system call when the flusher writes, which on a busy machine dominates small
 messages: so not more often either. Between pauses the flusher is woken from sync
 code (:meth:`Link.kick_soon`), without a coroutine and future per reply.
@@ -45,7 +46,7 @@ log = logging.getLogger("natstream")
 
 _PAUSE_EVERY = 256  # replies
 _PAUSE_MASK = _PAUSE_EVERY - 1  # a power of two: ``sent & mask`` is 0 every _PAUSE_EVERY
-_PAUSE_BYTES = 256 * 1024  # queued on the connection; then a pause every _PAUSE_MASK >> 2
+_PAUSE_BYTES = 256 * 1024  # queued on the connection; then a pause every _PAUSE_EVERY // 2
 if cstream is not None:
     cstream.configure("pause_mask", _PAUSE_MASK)
     cstream.configure("pause_bytes", _PAUSE_BYTES)
@@ -212,7 +213,7 @@ class Sender:
         sent = self.sent = self.sent + 1
         # The pacing rule (see the module docstring), here and not in a method of its
         # own: this runs once per reply, and a call costs as much as the rule.
-        if not sent & _PAUSE_MASK or (pending > _PAUSE_BYTES and not sent & _PAUSE_MASK >> 2):
+        if not sent & _PAUSE_MASK or (pending > _PAUSE_BYTES and not sent & _PAUSE_MASK >> 1):
             return PAUSE
         return QUEUED
 
@@ -262,7 +263,7 @@ class Sender:
         sent = self.sent = self.sent + 1
         # The pacing rule of send_now; publish() has woken the flusher.
         if not sent & _PAUSE_MASK or (
-            not sent & _PAUSE_MASK >> 2 and self.link.pending_size() > _PAUSE_BYTES
+            not sent & _PAUSE_MASK >> 1 and self.link.pending_size() > _PAUSE_BYTES
         ):
             await asyncio.sleep(0)
         return True
