@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,19 @@ def test_a_missing_name_is_reported_and_turns_the_fast_paths_off(
     monkeypatch.setattr(_compat, "_fast", None)
     monkeypatch.delenv(_compat.ENV_OFF, raising=False)
     assert "Client._process_msg" in _compat.missing_names()
+    _off_with_one_warning(caplog, _compat.fast_paths, "Client._process_msg")
+
+
+def _off_with_one_warning(
+    caplog: pytest.LogCaptureFixture, decide: Callable[[], bool], name: str
+) -> None:
+    """``decide()`` says no, twice, with one warning that names ``name``."""
     with caplog.at_level(logging.WARNING, logger="natstream"):
-        assert not _compat.fast_paths()
-        assert not _compat.fast_paths()  # decided once
+        assert not decide()
+        assert not decide()  # decided once
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "Client._process_msg" in warnings[0].getMessage()
+    assert name in warnings[0].getMessage()
 
 
 def test_without_the_names_for_a_lossless_drain_nats_py_drains_alone_with_a_warning(
@@ -53,12 +61,7 @@ def test_without_the_names_for_a_lossless_drain_nats_py_drains_alone_with_a_warn
     monkeypatch.delattr(Client, "_send_unsubscribe")
     monkeypatch.setattr(_compat, "_lossless_drain", None)
     assert _compat.missing_drain_names() == ["Client._send_unsubscribe"]
-    with caplog.at_level(logging.WARNING, logger="natstream"):
-        assert not _compat.lossless_drain()
-        assert not _compat.lossless_drain()  # decided once
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "Client._send_unsubscribe" in warnings[0].getMessage()
+    _off_with_one_warning(caplog, _compat.lossless_drain, "Client._send_unsubscribe")
 
 
 def test_the_names_for_a_lossless_drain_are_there() -> None:

@@ -277,7 +277,9 @@ class _PlainInbox:
 
     __slots__ = ("_generation", "_link", "_listening", "_on_denied", "base", "subject")
 
-    def __init__(self, link: PlainLink, base: str, listening: Listening, on_denied: OnDenied):
+    def __init__(
+        self, link: PlainLink, base: str, listening: Listening, on_denied: OnDenied
+    ) -> None:
         self._link = link
         self.base = base
         self.subject = f"{base}.0"
