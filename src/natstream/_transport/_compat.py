@@ -94,6 +94,14 @@ def _method_gaps(cls: type, name: str, params: tuple[str, ...]) -> list[str]:
     return [f"{cls.__name__}.{name}({p}=...)" for p in params if p not in names]
 
 
+def _subscription_gaps(client: Any, attributes: tuple[str, ...]) -> list[str]:
+    try:
+        sub: Any = Subscription(client, 1)
+    except Exception:  # a changed constructor
+        return ["Subscription(conn, id)"]
+    return [f"Subscription.{a}" for a in attributes if not hasattr(sub, a)]
+
+
 def missing_names() -> list[str]:
     """Every private name the fast paths rely on that the installed nats-py (or
     asyncio) does not have; empty when all are there."""
@@ -108,12 +116,7 @@ def missing_names() -> list[str]:
         f"Parser.{m}" for m in PARSER_METHODS if not callable(getattr(parser.Parser, m, None))
     ]
     missing += [f"nats.protocol.parser.{p}" for p in PARSER_PATTERNS if not hasattr(parser, p)]
-    try:
-        sub: Any = Subscription(client, 1)
-    except Exception:  # a changed constructor
-        missing.append("Subscription(conn, id)")
-    else:
-        missing += [f"Subscription.{a}" for a in SUBSCRIPTION_ATTRIBUTES if not hasattr(sub, a)]
+    missing += _subscription_gaps(client, SUBSCRIPTION_ATTRIBUTES)
     missing += missing_tls_check_names()
     if not (
         hasattr(asyncio.tasks, "_swap_current_task")
@@ -139,14 +142,8 @@ def missing_tls_check_names() -> list[str]:
 
 def missing_drain_names() -> list[str]:
     """The names of :data:`DRAIN_NAMES` the installed nats-py lacks."""
-    missing = _method_gaps(Client, "_send_unsubscribe", ("sid",))
-    try:
-        sub: Any = Subscription(Client(), 1)
-    except Exception:  # a changed constructor
-        return [*missing, "Subscription(conn, id)"]
-    if not hasattr(sub, "_id"):
-        missing.append("Subscription._id")
-    return missing
+    name = "_send_unsubscribe"
+    return _method_gaps(Client, name, CLIENT_METHODS[name]) + _subscription_gaps(Client(), ("_id",))
 
 
 _lossless_drain: bool | None = None
