@@ -315,9 +315,10 @@ class Attempt(_Core):
 
     def _renewal(self, now: float) -> str:
         """The reply subject a control message carries: one of our inbox's at most
-        once per heartbeat interval (see :meth:`Inbox.renew`), else none. A responder whose server
-        grants replies only to the reply subjects of messages it received
-        (``allow_responses``) is granted anew by each, and replies to the latest."""
+        once per heartbeat interval (see :meth:`Inbox.renew`), else none. A responder
+        whose server grants replies only to the reply subjects of messages it
+        received (``allow_responses``) is granted anew by each, and replies to the
+        latest."""
         box = self._inbox
         if box is None or not self.machine.renewal_due(now):
             return ""
