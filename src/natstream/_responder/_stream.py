@@ -194,10 +194,9 @@ class ResponderStream:
             return False
         if finish:
             self._end_now()
+        # Within the parser's read (the usual case), written when it is done with
+        # that read, not at the flusher's turn an event-loop iteration later.
         link.kick_soon()
-        # Written when the parser is done with this read (with whatever else it
-        # queued), not at the flusher's turn an event-loop iteration later.
-        link.write_soon = True
         return finish
 
     def _end_now(self) -> None:

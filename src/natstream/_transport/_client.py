@@ -126,7 +126,8 @@ class FastClient(Client):
         self._raw: dict[int, RawHandler] = {}  # sid -> handler (see listen)
         self._direct: dict[int, Callable[[Msg], None]] = {}
         self.yield_soon = False  # the parser yields once after the current message
-        self.write_soon = False  # the parser writes what is queued after this read
+        self.parsing = False  # the parser is reading (set and reset by it)
+        self.write_soon = False  # a kick came meanwhile: the parser writes at its end
         self.item_type = light_msg_type(self)
         self.denials = Denials(exact=True)
         self._inbox_base = ""
@@ -337,6 +338,12 @@ class FastClient(Client):
         return True
 
     def kick_soon(self) -> None:
+        if self.parsing:
+            # The parser writes when it is done with this read, or kicks then: one
+            # write for all a read's handlers queued, and no wake-up of the flusher
+            # for nothing (its task would find the commands written).
+            self.write_soon = True
+            return
         if self._written_without_flusher():
             return
         queue = self._flush_queue

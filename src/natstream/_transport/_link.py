@@ -39,10 +39,6 @@ class Link(Protocol):
             connected; always False on a plain link. An attribute, read per reply.
         item_type: a light ``Msg`` class for header-less replies of this connection.
         yield_soon: set by a raw handler's True result; the parser yields once.
-        write_soon: set (by a handler the parser called) to have the commands queued
-            meanwhile written when the parser is done with the current read
-            (:meth:`write_now`), ahead of the flusher, which must still be kicked:
-            it writes them if the parser cannot. Never read on a plain link.
         denials: who hears of the server refusing a subscription or a publish of this
             connection (permissions), by subject; each refusal is logged once.
     """
@@ -51,7 +47,6 @@ class Link(Protocol):
     writable: bool
     item_type: type[Msg]
     yield_soon: bool
-    write_soon: bool
 
     @property
     def nc(self) -> Client: ...
@@ -137,7 +132,9 @@ class Link(Protocol):
 
     def kick_soon(self) -> None:
         """Wake the flusher from sync code, without waiting for a full buffer to
-        drain (callers bound what they queue between awaits)."""
+        drain (callers bound what they queue between awaits). On a fast link,
+        while its parser is reading, the commands are written when it is done with
+        that read instead, in one write, or the flusher is woken then."""
         ...
 
     async def kick(self) -> None:
@@ -171,7 +168,6 @@ class PlainLink:
         self._nc = nc
         self.item_type = light_msg_type(nc)
         self.yield_soon = False
-        self.write_soon = False
         self.denials = Denials(exact=False)  # nats-py lower-cases the server's errors
         self._ping: asyncio.Task[float] | None = None  # the PING in flight, if any
 

@@ -71,17 +71,24 @@ class FastParser(Parser):
             data = b"".join((buf, data))  # one copy (extending, then bytes(), made two)
             buf.clear()
         self._wanted = 0
-        scanner = self._scanner
-        if scanner is None:
-            pos = await self._parse(data, 0, False)
-        else:
-            pos = await self._scan(scanner, data)
-        if 0 <= pos < len(data):
-            self.buf.extend(data[pos:] if pos else data)
         nc = self.nc
-        if nc.write_soon:  # a handler queued what should not wait for the flusher
-            nc.write_soon = False
-            nc.write_now()
+        # While this runs, a kick of the flusher is left to the end of the read (see
+        # FastClient.kick_soon): what handlers queued is written then, in one write.
+        nc.parsing = True
+        try:
+            scanner = self._scanner
+            if scanner is None:
+                pos = await self._parse(data, 0, False)
+            else:
+                pos = await self._scan(scanner, data)
+            if 0 <= pos < len(data):
+                self.buf.extend(data[pos:] if pos else data)
+        finally:
+            nc.parsing = False
+            if nc.write_soon:
+                nc.write_soon = False
+                if not nc.write_now():
+                    nc.kick_soon()
 
     async def _scan(self, scanner: Any, data: bytes) -> int:
         """:meth:`_parse` with the C scanner; the position to keep from, or -1 when
