@@ -641,6 +641,42 @@ async def test_write_now_leaves_to_the_flusher_what_it_must(
         await nc.flush()
 
 
+@pytest.mark.fast_paths
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_reply_queued_in_the_read_is_written_at_its_end(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch, busy: bool
+) -> None:
+    """A handler the parser calls queues a reply and kicks: the flusher is not woken
+    for it, the parser writes it when the read is done; with the socket busy, the
+    parser kicks the flusher then, which writes it."""
+    async with Pool(Config([server.url], idle_per_server=1)) as pool:
+        nc = pool._conns.slots[0].conn.nc  # type: ignore[union-attr]
+        assert isinstance(nc, FastClient)
+        seen: list[tuple[bool, bool]] = []  # (write held for the read's end, flusher idle)
+
+        def echo(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+            assert nc.queue_publish(reply.decode(), "", data, None)
+            nc.kick_soon()
+            queue = nc._flush_queue
+            seen.append((nc.write_soon, queue is not None and queue.empty()))
+            return False
+
+        listening = await nc.listen("t.echo", echo, lambda msg: None)
+        await nc.flush()
+        if busy:
+            socket = nc._transport._io_writer.transport  # type: ignore[union-attr]
+            monkeypatch.setattr(socket, "get_write_buffer_size", lambda: 1)
+        other = await nats.connect(server.url)
+        try:
+            reply = await other.request("t.echo", b"hi", timeout=5)
+        finally:
+            await other.close()
+        assert reply.data == b"hi"
+        assert seen == [(True, True)]
+        assert (nc.parsing, nc.write_soon) == (False, False)
+        await listening.close()
+
+
 async def test_a_stream_is_iterated_inside_its_block(pool: Pool, subject: str) -> None:
     """Outside ``async with`` nothing would end the stream after a ``break``."""
     with pytest.raises(TypeError, match="async with"):

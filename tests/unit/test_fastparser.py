@@ -57,8 +57,11 @@ class FakeClient:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.yield_soon = False
+        self.parsing = False
         self.write_soon = False
         self.wakes: set[bytes] = set()  # payloads that wake a consumer (see yield_soon)
+        self.kicks: set[bytes] = set()  # payloads whose handling kicks the flusher
+        self.socket_busy = False  # write_now cannot write
         self.raw_errors: list[str] = []
         self.stats = {"in_msgs": 0, "in_bytes": 0}
 
@@ -70,7 +73,19 @@ class FakeClient:
         self.events.append(("msg", sid, subject, reply, data, headers))
         if data in self.wakes:
             self.yield_soon = True
+        if data in self.kicks:
+            self.kick_soon()
         return True
+
+    def kick_soon(self) -> None:  # as FastClient's
+        if self.parsing:
+            self.write_soon = True
+        else:
+            self.events.append(("kick",))
+
+    def write_now(self) -> bool:
+        self.events.append(("write",))
+        return not self.socket_busy
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -216,6 +231,35 @@ async def test_a_woken_consumer_runs_before_the_rest_of_the_read(impl: str) -> N
         b"end",
     ]
     assert not client.yield_soon
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_kicks_during_a_read_become_one_write_at_its_end(impl: str, busy: bool) -> None:
+    """What handlers queue while the parser reads is written when it is done with the
+    read, once, however many kicked; if the socket is busy, the flusher is kicked."""
+    client = FakeClient()
+    client.kicks = {b"a", b"b"}
+    client.socket_busy = busy
+    parser = fast_parser(client, impl)
+    await parser.parse(b"MSG i.1 %d 1\r\na\r\nMSG i.1 %d 1\r\nb\r\n" % (MUX_SID, MUX_SID))
+    tail = [("write",), ("kick",)] if busy else [("write",)]
+    assert [e[:1] for e in client.events] == [("msg",), ("msg",), *tail]
+    assert (client.parsing, client.write_soon) == (False, False)
+    client.events.clear()
+    await parser.parse(b"MSG i.1 %d 1\r\nc\r\n" % MUX_SID)  # no kick: no write
+    assert [e[:1] for e in client.events] == [("msg",)]
+
+
+async def test_a_read_that_fails_still_writes_what_was_queued(impl: str) -> None:
+    """Malformed input ends the parse with an error; what a handler queued before it
+    is still written, and kicks are no longer held back."""
+    client = FakeClient()
+    client.kicks = {b"a"}
+    parser = fast_parser(client, impl)
+    with pytest.raises(ProtocolError):
+        await parser.parse(b"MSG i.1 %d 1\r\na\r\nWHAT is this\r\n" % MUX_SID)
+    assert client.events[-1] == ("write",)
+    assert (client.parsing, client.write_soon) == (False, False)
 
 
 @pytest.mark.parametrize(
