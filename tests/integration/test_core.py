@@ -624,6 +624,7 @@ async def test_write_now_leaves_to_the_flusher_what_it_must(
         assert nc.queue_publish("a.b", "", b"x", None)
         assert nc.write_now()
         assert (nc._pending, nc._pending_data_size) == ([], 0)
+        assert nc.write_now()  # nothing queued: nothing left for the flusher
 
         socket = nc._transport._io_writer.transport  # type: ignore[union-attr]
         monkeypatch.setattr(socket, "get_write_buffer_size", lambda: 1)
@@ -668,7 +669,8 @@ async def test_a_reply_queued_in_the_read_is_written_at_its_end(
             monkeypatch.setattr(socket, "get_write_buffer_size", lambda: 1)
         other = await nats.connect(server.url)
         try:
-            reply = await other.request("t.echo", b"hi", timeout=5)
+            # Well under the health check's interval, whose PING would flush it too.
+            reply = await other.request("t.echo", b"hi", timeout=1)
         finally:
             await other.close()
         assert reply.data == b"hi"

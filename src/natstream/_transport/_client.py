@@ -324,11 +324,12 @@ class FastClient(Client):
         stats["out_bytes"] += size
 
     def write_now(self) -> bool:
+        if not self._pending:
+            return True
         writer = getattr(self._transport, "_io_writer", None)  # TcpTransport's
         if (
             self._status != _CONNECTED
             or not isinstance(writer, asyncio.StreamWriter)
-            or not self._pending
             or writer.transport.get_write_buffer_size()
         ):
             return False

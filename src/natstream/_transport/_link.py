@@ -124,17 +124,19 @@ class Link(Protocol):
 
     def write_now(self) -> bool:
         """Write the queued commands to the socket from this call, instead of at the
-        flusher's next turn (a stream's request). False, having done nothing, when
-        the flusher must take them: not connected, not TCP (nats-py's WebSocket
-        transport sends only when drained), or something already waiting for the
-        socket (the flusher's back-pressure)."""
+        flusher's next turn (a stream's request); True when none are left queued
+        (nothing was, too). False, having done nothing, when the flusher must take
+        them: not connected, not TCP (nats-py's WebSocket transport sends only when
+        drained), or something already waiting for the socket (the flusher's
+        back-pressure)."""
         ...
 
     def kick_soon(self) -> None:
         """Wake the flusher from sync code, without waiting for a full buffer to
         drain (callers bound what they queue between awaits). On a fast link,
-        while its parser is reading, the commands are written when it is done with
-        that read instead, in one write, or the flusher is woken then."""
+        while its parser is reading (a call from any task while the parser is
+        suspended too), the commands are written when it is done with that read
+        instead, in one write, or the flusher is woken then if they cannot be."""
         ...
 
     async def kick(self) -> None:

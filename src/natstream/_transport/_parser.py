@@ -72,8 +72,9 @@ class FastParser(Parser):
             buf.clear()
         self._wanted = 0
         nc = self.nc
-        # While this runs, a kick of the flusher is left to the end of the read (see
-        # FastClient.kick_soon): what handlers queued is written then, in one write.
+        # Until this returns (also while it awaits), a kick of the flusher is left to
+        # the end of the read (FastClient.kick_soon): what was queued meanwhile is
+        # written then, in one write, or the flusher kicked if it cannot be.
         nc.parsing = True
         try:
             scanner = self._scanner
