@@ -123,6 +123,7 @@ def test_the_streaming_tests_pass_with_the_fast_paths_off() -> None:
     assert " passed" in out.stdout.splitlines()[-1]
 
 
+@pytest.mark.fast_paths
 async def test_writable_follows_the_connection_state(server: NatsServer) -> None:
     """The responder's per-reply path reads ``writable`` instead of nats-py's status."""
     link = await connect([server.url], {}, allow_reconnect=False)
