@@ -341,7 +341,7 @@ class FastClient(Client):
     def kick_soon(self) -> None:
         if self.parsing:
             # The parser writes when it is done with this read, or kicks then: one
-            # write for all a read's handlers queued, and no wake-up of the flusher
+            # write for all that was queued meanwhile, and no wake-up of the flusher
             # for nothing (its task would find the commands written).
             self.write_soon = True
             return
